@@ -1,0 +1,230 @@
+"""The command line: argument parsing, exit codes, and the only place that prints errors.
+
+Exit codes: 0 fine; 1 an environment or server problem, or work not done;
+2 bad usage or bad configuration, always with one line naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from ingestd import __version__
+from ingestd.config import Config, config_path_from, load_config, resolve_password
+from ingestd.errors import ConfigError, IngestdError, LedgerError, UsageError
+from ingestd.failpoints import load_failpoints
+from ingestd.logs import configure_logging, register_secret
+from ingestd.units import parse_duration
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with one line, the same as a configuration error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        help="configuration file (default: $INGESTD_CONFIG, then /etc/ingestd/config.yaml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ingestd", description="Upload finished recordings to a Valt server.")
+    parser.add_argument("--version", action="version", version=f"ingestd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the daemon (or one pass with --once)")
+    _add_config(run)
+    run.add_argument("--once", action="store_true", help="upload what is there now, then exit")
+    run.add_argument(
+        "--max-wait",
+        default="10m",
+        help="with --once: how long to wait for unfinished files (default 10m)",
+    )
+
+    check = commands.add_parser("check", help="validate the config and reach the server")
+    _add_config(check)
+    check.add_argument("--probe-upload", action="store_true", help=argparse.SUPPRESS)
+
+    status = commands.add_parser("status", help="what the ledger holds")
+    _add_config(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    retry = commands.add_parser("retry", help="re-queue failed jobs")
+    _add_config(retry)
+    retry.add_argument("jobs", nargs="*", type=int, metavar="JOB", help="job ids")
+    retry.add_argument("--failed", action="store_true", help="every failed job")
+    retry.add_argument(
+        "--force", action="store_true", help="also upload files that never pass the finished checks"
+    )
+
+    for name, text in (("pause", "stop taking new files"), ("resume", "take new files again")):
+        _add_config(commands.add_parser(name, help=text))
+
+    fake = commands.add_parser("fake-valt", help="run the Valt test double")
+    from ingestd.fake_valt.cli import add_arguments
+
+    add_arguments(fake)
+
+    commands.add_parser("demo", help="the whole loop on this machine, no server needed")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path_from(args.config, os.environ))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ingestd.daemon import Daemon
+
+    config = _load(args)
+    password = resolve_password(config.valt, os.environ)
+    register_secret(password)
+    max_wait = parse_duration(args.max_wait, "--max-wait")
+    load_failpoints()
+    configure_logging(
+        fmt=config.log.format, level=config.log.level, redact_paths=config.log.redact_paths
+    )
+    result = asyncio.run(Daemon(config, password, once=args.once, max_wait=max_wait).run())
+    if args.once and result.exit_code:
+        if result.message:
+            print(f"ingestd: {result.message}", file=sys.stderr)
+        for job in result.not_done:
+            why = job.fail_reason or job.wait_reason or job.state.value
+            detail = f": {job.fail_detail}" if job.fail_detail and job.fail_reason else ""
+            print(f"not done: {job.path} ({job.state.value}: {why}{detail})", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ingestd.check import run_check
+
+    config = _load(args)
+    password = resolve_password(config.valt, os.environ)
+    register_secret(password)
+    configure_logging(fmt="json", level="error", stream=sys.stderr)
+    return asyncio.run(run_check(config, password, print))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ingestd.ledger import Ledger
+    from ingestd.status import gather_status, render_status
+
+    config = _load(args)
+    path = config.ledger.path
+    if not path.exists():
+        print(f"no ledger yet at {path}: the daemon has not run")
+        return EXIT_OK
+
+    async def read() -> dict[str, object]:
+        ledger = await Ledger.open(path, readonly=True)
+        try:
+            return await gather_status(ledger)
+        finally:
+            await ledger.close()
+
+    status = asyncio.run(read())
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
+    return EXIT_OK
+
+
+def _with_ledger(config: Config, action: Callable[..., object]) -> object:
+    from ingestd.ledger import Ledger
+
+    async def go() -> object:
+        ledger = await Ledger.open(config.ledger.path)
+        try:
+            return await action(ledger)  # type: ignore[misc]
+        finally:
+            await ledger.close()
+
+    return asyncio.run(go())
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if not args.jobs and not args.failed:
+        raise UsageError("retry needs job ids or --failed (see `ingestd status`)")
+    config = _load(args)
+    ids = None if args.failed and not args.jobs else list(args.jobs)
+    retried = _with_ledger(config, lambda ledger: ledger.retry(ids, force=args.force))
+    assert isinstance(retried, list)
+    print(
+        f"re-queued {len(retried)} job(s)"
+        + (f": {', '.join(map(str, retried))}" if retried else "")
+    )
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
+    config = _load(args)
+    _with_ledger(config, lambda ledger: ledger.set_paused(paused))
+    print("paused: no new files are taken" if paused else "resumed: new files are taken")
+    return EXIT_OK
+
+
+def cmd_fake_valt(args: argparse.Namespace) -> int:
+    from ingestd.fake_valt.cli import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_demo(_args: argparse.Namespace) -> int:
+    from ingestd.demo import run_demo
+
+    return run_demo()
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "run":
+        return cmd_run(args)
+    if command == "check":
+        return cmd_check(args)
+    if command == "status":
+        return cmd_status(args)
+    if command == "retry":
+        return cmd_retry(args)
+    if command in ("pause", "resume"):
+        return cmd_pause(args, command == "pause")
+    if command == "fake-valt":
+        return cmd_fake_valt(args)
+    return cmd_demo(args)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point: run the command, turn every expected error into one line and an exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        code = dispatch(args)
+    except ConfigError as exc:
+        print(f"ingestd: configuration error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    except UsageError as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    except LedgerError as exc:
+        print(f"ingestd: ledger error: {exc}", file=sys.stderr)
+        code = EXIT_PROBLEM
+    except IngestdError as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        code = EXIT_PROBLEM
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def _path_arg(text: str) -> Path:
+    return Path(text)

@@ -1,0 +1,175 @@
+"""Confirming uploads and deleting partial records: server work that holds no upload worker.
+
+The confirmer polls each record whose bytes are all sent, with growing
+delays, until Valt reports the video ``ready``; only then is the job ``done``
+and the after-upload action run. The partial-record sweeper empties the
+ledger's durable queue of records to delete, with retries, so no orphan
+survives a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from ingestd import valt_rules
+from ingestd.backoff import backoff_delay
+from ingestd.config import Config
+from ingestd.errors import AuthFailed, PermanentError, RetryableError
+from ingestd.failpoints import failpoint
+from ingestd.ledger import Job, Ledger, State
+from ingestd.logs import get_logger
+from ingestd.valt import ValtClient
+
+log = get_logger("ingestd.confirmer")
+
+IDLE_POLL = 1.0
+
+AfterDone = Callable[[Job], Awaitable[None]]
+
+
+async def _noop(_job: Job) -> None:
+    return None
+
+
+class Confirmer:
+    """One task: moves ``confirming`` jobs to ``done`` once the server says ``ready``."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        ledger: Ledger,
+        client: ValtClient,
+        after_done: AfterDone = _noop,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.client = client
+        self.after_done = after_done
+        self.on_change = on_change
+        self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.poll_due()
+            self.wake.clear()
+            await _wait_any(stop, self.wake, IDLE_POLL)
+
+    async def poll_due(self) -> None:
+        now = time.time()
+        for job in await self.ledger.jobs_in([State.CONFIRMING], order="next_attempt_at"):
+            if job.next_attempt_at > now or self.client.login_blocked_for() > 0:
+                continue
+            try:
+                await self.confirm(job)
+            except AuthFailed:
+                return
+            except (RetryableError, PermanentError) as exc:
+                delay = valt_rules.next_confirm_delay(job.confirm_delay)
+                await self.ledger.update(
+                    job.id, confirm_delay=delay, next_attempt_at=time.time() + delay
+                )
+                log.warning("confirm.retry", job_id=job.id, error=str(exc), delay_s=round(delay, 1))
+            self.on_change()
+
+    async def confirm(self, job: Job) -> None:
+        """Poll one record once and act on what the server says."""
+        bound = log.bind(job_id=job.id, path=job.path, record_id=job.record_id)
+        if self.config.upload.confirm == "uploaded":
+            await self._done(job, bound)
+            return
+        assert job.record_id and job.video_id
+        data = await self.client.get_record(job.record_id)
+        if data is None:
+            await self.ledger.restart_upload(
+                job, "record vanished", whole_file=bool(job.whole_file)
+            )
+            bound.warning("upload.record_vanished")
+            return
+        state = valt_rules.video_state(data, job.video_id)
+        if state is valt_rules.VideoState.READY:
+            failpoint("after_ready")
+            await self._done(job, bound)
+        elif state is valt_rules.VideoState.MISSING:
+            # "videos": null - the server lost the bytes: send them again into the same record.
+            await self.ledger.update(
+                job.id, state=State.UPLOADING, bytes_acked=0, next_attempt_at=0, sha256=None
+            )
+            bound.warning("upload.lost_by_server")
+        else:
+            await self._not_ready_yet(job, bound)
+
+    async def _not_ready_yet(self, job: Job, bound: object) -> None:
+        waited = time.time() - (job.uploaded_at or time.time())
+        if waited > self.config.upload.confirm_timeout:
+            await self.ledger.fail(
+                job,
+                "not_ready",
+                f"the server did not report the video ready within "
+                f"{waited / 60:.0f} min (upload.confirm_timeout); the source is left in place",
+            )
+            log.error("job.failed", job_id=job.id, path=job.path, reason="not_ready")
+            return
+        delay = valt_rules.next_confirm_delay(job.confirm_delay)
+        await self.ledger.update(job.id, confirm_delay=delay, next_attempt_at=time.time() + delay)
+
+    async def _done(self, job: Job, bound: object) -> None:
+        await self.ledger.update(job.id, state=State.DONE, done_at=time.time())
+        log.info(
+            "job.done", job_id=job.id, path=job.path, record_id=job.record_id, sha256=job.sha256
+        )
+        await self.after_done(job)
+
+
+class PartialSweeper:
+    """Deletes the partial records queued in the ledger, retrying until the server agrees."""
+
+    def __init__(self, *, config: Config, ledger: Ledger, client: ValtClient) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.client = client
+        self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.sweep()
+            self.wake.clear()
+            await _wait_any(stop, self.wake, 2.0)
+
+    async def sweep(self) -> int:
+        """Try every due deletion once; return how many are left."""
+        for item in await self.ledger.due_deletions(time.time()):
+            if self.client.login_blocked_for() > 0:
+                break
+            try:
+                existed = await self.client.delete_record(item.record_id)
+            except AuthFailed:
+                break
+            except (RetryableError, PermanentError) as exc:
+                upload = self.config.upload
+                delay = backoff_delay(item.attempts + 1, upload.backoff_initial, upload.backoff_max)
+                await self.ledger.deletion_failed(item.id, time.time() + delay, str(exc))
+                continue
+            failpoint("after_delete_response")
+            await self.ledger.deletion_done(item.id)
+            log.info(
+                "record.deleted",
+                record_id=item.record_id,
+                job_id=item.job_id,
+                reason=item.reason,
+                existed=existed,
+            )
+        return await self.ledger.pending_deletions()
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    """Sleep until ``stop`` or ``wake`` is set, or ``timeout`` passes."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

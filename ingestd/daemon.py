@@ -1,0 +1,256 @@
+"""The daemon's lifecycle: ``run`` -> startup / serve / shutdown.
+
+Tasks, each with a handle in one TaskGroup: the settle loop, folder events,
+periodic rescans, the dispatcher feeding an ``asyncio.Queue`` of job ids
+(oldest file first) to N upload workers, the confirmer, the partial-record
+sweeper and the control poller (pause/resume from the command line).
+
+Signals only set an event. The first SIGTERM/SIGINT stops taking files and
+lets chunks in flight finish within ``upload.drain_timeout``; a second one
+exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from ingestd.after_upload import apply_after_upload
+from ingestd.config import Config
+from ingestd.confirmer import Confirmer, PartialSweeper
+from ingestd.finished import FinishedChecks
+from ingestd.ledger import TERMINAL, Job, Ledger, State
+from ingestd.logs import get_logger
+from ingestd.metadata import RecordNamer
+from ingestd.uploader import Uploader
+from ingestd.valt import ValtClient
+from ingestd.watcher import Intake
+
+log = get_logger("ingestd.daemon")
+
+DISPATCH_POLL = 1.0
+CONTROL_POLL = 2.0
+ONCE_POLL = 0.5
+
+
+@dataclass
+class RunResult:
+    """What ``run --once`` reports: exit code and the jobs that did not finish."""
+
+    exit_code: int = 0
+    not_done: list[Job] = field(default_factory=list)
+    message: str | None = None
+
+
+class Daemon:
+    """One daemon: one ledger, one Valt client, one pool of upload workers."""
+
+    def __init__(
+        self, config: Config, password: str, *, once: bool = False, max_wait: float = 600.0
+    ) -> None:
+        self.config = config
+        self.password = password
+        self.once = once
+        self.max_wait = max_wait
+        self.stop = asyncio.Event()  # everything winds down
+        self.stopping = asyncio.Event()  # no new files; workers stop after their chunk
+        self.dispatch_wake = asyncio.Event()
+        self.active: set[int] = set()
+        self.worker_jobs: dict[int, int | None] = {}
+        self.paused = False
+        self.result = RunResult()
+        self._signals = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        """Start, serve until stopped, shut down; returns the outcome."""
+        self.ledger = await Ledger.open(self.config.ledger.path)
+        try:
+            async with ValtClient(
+                base_url=self.config.valt.url,
+                username=self.config.valt.username,
+                password=self.password,
+                timeout=self.config.valt.timeout,
+                verify_tls=self.config.valt.verify_tls,
+                ca_file=self.config.valt.ca_file,
+            ) as client:
+                self.client = client
+                self._startup()
+                await self._serve()
+        finally:
+            await self.ledger.close()
+        return self.result
+
+    def _startup(self) -> None:
+        if not self.config.valt.verify_tls:
+            log.warning("tls.verification_off", detail="valt.verify_tls is false")
+        self.checks = FinishedChecks(
+            check_open_writers=self.config.watch.check_open_writers,
+            check_container=self.config.watch.check_container,
+            done_marker=self.config.watch.done_marker,
+            log=lambda event, fields: log.info(event, **fields),
+        )
+        self.intake = Intake(
+            config=self.config,
+            ledger=self.ledger,
+            checks=self.checks,
+            is_active=self.active.__contains__,
+            on_ready=self.dispatch_wake.set,
+        )
+        self.uploader = Uploader(
+            config=self.config,
+            ledger=self.ledger,
+            client=self.client,
+            namer=RecordNamer(self.config.record),
+            stopping=self.stopping,
+            on_change=self.dispatch_wake.set,
+        )
+        self.confirmer = Confirmer(
+            config=self.config,
+            ledger=self.ledger,
+            client=self.client,
+            after_done=lambda job: apply_after_upload(self.config, job),
+        )
+        self.sweeper = PartialSweeper(config=self.config, ledger=self.ledger, client=self.client)
+        self.queue: asyncio.Queue[int] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info(
+            "daemon.started",
+            pid=os.getpid(),
+            mode="once" if self.once else "daemon",
+            workers=self.config.upload.workers,
+            ledger=str(self.config.ledger.path),
+        )
+
+    async def _serve(self) -> None:
+        await self.intake.scan("startup")
+        self.paused = await self.ledger.is_paused()
+        scope = [
+            job.id for job in await self.ledger.jobs_in([s for s in State if s not in TERMINAL])
+        ]
+        background: list[asyncio.Task[None]] = []
+        async with asyncio.TaskGroup() as group:
+            spawn = group.create_task
+            background += [
+                spawn(self.intake.run_settle(self.stop)),
+                spawn(self.confirmer.run(self.stop)),
+                spawn(self.sweeper.run(self.stop)),
+                spawn(self._control(self.stop)),
+            ]
+            if not self.once:
+                background += [
+                    spawn(self.intake.run_events(self.stopping)),
+                    spawn(self.intake.run_rescans(self.stopping)),
+                ]
+            else:
+                spawn(self._watch_once(scope))
+            workers = [spawn(self._worker(n)) for n in range(self.config.upload.workers)]
+            spawn(self._dispatch())
+            await self.stopping.wait()
+            await self._drain(workers)
+            self.stop.set()
+        log.info("daemon.stopped", exit_code=self.result.exit_code)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("daemon.forced_exit", signal=sig.name)
+            sys.stdout.flush()
+            os._exit(1)
+        log.info(
+            "daemon.stopping", signal=sig.name, drain_timeout_s=self.config.upload.drain_timeout
+        )
+        self.stopping.set()
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Let chunks in flight finish (bounded by drain_timeout), then cancel the rest."""
+        started = time.monotonic()
+        busy = []
+        for number, task in enumerate(workers):
+            if self.worker_jobs.get(number) is None:
+                task.cancel()  # idle: waiting for a job that will not come
+            else:
+                busy.append(task)
+        if busy:
+            _done, pending = await asyncio.wait(busy, timeout=self.config.upload.drain_timeout)
+            for task in pending:
+                task.cancel()
+            log.info(
+                "daemon.drained",
+                finished=len(busy) - len(pending),
+                cancelled=len(pending),
+                seconds=round(time.monotonic() - started, 3),
+            )
+
+    # --- dispatch and workers ------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Hand due jobs to free workers, oldest file first."""
+        while not self.stopping.is_set():
+            free = self.config.upload.workers - len(self.active)
+            blocked = self.paused or self.client.login_blocked_for() > 0
+            if free > 0 and not blocked:
+                for job in await self.ledger.due_jobs(time.time(), free, sorted(self.active)):
+                    self.active.add(job.id)
+                    self.queue.put_nowait(job.id)
+            self.dispatch_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.dispatch_wake.wait(), timeout=DISPATCH_POLL)
+
+    async def _worker(self, number: int) -> None:
+        self.worker_jobs[number] = None
+        while not self.stopping.is_set():
+            job_id = await self.queue.get()
+            if self.stopping.is_set():
+                self.active.discard(job_id)
+                return
+            self.worker_jobs[number] = job_id
+            try:
+                job = await self.ledger.find_job(job_id)
+                if job is not None and job.state in (State.QUEUED, State.CREATING, State.UPLOADING):
+                    await self.uploader.process(job)
+            finally:
+                self.worker_jobs[number] = None
+                self.active.discard(job_id)
+                self.confirmer.wake.set()
+                self.sweeper.wake.set()
+                self.dispatch_wake.set()
+
+    async def _control(self, stop: asyncio.Event) -> None:
+        """Obey ``ingestd pause``/``resume`` (written to the ledger) within seconds."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=CONTROL_POLL)
+            paused = await self.ledger.is_paused()
+            if paused != self.paused:
+                self.paused = paused
+                log.info("daemon.paused" if paused else "daemon.resumed")
+                self.dispatch_wake.set()
+
+    # --- run --once ----------------------------------------------------------------------------
+
+    async def _watch_once(self, scope: list[int]) -> None:
+        """End ``--once`` when every job in scope is finished, or only unfinished files remain."""
+        deadline = time.monotonic() + self.max_wait
+        while not self.stopping.is_set():
+            jobs = [job for job in [await self.ledger.find_job(i) for i in scope] if job]
+            live = [job for job in jobs if job.state not in TERMINAL]
+            if self.client.auth_failed:
+                self.result = RunResult(1, live, "the server refused the credentials")
+                break
+            only_waiting = all(job.state == State.WAITING for job in live)
+            if not live or (only_waiting and time.monotonic() >= deadline):
+                not_done = [job for job in jobs if job.state not in (State.DONE, State.SKIPPED)]
+                self.result = RunResult(1 if not_done else 0, not_done)
+                break
+            await asyncio.sleep(ONCE_POLL)
+        self.stopping.set()

@@ -1,0 +1,72 @@
+"""Exceptions shared by every layer. Imports nothing else from ingestd, so no cycles.
+
+Messages never carry a URL with its query string, a token or a password:
+whoever builds one of these passes already-redacted text.
+"""
+
+from __future__ import annotations
+
+
+class IngestdError(Exception):
+    """Base of every error ingestd raises on purpose."""
+
+
+class ConfigError(IngestdError):
+    """A configuration value is wrong. ``key`` is the dotted path, e.g. ``upload.chunk_size``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class UsageError(IngestdError):
+    """The command line is wrong (exit 2)."""
+
+
+class LedgerError(IngestdError):
+    """The ledger cannot be opened, read or written."""
+
+
+class ValtError(IngestdError):
+    """A request to the Valt server failed.
+
+    ``status`` is the HTTP status (None for connection-level failures) and
+    ``reason`` a short stable code used in the ledger, metrics and logs.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str = "") -> None:
+        self.status = status
+        self.reason = reason or (f"http_{status}" if status else "connection")
+        super().__init__(message)
+
+
+class RetryableError(ValtError):
+    """Worth trying again later: connection errors, timeouts, 408, 429, 5xx."""
+
+
+class PermanentError(ValtError):
+    """Trying again will not help: other 4xx, malformed answers."""
+
+
+class AuthFailed(ValtError):
+    """``login`` itself was refused: the credentials are wrong.
+
+    Not a job failure: the daemon stops server work and retries login rarely.
+    """
+
+
+class BodyTooLarge(ValtError):
+    """The server refused a request body as too large (413)."""
+
+
+class ChunkRefused(PermanentError):
+    """The server refused a chunk with a 4xx other than 401/413 (see valt_rules)."""
+
+
+class SourceChanged(IngestdError):
+    """The source file changed (size, mtime or inode) while it was being uploaded."""
+
+
+class SourceMissing(IngestdError):
+    """The source file disappeared before its upload finished."""

@@ -1,0 +1,184 @@
+"""The layers every ``/api/v3`` request passes, outermost first.
+
+1. :func:`answer_and_record` - turns stray exceptions into Valt error bodies,
+   reads and discards whatever body is left before answering (so a client
+   still sending sees the answer, not a reset), and logs the request.
+2. :func:`limit_body` - nginx's ``client_max_body_size`` (413, HTML).
+3. :func:`inject_faults` - slow, hung, dropped, failed, broken answers.
+4. :func:`require_token` - ``?access_token=``, counted against ``token_ttl``.
+
+``/_fake`` control calls skip all of this: inspection must never be faulted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from ingestd.fake_valt import bodies
+from ingestd.fake_valt.api import INVALID_PAYLOAD, InvalidPayload
+from ingestd.fake_valt.auth import TokenCheck
+from ingestd.fake_valt.context import STATE_KEY, LoggedRequest, ServerState
+
+logger = logging.getLogger("ingestd.fake_valt")
+
+CONTROL_PREFIX = "/_fake"
+LOGIN_PATH = "/api/v3/login"
+UPLOAD_ROUTE = "/api/v3/records/{record_id}/videos/{video_id}"
+BREAKABLE_ROUTES = {
+    (hdrs.METH_POST, "/api/v3/records/create-upload"),
+    (hdrs.METH_GET, "/api/v3/records/{record_id}"),
+}
+"""Calls a broken proxy answers with ``200 OK`` text (``not_json_rate``)."""
+
+DROP_READ_LIMIT = 1024 * 1024
+"""A dropped upload reads at most this much (half its body, if smaller) first."""
+
+
+def _is_control(request: web.Request) -> bool:
+    return request.path.startswith(CONTROL_PREFIX)
+
+
+def route_pattern(request: web.Request) -> str:
+    """The route a request matched, e.g. ``/api/v3/records/{record_id}``; else its path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
+async def _discard_body(request: web.Request) -> bool:
+    """Read what is left of the body; False if the client went away meanwhile."""
+    try:
+        while await request.content.readany():
+            pass
+    except ConnectionError:
+        return False
+    return True
+
+
+def _abort(request: web.Request) -> bodies.NoAnswer:
+    """Cut the connection without an answer, like a crashed backend or a lost link."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return bodies.NoAnswer()
+
+
+@web.middleware
+async def answer_and_record(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Normalise every answer to Valt's shapes, drain the body, log the request."""
+    if _is_control(request):
+        return await handler(request)
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # the router's 404 and 405
+        if exc.status < 400:
+            raise
+        response = bodies.error(exc.status, exc.reason)
+    except InvalidPayload:
+        response = bodies.error(500, INVALID_PAYLOAD)
+    except ConnectionError:  # the client went away while sending
+        response = _abort(request)
+    except Exception:
+        # Path only: the query string carries the access token.
+        logger.exception("fake-valt: unexpected error on %s %s", request.method, request.path)
+        response = bodies.internal_error(as_html=False)
+    if not isinstance(response, bodies.NoAnswer) and not await _discard_body(request):
+        response = _abort(request)
+    status = 0 if isinstance(response, bodies.NoAnswer) else response.status
+    entry = LoggedRequest(
+        request.method, request.path, status, request.headers.get(hdrs.CONTENT_RANGE)
+    )
+    request.app[STATE_KEY].log_request(entry, route_pattern(request))
+    return response
+
+
+@web.middleware
+async def limit_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a body over ``max_body`` with nginx's 413 page, judged up front.
+
+    A body without Content-Length (chunked) is judged once read: JSON bodies
+    here, uploads by the upload handler, which streams them.
+    """
+    if _is_control(request):
+        return await handler(request)
+    state = request.app[STATE_KEY]
+    max_body = state.faults.max_body
+    if max_body is not None:
+        length = request.content_length
+        if length is None and request.body_exists and route_pattern(request) != UPLOAD_ROUTE:
+            length = len(await request.read())  # kept by aiohttp for the handler
+        if length is not None and length > max_body:
+            state.dice.count("max_body")
+            return bodies.too_large()
+    return await handler(request)
+
+
+async def _hang(request: web.Request, state: ServerState) -> bodies.NoAnswer:
+    """Take the whole request, then never answer (until the client or server gives up)."""
+    await _discard_body(request)
+    while not state.stopping.is_set():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            break
+        await state.pause(0.2)
+    return _abort(request)
+
+
+async def _drop(request: web.Request) -> bodies.NoAnswer:
+    """Read part of an upload's body, then cut the connection; nothing is stored."""
+    budget = min(max((request.content_length or 2 * DROP_READ_LIMIT) // 2, 1), DROP_READ_LIMIT)
+    taken = 0
+    with contextlib.suppress(ConnectionError):
+        while taken < budget and (chunk := await request.content.readany()):
+            taken += len(chunk)
+    return _abort(request)
+
+
+@web.middleware
+async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Apply the faults the dice chose for this request (see :class:`FaultPlan`)."""
+    if _is_control(request):
+        return await handler(request)
+    state = request.app[STATE_KEY]
+    pattern = route_pattern(request)
+    plan = state.dice.plan(
+        state.faults,
+        is_upload=request.method == hdrs.METH_POST and pattern == UPLOAD_ROUTE,
+        may_break_json=(request.method, pattern) in BREAKABLE_ROUTES,
+    )
+    if plan.slow:
+        await state.pause(state.faults.slow_seconds)
+    if plan.hang:
+        return await _hang(request, state)
+    if plan.drop:
+        return await _drop(request)
+    if plan.fail:
+        return bodies.internal_error(as_html=plan.fail_html)
+    if plan.bad_gateway:
+        return bodies.bad_gateway()
+    response = await handler(request)
+    if plan.not_json:
+        # The call took effect; only the answer is lost (a broken proxy).
+        return bodies.html(200, "OK")
+    return response
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every call but ``login`` needs a live ``?access_token=``."""
+    if _is_control(request) or request.path == LOGIN_PATH:
+        return await handler(request)
+    state = request.app[STATE_KEY]
+    check = state.accounts.use(request.query.get("access_token"), state.faults.token_ttl)
+    if check is TokenCheck.EXPIRED:
+        state.dice.count("token_expired")
+    if check is not TokenCheck.OK:
+        return bodies.error(401, check.message)
+    return await handler(request)
+
+
+MIDDLEWARES = (answer_and_record, limit_body, inject_faults, require_token)

@@ -1,0 +1,225 @@
+"""Is a settled file finished? The checks besides settle: open writers, container, done marker.
+
+Settle (size and mtime unchanged for ``watch.settle``) is tracked by the
+caller from :func:`snapshot` results. Everything here blocks on the file
+system or ``/proc``, so the caller runs it via ``asyncio.to_thread``. A file
+that fails a check goes back to waiting, never to ``failed`` (design.md,
+"Finished detection").
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingestd.mp4 import check_boxes, is_mp4_name
+
+LogFn = Callable[[str, dict[str, object]], None]
+
+_PROC = "/proc"
+_WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSnapshot:
+    """What settle compares between two looks at a file; a new inode means a new file."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+
+def snapshot(path: Path) -> FileSnapshot | None:
+    """Stat ``path`` (following symlinks: the caller applies its symlink policy).
+
+    None if it is missing or not a regular file; other OSErrors (such as a
+    folder that cannot be searched) propagate, so they are not mistaken for
+    a deleted file.
+    """
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return FileSnapshot(
+        size=info.st_size, mtime_ns=info.st_mtime_ns, inode=info.st_ino, device=info.st_dev
+    )
+
+
+# --- open writers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WritersVerdict:
+    """Processes holding a file open for writing, and whether every process could be seen."""
+
+    writers: tuple[tuple[int, str], ...]  # (pid, comm)
+    all_visible: bool
+
+
+def open_writers(path: Path) -> WritersVerdict:
+    """Find processes that hold ``path`` open for writing, from ``/proc/PID/fd``.
+
+    Open files are matched by device and inode through the fd links, so odd
+    names (spaces, newlines) and a deleted-and-recreated file are judged
+    right. Access mode comes from ``/proc/PID/fdinfo/FD``. A non-root daemon
+    cannot read other users' fd tables: ``all_visible`` is then False.
+    Processes that exit mid-scan are skipped. Our own process counts too.
+    """
+    try:
+        target = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return WritersVerdict(writers=(), all_visible=True)
+    wanted = (target.st_dev, target.st_ino)
+    writers: list[tuple[int, str]] = []
+    all_visible = True
+    for pid in _pids():
+        try:
+            if _writes_to(pid, wanted):
+                writers.append((pid, _comm(pid)))
+        except PermissionError:
+            all_visible = False
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # exited while we looked
+    return WritersVerdict(writers=tuple(writers), all_visible=all_visible)
+
+
+def _pids() -> list[int]:
+    """Every process id, listed once per call."""
+    return [int(name) for name in os.listdir(_PROC) if name.isdigit()]
+
+
+def _writes_to(pid: int, wanted: tuple[int, int]) -> bool:
+    """True if ``pid`` has the file open with write access on any descriptor.
+
+    Raises PermissionError when the fd table is not ours to read, and
+    FileNotFoundError when the process is gone.
+    """
+    return any(_fd_writes(pid, fd) for fd in _fds_open_on(pid, wanted))
+
+
+def _fds_open_on(pid: int, wanted: tuple[int, int]) -> Iterator[str]:
+    """The descriptor numbers of ``pid`` that refer to the file ``wanted`` = (dev, ino)."""
+    with os.scandir(f"{_PROC}/{pid}/fd") as entries:
+        for entry in entries:
+            try:
+                # stat() follows the magic link to the open file itself.
+                info = os.stat(entry.path)
+            except OSError:
+                continue  # closed meanwhile, or an anonymous inode we cannot stat
+            if (info.st_dev, info.st_ino) == wanted:
+                yield entry.name
+
+
+def _fd_writes(pid: int, fd: str) -> bool:
+    """Read the ``flags:`` line (octal) of ``/proc/PID/fdinfo/FD`` for the access mode."""
+    try:
+        with open(f"{_PROC}/{pid}/fdinfo/{fd}", encoding="ascii") as fdinfo:
+            for line in fdinfo:
+                if line.startswith("flags:"):
+                    flags = int(line.split(":", 1)[1].strip(), 8)
+                    return flags & os.O_ACCMODE in _WRITE_MODES
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # the descriptor was closed after we saw it
+    return False
+
+
+def _comm(pid: int) -> str:
+    """The process name for people to read; "?" if it exited meanwhile."""
+    try:
+        with open(f"{_PROC}/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+            return comm.read().rstrip("\n")
+    except OSError:
+        return "?"
+
+
+# --- the checks together ----------------------------------------------------------------------
+
+
+class FinishedChecks:
+    """The configured finished checks (``watch.check_open_writers``, ``check_container``,
+    ``done_marker``), giving the reason a file is not finished yet.
+
+    ``log(event, fields)`` receives the notices that should appear once, not
+    on every check: one per fragmented file, and one per lifetime of this
+    object (the daemon holds one) when ``/proc`` is only partly visible.
+    """
+
+    def __init__(
+        self,
+        *,
+        check_open_writers: bool,
+        check_container: bool,
+        done_marker: str | None,
+        log: LogFn | None = None,
+    ) -> None:
+        self.check_open_writers = check_open_writers
+        self.check_container = check_container
+        self.done_marker = done_marker or None
+        self._log = log
+        self._container_unknown_logged: set[Path] = set()
+        self._writers_not_visible_logged = False
+
+    def marker_path(self, path: Path) -> Path | None:
+        """The marker that says ``path`` is done: ``CLIP.mp4`` + ``.done`` = ``CLIP.mp4.done``."""
+        if self.done_marker is None:
+            return None
+        return path.with_name(path.name + self.done_marker)
+
+    def why_not_finished(self, path: Path, size: int) -> str | None:
+        """None when every enabled check passes, else a short reason for ``ingestd status``.
+
+        ``size`` is the settled size; the container is judged at that size.
+        The cheap, definite marker check runs first; writers before the
+        container, because "open for writing by ..." explains more than
+        "no moov box" about a file being recorded.
+        """
+        reason = self._marker_reason(path)
+        if reason is None and self.check_open_writers:
+            reason = self._writers_reason(path)
+        if reason is None and self.check_container and is_mp4_name(path.name):
+            reason = self._container_reason(path, size)
+        return reason
+
+    def _marker_reason(self, path: Path) -> str | None:
+        marker = self.marker_path(path)
+        if marker is None or marker.exists():
+            return None
+        return f"waiting for marker {marker.name}"
+
+    def _writers_reason(self, path: Path) -> str | None:
+        verdict = open_writers(path)
+        if verdict.writers:
+            holders = ", ".join(f"pid {pid} ({comm})" for pid, comm in verdict.writers)
+            return f"open for writing by {holders}"
+        if not verdict.all_visible and not self._writers_not_visible_logged:
+            self._writers_not_visible_logged = True
+            self._emit(
+                "finished.writers_not_visible",
+                {
+                    "detail": "some processes' open files are not visible to this user,"
+                    " so the open-writer check relies on settle and the other checks",
+                },
+            )
+        return None
+
+    def _container_reason(self, path: Path, size: int) -> str | None:
+        try:
+            verdict = check_boxes(path, size)
+        except OSError as err:
+            return f"cannot read the file ({err.strerror or err})"
+        if verdict.complete is None:
+            if path not in self._container_unknown_logged:
+                self._container_unknown_logged.add(path)
+                self._emit("file.container_unknown", {"path": str(path), "reason": verdict.reason})
+            return None
+        return None if verdict.complete else verdict.reason
+
+    def _emit(self, event: str, fields: dict[str, object]) -> None:
+        if self._log is not None:
+            self._log(event, fields)

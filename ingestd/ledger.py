@@ -1,0 +1,477 @@
+"""The job ledger: SQLite in WAL mode with ``synchronous=FULL``, via aiosqlite.
+
+The single source of truth about what has been done. Every state change is
+committed before the action that depends on it: "creating" before the
+create-upload POST, the record id before the first chunk, ``bytes_acked``
+after each acknowledged chunk. A SIGKILL therefore costs at most the chunk in
+flight. The schema carries a version and migrates forward.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ingestd.errors import LedgerError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+
+class State(enum.StrEnum):
+    WAITING = "waiting"
+    QUEUED = "queued"
+    CREATING = "creating"
+    UPLOADING = "uploading"
+    CONFIRMING = "confirming"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED})
+# States a worker takes a job in (the job's phase tells the worker where to resume).
+DISPATCHABLE = (State.QUEUED, State.CREATING, State.UPLOADING)
+LIVE = tuple(s for s in State if s not in (State.DONE, State.SKIPPED))
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    root TEXT NOT NULL,
+    state TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    record_name TEXT,
+    record_id TEXT,
+    video_id TEXT,
+    bytes_acked INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    chunk_size INTEGER,
+    whole_file INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    create_started_at REAL,
+    confirm_delay REAL,
+    wait_reason TEXT,
+    fail_reason TEXT,
+    fail_detail TEXT,
+    force INTEGER NOT NULL DEFAULT 0,
+    discovered_at REAL NOT NULL,
+    upload_started_at REAL,
+    uploaded_at REAL,
+    done_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_live_path ON jobs(path)
+    WHERE state NOT IN ('done', 'skipped');
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS jobs_path ON jobs(path);
+CREATE TABLE IF NOT EXISTS deletions (
+    id INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    job_id INTEGER,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(slots=True)
+class Job:
+    """One row of ``jobs``: one file path and everything done about it."""
+
+    id: int
+    path: str
+    root: str
+    state: State
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+    record_name: str | None
+    record_id: str | None
+    video_id: str | None
+    bytes_acked: int
+    bytes_sent: int
+    chunk_size: int | None
+    whole_file: int
+    restarts: int
+    sha256: str | None
+    attempts: int
+    next_attempt_at: float
+    create_started_at: float | None
+    confirm_delay: float | None
+    wait_reason: str | None
+    fail_reason: str | None
+    fail_detail: str | None
+    force: int
+    discovered_at: float
+    upload_started_at: float | None
+    uploaded_at: float | None
+    done_at: float | None
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        values = dict(zip(row.keys(), tuple(row), strict=True))
+        values["state"] = State(values["state"])
+        return cls(**values)
+
+    @property
+    def snapshot(self) -> tuple[int, int, int, int]:
+        return (self.size, self.mtime_ns, self.inode, self.device)
+
+
+JOB_COLUMNS = frozenset(f.name for f in fields(Job))
+
+
+@dataclass(slots=True)
+class Deletion:
+    id: int
+    record_id: str
+    job_id: int | None
+    reason: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+
+
+class Ledger:
+    """Async access to the ledger. One instance per process, one connection."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    # --- opening ----------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, *, readonly: bool = False) -> Ledger:
+        """Open (creating it unless ``readonly``) and migrate the ledger at ``path``."""
+        try:
+            if readonly:
+                conn = await aiosqlite.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await aiosqlite.connect(str(path), isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+        conn.row_factory = sqlite3.Row
+        ledger = cls(path, conn)
+        try:
+            await ledger._prepare(readonly)
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise LedgerError(f"the ledger {path} cannot be used: {exc}") from None
+        return ledger
+
+    async def _prepare(self, readonly: bool) -> None:
+        await self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if readonly:
+            return
+        await self._conn.execute("PRAGMA journal_mode=WAL")
+        await self._conn.execute("PRAGMA synchronous=FULL")
+        await self._conn.execute("PRAGMA foreign_keys=ON")
+        version = await self._schema_version()
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this ingestd understands "
+                f"({SCHEMA_VERSION}); upgrade ingestd"
+            )
+        await self._conn.executescript(_SCHEMA)
+        await self._set_meta("schema_version", str(SCHEMA_VERSION))
+
+    async def _schema_version(self) -> int:
+        cursor = await self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
+        )
+        if await cursor.fetchone() is None:
+            return 0
+        value = await self.get_meta("schema_version")
+        return int(value) if value else 0
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    # --- meta -----------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        cursor = await self._conn.execute("SELECT value FROM meta WHERE key=?", (key,))
+        row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def _set_meta(self, key: str, value: str) -> None:
+        await self._conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
+
+    async def set_paused(self, paused: bool) -> None:
+        await self._set_meta("paused", "1" if paused else "0")
+
+    async def is_paused(self) -> bool:
+        return await self.get_meta("paused") == "1"
+
+    # --- jobs -------------------------------------------------------------------------
+
+    async def add_job(
+        self, *, path: str, root: str, snapshot: tuple[int, int, int, int], state: State
+    ) -> Job:
+        now = time.time()
+        size, mtime_ns, inode, device = snapshot
+        cursor = await self._conn.execute(
+            "INSERT INTO jobs(path, root, state, size, mtime_ns, inode, device, "
+            "discovered_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?)",
+            (path, root, state.value, size, mtime_ns, inode, device, now, now),
+        )
+        job_id = cursor.lastrowid
+        assert job_id is not None
+        return await self.get_job(job_id)
+
+    async def get_job(self, job_id: int) -> Job:
+        cursor = await self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
+        row = await cursor.fetchone()
+        if row is None:
+            raise LedgerError(f"no job {job_id} in the ledger")
+        return Job.from_row(row)
+
+    async def find_job(self, job_id: int) -> Job | None:
+        cursor = await self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
+        row = await cursor.fetchone()
+        return None if row is None else Job.from_row(row)
+
+    async def update(self, job_id: int, **changes: Any) -> None:
+        """Commit ``changes`` to one job (a single autocommitted, fsynced statement)."""
+        unknown = set(changes) - JOB_COLUMNS
+        if unknown:
+            raise LedgerError(f"unknown job fields: {sorted(unknown)}")
+        changes["updated_at"] = time.time()
+        for key, value in changes.items():
+            if isinstance(value, State):
+                changes[key] = value.value
+        assignments = ", ".join(f"{key}=?" for key in changes)
+        await self._conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id=?", (*changes.values(), job_id)
+        )
+
+    async def jobs_in(self, states: Iterable[State], *, order: str = "id") -> list[Job]:
+        names = [s.value for s in states]
+        marks = ",".join("?" * len(names))
+        cursor = await self._conn.execute(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY {order}", names
+        )
+        return [Job.from_row(row) for row in await cursor.fetchall()]
+
+    async def live_job_for(self, path: str) -> Job | None:
+        cursor = await self._conn.execute(
+            "SELECT * FROM jobs WHERE path=? AND state NOT IN ('done','skipped')", (path,)
+        )
+        row = await cursor.fetchone()
+        return None if row is None else Job.from_row(row)
+
+    async def known_snapshots(self) -> dict[str, tuple[int, tuple[int, int, int, int], State]]:
+        """The newest job of every path: its id, file snapshot and state (for scans)."""
+        cursor = await self._conn.execute(
+            "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs ORDER BY id"
+        )
+        known: dict[str, tuple[int, tuple[int, int, int, int], State]] = {}
+        async for row in cursor:
+            known[row[1]] = (row[0], (row[2], row[3], row[4], row[5]), State(row[6]))
+        return known
+
+    async def known_snapshots_for(
+        self, path: str
+    ) -> tuple[int, tuple[int, int, int, int], State] | None:
+        """The newest job of one path, as :meth:`known_snapshots` gives it."""
+        cursor = await self._conn.execute(
+            "SELECT id, size, mtime_ns, inode, device, state FROM jobs WHERE path=? "
+            "ORDER BY id DESC LIMIT 1",
+            (path,),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        return (row[0], (row[1], row[2], row[3], row[4]), State(row[5]))
+
+    async def due_jobs(self, now: float, limit: int, exclude: Sequence[int]) -> list[Job]:
+        """Jobs a worker may take now, oldest file first."""
+        names = [s.value for s in DISPATCHABLE]
+        # "id NOT IN (NULL)" would match nothing: leave the clause out when no job is active.
+        skip = f"AND id NOT IN ({','.join('?' * len(exclude))}) " if exclude else ""
+        cursor = await self._conn.execute(
+            f"SELECT * FROM jobs WHERE state IN (?,?,?) AND next_attempt_at<=? "
+            f"{skip}ORDER BY mtime_ns, id LIMIT ?",
+            (*names, now, *exclude, limit),
+        )
+        return [Job.from_row(row) for row in await cursor.fetchall()]
+
+    async def counts(self) -> dict[str, int]:
+        cursor = await self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        found = {str(row[0]): int(row[1]) for row in await cursor.fetchall()}
+        return {s.value: found.get(s.value, 0) for s in State}
+
+    async def reset_to_waiting(
+        self, job: Job, snapshot: tuple[int, int, int, int], reason: str
+    ) -> None:
+        """The file changed before ``done``: the same job takes the new version.
+
+        Its partial record (if any) is queued for deletion in the same
+        transaction, so no orphan survives a crash.
+        """
+        size, mtime_ns, inode, device = snapshot
+        now = time.time()
+        async with self.transaction():
+            if job.record_id:
+                await self._queue_deletion(job.record_id, job.id, reason, now)
+            await self._conn.execute(
+                "UPDATE jobs SET state='waiting', size=?, mtime_ns=?, inode=?, device=?, "
+                "record_id=NULL, video_id=NULL, bytes_acked=0, sha256=NULL, attempts=0, "
+                "next_attempt_at=0, create_started_at=NULL, confirm_delay=NULL, "
+                "whole_file=0, restarts=0, fail_reason=NULL, fail_detail=NULL, "
+                "wait_reason=?, force=0, updated_at=? WHERE id=?",
+                (size, mtime_ns, inode, device, reason, now, job.id),
+            )
+
+    async def restart_upload(self, job: Job, reason: str, *, whole_file: bool) -> None:
+        """Drop the job's record (queued for deletion) so the next attempt starts anew."""
+        now = time.time()
+        async with self.transaction():
+            if job.record_id:
+                await self._queue_deletion(job.record_id, job.id, reason, now)
+            await self._conn.execute(
+                "UPDATE jobs SET state='queued', record_id=NULL, video_id=NULL, "
+                "bytes_acked=0, create_started_at=NULL, confirm_delay=NULL, whole_file=?, "
+                "restarts=restarts+1, next_attempt_at=0, updated_at=? WHERE id=?",
+                (1 if whole_file else 0, now, job.id),
+            )
+
+    async def fail(
+        self, job: Job, reason: str, detail: str, *, delete_record: bool = False
+    ) -> None:
+        """Mark the job failed; with ``delete_record`` its partial record is queued for deletion."""
+        now = time.time()
+        async with self.transaction():
+            if delete_record and job.record_id:
+                await self._queue_deletion(job.record_id, job.id, reason, now)
+                await self._conn.execute(
+                    "UPDATE jobs SET record_id=NULL, video_id=NULL, bytes_acked=0 WHERE id=?",
+                    (job.id,),
+                )
+            await self._conn.execute(
+                "UPDATE jobs SET state='failed', fail_reason=?, fail_detail=?, updated_at=? "
+                "WHERE id=?",
+                (reason, detail, now, job.id),
+            )
+
+    async def forget(self, job_id: int) -> None:
+        """Remove a job that never reached the server (its file vanished while waiting)."""
+        await self._conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+
+    async def retry(self, job_ids: Sequence[int] | None, *, force: bool) -> list[int]:
+        """Re-queue failed jobs (all when ``job_ids`` is None).
+
+        ``force`` also takes waiting ones, skipping the finished checks.
+        """
+        states = ["failed", "waiting"] if force else ["failed"]
+        marks = ",".join("?" * len(states))
+        query = f"SELECT id, record_id, create_started_at FROM jobs WHERE state IN ({marks})"
+        args: list[Any] = list(states)
+        if job_ids is not None:
+            query += f" AND id IN ({','.join('?' * len(job_ids)) or 'NULL'})"  # none: no match
+            args.extend(job_ids)
+        now = time.time()
+        retried: list[int] = []
+        async with self.transaction():
+            cursor = await self._conn.execute(query, args)
+            for job_id, record_id, create_started_at in await cursor.fetchall():
+                state = (
+                    "uploading" if record_id else ("creating" if create_started_at else "queued")
+                )
+                await self._conn.execute(
+                    "UPDATE jobs SET state=?, attempts=0, next_attempt_at=0, fail_reason=NULL, "
+                    "fail_detail=NULL, force=?, updated_at=? WHERE id=?",
+                    (state, 1 if force else 0, now, job_id),
+                )
+                retried.append(int(job_id))
+        return retried
+
+    # --- the durable queue of partial records to delete ----------------------------------
+
+    async def _queue_deletion(
+        self, record_id: str, job_id: int | None, reason: str, now: float
+    ) -> None:
+        await self._conn.execute(
+            "INSERT OR IGNORE INTO deletions(record_id, job_id, reason, created_at) "
+            "VALUES(?,?,?,?)",
+            (record_id, job_id, reason, now),
+        )
+
+    async def queue_deletion(self, record_id: str, job_id: int | None, reason: str) -> None:
+        await self._queue_deletion(record_id, job_id, reason, time.time())
+
+    async def due_deletions(self, now: float) -> list[Deletion]:
+        cursor = await self._conn.execute(
+            "SELECT * FROM deletions WHERE next_attempt_at<=? ORDER BY id", (now,)
+        )
+        return [
+            Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in await cursor.fetchall()
+        ]
+
+    async def pending_deletions(self) -> int:
+        cursor = await self._conn.execute("SELECT COUNT(*) FROM deletions")
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def deletion_done(self, deletion_id: int) -> None:
+        await self._conn.execute("DELETE FROM deletions WHERE id=?", (deletion_id,))
+
+    async def deletion_failed(self, deletion_id: int, next_at: float, error: str) -> None:
+        await self._conn.execute(
+            "UPDATE deletions SET attempts=attempts+1, next_attempt_at=?, last_error=? WHERE id=?",
+            (next_at, error, deletion_id),
+        )
+
+    # --- transactions ----------------------------------------------------------------------
+
+    def transaction(self) -> _Transaction:
+        """``async with ledger.transaction():`` - BEGIN IMMEDIATE ... COMMIT (or ROLLBACK)."""
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def __aenter__(self) -> None:
+        await self._conn.execute("BEGIN IMMEDIATE")
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            await self._conn.execute("COMMIT")
+        else:
+            await self._conn.execute("ROLLBACK")
+
+
+def ledger_exists(path: Path) -> bool:
+    return os.path.exists(path)

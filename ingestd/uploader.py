@@ -1,0 +1,404 @@
+"""One upload worker's job: a file, its record, its chunks, its outcome.
+
+The ledger is written before every step that depends on it, so a crash at any
+point resumes correctly: "creating" (with the time the attempt began) before
+create-upload, the record id before the first chunk, ``bytes_acked`` after
+each acknowledged chunk. The full-content sha256 is carried across chunks and,
+after a resume, rebuilt from the bytes already sent, so it always covers the
+whole file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ingestd import valt_rules
+from ingestd.backoff import backoff_delay
+from ingestd.config import Config
+from ingestd.errors import (
+    AuthFailed,
+    BodyTooLarge,
+    ChunkRefused,
+    PermanentError,
+    RetryableError,
+    SourceChanged,
+    SourceMissing,
+)
+from ingestd.failpoints import failpoint
+from ingestd.finished import snapshot
+from ingestd.ledger import Job, Ledger, State
+from ingestd.logs import get_logger
+from ingestd.metadata import RecordNamer
+from ingestd.units import format_size
+from ingestd.valt import ValtClient
+
+log = get_logger("ingestd.uploader")
+
+PIECE_SIZE = 256 * 1024
+PROGRESS_EVERY = 5.0
+# Delay before a job whose login is blocked is looked at again (not an attempt).
+AUTH_RETRY_DELAY = 5.0
+
+Hasher = Any  # hashlib's object has no public type
+
+
+class _Restart(Exception):
+    """The upload was reset in the ledger; the worker returns and the job is re-dispatched."""
+
+
+@dataclass
+class UploadStats:
+    """Counters the daemon reports (status, metrics, the demo's table)."""
+
+    bytes_sent: int = 0
+    chunks_sent: int = 0
+    uploads_completed: int = 0
+    retries: int = 0
+
+
+def _read_hashed(handle: IO[bytes], size: int, hasher: Hasher) -> bytes:
+    data = handle.read(size)
+    hasher.update(data)
+    return data
+
+
+async def read_pieces(path: Path, start: int, end: int, hasher: Hasher) -> AsyncIterator[bytes]:
+    """Bytes ``[start, end)`` of ``path`` in small pieces, fed to ``hasher`` as they go.
+
+    Memory stays at one piece whatever the file size. A file that ends early
+    has changed under us: the request fails and the next attempt's stat check
+    takes it from there.
+    """
+    handle = await asyncio.to_thread(open, path, "rb")
+    try:
+        await asyncio.to_thread(handle.seek, start)
+        remaining = end - start
+        while remaining > 0:
+            data = await asyncio.to_thread(_read_hashed, handle, min(PIECE_SIZE, remaining), hasher)
+            if not data:
+                raise SourceChanged(f"the file ended {remaining} bytes early")
+            remaining -= len(data)
+            yield data
+    finally:
+        handle.close()
+
+
+def hash_prefix(path: Path, length: int) -> Hasher:
+    """sha256 state over the first ``length`` bytes (to resume the full-content hash)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        remaining = length
+        while remaining > 0:
+            data = handle.read(min(4 * 1024 * 1024, remaining))
+            if not data:
+                raise SourceChanged("the file is shorter than the bytes already sent")
+            hasher.update(data)
+            remaining -= len(data)
+    return hasher
+
+
+class Uploader:
+    """Takes one job at a time from the worker pool to ``confirming`` (or an outcome)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        ledger: Ledger,
+        client: ValtClient,
+        namer: RecordNamer,
+        stopping: asyncio.Event,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.client = client
+        self.namer = namer
+        self.stopping = stopping
+        self.on_change = on_change
+        self.stats = UploadStats()
+        self._warned_chunking: set[int] = set()
+
+    async def process(self, job: Job) -> None:
+        """Advance ``job`` as far as it goes; every outcome is committed to the ledger."""
+        bound = log.bind(job_id=job.id, path=job.path)
+        try:
+            await self._check_source(job)
+            if job.state in (State.QUEUED, State.CREATING) or not job.record_id:
+                job = await self._ensure_record(job, bound)
+            await self._send(job, bound)
+        except _Restart:
+            pass
+        except SourceChanged as exc:
+            await self._source_changed(job, str(exc), bound)
+        except SourceMissing:
+            await self._source_missing(job, bound)
+        except AuthFailed:
+            # Not the job's fault: it keeps its state and goes on after a login works.
+            await self.ledger.update(job.id, next_attempt_at=time.time() + AUTH_RETRY_DELAY)
+        except PermanentError as exc:
+            await self._fail(job, exc.reason, str(exc), bound)
+        except RetryableError as exc:
+            await self._retry_later(job, exc.reason, str(exc), bound)
+        except Exception as exc:  # a bug must not stop the pool, nor lose the job
+            bound.exception("job.internal_error")
+            await self._retry_later(job, "internal_error", f"{type(exc).__name__}: {exc}", bound)
+        finally:
+            self.on_change()
+
+    # --- source ---------------------------------------------------------------------
+
+    async def _check_source(self, job: Job) -> None:
+        current = await asyncio.to_thread(snapshot, Path(job.path))
+        if current is None:
+            raise SourceMissing(job.path)
+        if (current.size, current.mtime_ns, current.inode, current.device) != job.snapshot:
+            raise SourceChanged("size, mtime or inode changed")
+
+    async def _source_changed(self, job: Job, why: str, bound: Any) -> None:
+        current = await asyncio.to_thread(snapshot, Path(job.path))
+        if current is None:
+            await self._source_missing(job, bound)
+            return
+        fresh = await self.ledger.get_job(job.id)
+        new = (current.size, current.mtime_ns, current.inode, current.device)
+        await self.ledger.reset_to_waiting(fresh, new, "changed during upload")
+        bound.warning("file.changed", reason=why, record_id=fresh.record_id, size=current.size)
+
+    async def _source_missing(self, job: Job, bound: Any) -> None:
+        fresh = await self.ledger.get_job(job.id)
+        await self.ledger.fail(
+            fresh,
+            "source_missing",
+            "the file disappeared before its upload finished; its partial record is deleted",
+            delete_record=True,
+        )
+        bound.warning("job.failed", reason="source_missing", record_id=fresh.record_id)
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    async def _fail(self, job: Job, reason: str, detail: str, bound: Any) -> None:
+        fresh = await self.ledger.get_job(job.id)
+        await self.ledger.fail(fresh, reason, detail, delete_record=fresh.state == State.UPLOADING)
+        bound.error("job.failed", reason=reason, detail=detail, record_id=fresh.record_id)
+
+    async def _retry_later(self, job: Job, reason: str, detail: str, bound: Any) -> None:
+        fresh = await self.ledger.get_job(job.id)
+        attempts = fresh.attempts + 1
+        if attempts >= self.config.upload.max_attempts:
+            detail = f"gave up after {attempts} attempts; last error: {detail}"
+            await self._fail(fresh, reason, detail, bound)
+            return
+        upload = self.config.upload
+        delay = backoff_delay(attempts, upload.backoff_initial, upload.backoff_max)
+        await self.ledger.update(
+            job.id, attempts=attempts, next_attempt_at=time.time() + delay, fail_detail=detail
+        )
+        self.stats.retries += 1
+        bound.warning(
+            "upload.retry", reason=reason, error=detail, attempt=attempts, delay_s=round(delay, 1)
+        )
+
+    # --- the record ------------------------------------------------------------------------
+
+    async def _ensure_record(self, job: Job, bound: Any) -> Job:
+        """Create the job's record, or adopt the one an interrupted attempt made."""
+        meta = self.namer.meta_for(Path(job.path), Path(job.root), job.size, job.mtime_ns)
+        if job.state == State.CREATING and job.create_started_at is not None:
+            await self._reconcile(job, job.record_name or meta.name, bound)
+        started = time.time()
+        await self.ledger.update(
+            job.id,
+            state=State.CREATING,
+            record_name=meta.name,
+            create_started_at=job.create_started_at or started,
+            upload_started_at=job.upload_started_at or started,
+        )
+        failpoint("before_create")
+        created = await self.client.create_upload(meta.name, meta.template, meta.share)
+        failpoint("after_create_response")
+        await self.ledger.update(
+            job.id,
+            state=State.UPLOADING,
+            record_id=created.record_id,
+            video_id=created.video_id,
+            bytes_acked=0,
+        )
+        bound.info("record.created", record_id=created.record_id, name=meta.name)
+        failpoint("after_record_committed")
+        return await self.ledger.get_job(job.id)
+
+    async def _reconcile(self, job: Job, name: str, bound: Any) -> None:
+        """A create-upload of ours may have reached the server: find and settle it.
+
+        design.md: exact name, created after the attempt began (less the clock
+        margin), no video content yet, by this account. Several: an operator
+        decides. One: the server does not show an empty record's video id, so
+        it cannot be filled; it is deleted and a new one made (still one record).
+        """
+        assert job.create_started_at is not None
+        found = await self.client.search_records(name, job.create_started_at)
+        mine = [
+            record
+            for record in found
+            if valt_rules.is_adoption_candidate(
+                record,
+                name=name,
+                attempt_started=job.create_started_at,
+                username=self.client.username,
+            )
+        ]
+        if len(mine) > 1:
+            ids = ", ".join(r.record_id for r in mine)
+            raise PermanentError(
+                f"{len(mine)} empty records named {name!r} were created since this file's "
+                f"upload began ({ids}); delete the extra ones on the server, then "
+                f"`ingestd retry {job.id}`",
+                reason="ambiguous_record",
+            )
+        if mine:
+            record = mine[0]
+            await self.client.delete_record(record.record_id)
+            bound.info("record.reconciled", record_id=record.record_id, outcome="replaced")
+        else:
+            bound.info("record.reconciled", outcome="none_found")
+
+    # --- the bytes -------------------------------------------------------------------------
+
+    def _chunk_size(self, job: Job) -> int:
+        if job.whole_file:
+            return 0
+        return job.chunk_size or self.config.upload.chunk_size
+
+    async def _send(self, job: Job, bound: Any) -> None:
+        """Send the chunks from ``bytes_acked`` to the end, then commit ``confirming``."""
+        assert job.record_id and job.video_id
+        path, total = Path(job.path), job.size
+        hasher = await asyncio.to_thread(hash_prefix, path, job.bytes_acked)
+        position, chunk_size, first = job.bytes_acked, self._chunk_size(job), True
+        bound = bound.bind(record_id=job.record_id)
+        if position:
+            bound.info("upload.resumed", offset=position, size=total)
+        last_progress = time.monotonic()
+        while position < total or total == 0:
+            if self.stopping.is_set():
+                return  # drain: the job resumes from bytes_acked next time
+            await self._check_source(job)
+            end = min(total, position + chunk_size) if chunk_size else total
+            chunk_hasher = hasher.copy()
+            try:
+                await self._send_chunk(job, position, end, chunk_hasher)
+            except BodyTooLarge:
+                chunk_size = await self._shrink(job, end - position, bound)
+                continue
+            except ChunkRefused as exc:
+                await self._refused(job, position, first, exc, bound)
+            failpoint("after_chunk_response")
+            hasher, position, first = chunk_hasher, end, False
+            await self.ledger.update(job.id, bytes_acked=end, attempts=0)
+            failpoint("after_chunk_committed")
+            if time.monotonic() - last_progress >= PROGRESS_EVERY and position < total:
+                last_progress = time.monotonic()
+                bound.info(
+                    "upload.progress",
+                    bytes_acked=position,
+                    size=total,
+                    percent=round(100 * position / total, 1),
+                )
+            if total == 0:
+                break
+        await self._check_source(job)
+        await self._mark_uploaded(job, hasher.hexdigest(), bound)
+
+    async def _send_chunk(self, job: Job, start: int, end: int, hasher: Hasher) -> None:
+        assert job.record_id and job.video_id
+        path = Path(job.path)
+        if job.size == 0:
+            content_range = valt_rules.EMPTY_FILE_RANGE
+        else:
+            content_range = valt_rules.content_range(start, end, job.size)
+
+        def pieces() -> AsyncIterator[bytes]:
+            return read_pieces(path, start, end, hasher)
+
+        await self.client.upload_chunk(
+            job.record_id,
+            job.video_id,
+            filename=path.name,
+            content_range=content_range,
+            length=end - start,
+            pieces=pieces,
+        )
+        self.stats.bytes_sent += end - start
+        self.stats.chunks_sent += 1
+
+    async def _shrink(self, job: Job, refused: int, bound: Any) -> int:
+        """A 413: halve the chunk (not below 1 MiB) and remember the size for this job."""
+        smaller = valt_rules.smaller_chunk(refused)
+        if smaller is None:
+            raise PermanentError(
+                f"the server refuses requests of {format_size(refused)} as too large (413); "
+                "lower upload.chunk_size or raise the server's upload limit "
+                "(nginx client_max_body_size)",
+                reason="too_large",
+            )
+        await self.ledger.update(job.id, chunk_size=smaller, whole_file=0)
+        bound.warning("upload.chunk_reduced", refused=refused, chunk_size=smaller)
+        return smaller
+
+    async def _refused(
+        self, job: Job, position: int, first: bool, exc: ChunkRefused, bound: Any
+    ) -> None:
+        fresh = await self.ledger.get_job(job.id)
+        action = valt_rules.classify_refusal(
+            start=position, first_in_attempt=first, whole_file=bool(fresh.whole_file)
+        )
+        if action is valt_rules.Refusal.FAIL or fresh.restarts >= valt_rules.MAX_RESTARTS:
+            raise PermanentError(
+                f"the server refused the upload: {exc}", status=exc.status, reason="upload_refused"
+            )
+        whole = action is valt_rules.Refusal.WHOLE_FILE
+        await self.ledger.restart_upload(fresh, f"chunk refused: {exc}", whole_file=whole)
+        event = "upload.chunking_unsupported" if whole else "upload.resume_refused"
+        bound.warning(event, offset=position, error=str(exc))
+        raise _Restart
+
+    async def _mark_uploaded(self, job: Job, sha256: str, bound: Any) -> None:
+        now = time.time()
+        await self.ledger.update(
+            job.id,
+            state=State.CONFIRMING,
+            bytes_acked=job.size,
+            sha256=sha256,
+            uploaded_at=now,
+            attempts=0,
+            confirm_delay=None,
+            next_attempt_at=now + valt_rules.next_confirm_delay(None),
+        )
+        self.stats.uploads_completed += 1
+        fresh = await self.ledger.get_job(job.id)
+        seconds = now - (fresh.upload_started_at or now)
+        bound.info(
+            "upload.completed",
+            size=job.size,
+            sha256=sha256,
+            seconds=round(seconds, 3),
+            mb_per_s=round(job.size / 1e6 / seconds, 2) if seconds > 0 else None,
+        )
+        failpoint("in_confirming")
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_dev) == (
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ino,
+        b.st_dev,
+    )

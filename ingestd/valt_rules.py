@@ -1,0 +1,262 @@
+"""Everything ingestd assumes about the Valt server, in one place.
+
+Facts come from the vendor's page and client (see valt-api.md in the design
+notes); the rest are *assumptions* no public material confirms. When a live
+server disagrees, this is the module to change. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# --- facts -----------------------------------------------------------------
+
+API_PREFIX = "/api/v3"
+# The vendor's client logs in again every 8 hours and after any 401.
+RELOGIN_INTERVAL = 8 * 3600.0
+# The multipart form field that carries the bytes.
+UPLOAD_FIELD = "file"
+# A video is done once the server reports this status type.
+READY_STATUS = "ready"
+# Failures worth retrying; every other 4xx is permanent.
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
+def is_retryable_status(status: int) -> bool:
+    """Connection-level trouble, 408, 429 and every 5xx are worth another try."""
+    return status in RETRYABLE_STATUSES or status >= 500
+
+
+def content_range(start: int, end: int, total: int) -> str:
+    """``Content-Range`` for bytes ``[start, end)``: the *inclusive* end of RFC 9110.
+
+    The vendor's page shows ``bytes 0-316620/316620`` (off by one); its client
+    sends ``0-(size-1)/size``, which is what we send.
+    """
+    return f"bytes {start}-{end - 1}/{total}"
+
+
+# --- assumptions: chunked uploads ------------------------------------------
+# - chunks are separate POSTs, in order, with the same TOTAL;
+# - a chunk starting at the bytes held is appended;
+# - a chunk wholly inside what is held is a harmless 2xx no-op (a repeat after
+#   a lost answer);
+# - a chunk starting beyond what is held is refused with a 4xx;
+# - no call tells how many bytes the server holds.
+
+# A 413 means the chunk is too large for the server's body limit: halve it,
+# but never below this.
+MIN_CHUNK_AFTER_413 = 1024 * 1024
+
+
+def smaller_chunk(current: int) -> int | None:
+    """The chunk size to try after a 413 on ``current``, or None when none is left."""
+    if current <= MIN_CHUNK_AFTER_413:
+        return None
+    return max(MIN_CHUNK_AFTER_413, current // 2)
+
+
+def chunk_spans(start: int, total: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` spans from ``start`` to ``total``; ``chunk_size`` 0 = one span.
+
+    A zero-byte file is one empty request (``bytes 0--1/0`` is not valid, so the
+    caller must handle size 0 itself: see ``EMPTY_FILE_RANGE``).
+    """
+    if chunk_size <= 0:
+        chunk_size = max(total - start, 1)
+    position = start
+    while position < total:
+        end = min(total, position + chunk_size)
+        yield position, end
+        position = end
+
+
+# Assumption: an empty file is sent as one request with this range. RFC 9110
+# has no inclusive form for zero bytes; "bytes */0" is its unsatisfied-range form.
+EMPTY_FILE_RANGE = "bytes */0"
+
+
+class Refusal(enum.Enum):
+    """What a 4xx refusal of a chunk (other than 401/413) tells us to do."""
+
+    # The server will not take this file at all: fail the job.
+    FAIL = "fail"
+    # The resumed chunk was refused: delete the partial record, start again from 0.
+    RESTART = "restart"
+    # A later chunk was refused after earlier ones were taken: the server may not
+    # support chunking. Delete, recreate, send the whole file in one request.
+    WHOLE_FILE = "whole_file"
+
+
+def classify_refusal(*, start: int, first_in_attempt: bool, whole_file: bool) -> Refusal:
+    """Decide what a refused chunk means (valt-api.md, "Upload the file")."""
+    if whole_file or start == 0:
+        return Refusal.FAIL
+    if first_in_attempt:
+        return Refusal.RESTART
+    return Refusal.WHOLE_FILE
+
+
+# How many times one job may start its upload over after refusals, before failing.
+MAX_RESTARTS = 3
+
+# --- assumptions: finding a record created just before a crash ------------
+
+# The server's clock may differ from ours: records created this long before
+# the attempt began still count.
+CLOCK_SKEW_MARGIN = 300.0
+SEARCH_PAGE = 50
+SEARCH_MAX_PAGES = 20
+
+
+def search_dates(since: float) -> tuple[str, str]:
+    """``start_date``/``end_date`` (MM-DD-YYYY) spanning ``since`` to tomorrow.
+
+    One day of slack on each side: the server's idea of "today" may be in
+    another time zone.
+    """
+    start = dt.date.fromtimestamp(since) - dt.timedelta(days=1)
+    end = dt.date.today() + dt.timedelta(days=1)
+    return start.strftime("%m-%d-%Y"), end.strftime("%m-%d-%Y")
+
+
+@dataclass(frozen=True, slots=True)
+class FoundRecord:
+    """A record from a search, with what adoption needs to know."""
+
+    record_id: str
+    name: str
+    created: float | None
+    author: str | None
+    video_ids: tuple[str, ...] | None  # None = the server says no video content yet
+
+
+def is_adoption_candidate(
+    record: FoundRecord, *, name: str, attempt_started: float, username: str
+) -> bool:
+    """Could this record be the one our interrupted create-upload made?
+
+    Exact name (the search is a substring match), created after the attempt
+    began less the clock-skew margin, no video content yet, and by our account
+    where the server says who made it.
+    """
+    if record.name != name:
+        return False
+    if record.created is None or record.created < attempt_started - CLOCK_SKEW_MARGIN:
+        return False
+    if record.video_ids:
+        return False
+    return record.author is None or record.author == username
+
+
+def parse_found_record(raw: Mapping[str, Any]) -> FoundRecord | None:
+    """One entry of a search answer, or None when it lacks an id."""
+    record_id = raw.get("id")
+    if not isinstance(record_id, str | int):
+        return None
+    created = raw.get("created")
+    author = raw.get("author")
+    return FoundRecord(
+        record_id=str(record_id),
+        name=str(raw.get("name", "")),
+        created=float(created) if isinstance(created, int | float) else None,
+        author=_author_name(author),
+        video_ids=parse_video_ids(raw.get("videos")),
+    )
+
+
+def _author_name(author: object) -> str | None:
+    if isinstance(author, str):
+        return author
+    if isinstance(author, Mapping):
+        for key in ("username", "name", "login"):
+            if isinstance(author.get(key), str):
+                return str(author[key])
+    return None
+
+
+def parse_video_ids(videos: object) -> tuple[str, ...] | None:
+    """A record's ``videos`` list as ids; None for ``null``/missing/empty."""
+    if not isinstance(videos, list) or not videos:
+        return None
+    ids: list[str] = []
+    for video in videos:
+        if isinstance(video, Mapping) and isinstance(video.get("id"), str | int):
+            ids.append(str(video["id"]))
+        elif isinstance(video, str | int):
+            ids.append(str(video))
+    return tuple(ids) or None
+
+
+# --- confirming ------------------------------------------------------------
+
+
+class VideoState(enum.Enum):
+    READY = "ready"
+    PROCESSING = "processing"
+    MISSING = "missing"  # "videos": null - the server does not have the bytes
+
+
+def video_state(record_data: Mapping[str, Any], video_id: str) -> VideoState:
+    """Where our video stands, from ``GET records/{id}``'s ``data``."""
+    videos = record_data.get("videos")
+    if not isinstance(videos, list) or not videos:
+        return VideoState.MISSING
+    for video in videos:
+        if not isinstance(video, Mapping):
+            continue
+        if str(video.get("id")) != video_id and len(videos) > 1:
+            continue
+        status = video.get("status")
+        kind = status.get("type") if isinstance(status, Mapping) else status
+        if kind == READY_STATUS:
+            return VideoState.READY
+        return VideoState.PROCESSING
+    return VideoState.MISSING
+
+
+# The vendor's client polls after 3, 5, 10, 15, 15 s; we start sooner (a small
+# file is often ready at once) and grow to a cap of 5 minutes (design.md).
+CONFIRM_FIRST_DELAY = 1.0
+CONFIRM_GROWTH = 1.6
+CONFIRM_MAX_DELAY = 300.0
+
+
+def next_confirm_delay(previous: float | None) -> float:
+    """The wait before the next ``ready`` poll."""
+    if previous is None or previous <= 0:
+        return CONFIRM_FIRST_DELAY
+    return min(CONFIRM_MAX_DELAY, previous * CONFIRM_GROWTH)
+
+
+# --- answers -----------------------------------------------------------------
+
+
+def error_message(body: object, text: str) -> str:
+    """The human part of an error answer: JSON ``error.message``, ``data``, or text."""
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping) and error.get("message"):
+            return str(error["message"])
+        if isinstance(body.get("data"), str):
+            return str(body["data"])
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    return _html_title(text) or text.strip()[:200] or "(empty body)"
+
+
+def _html_title(text: str) -> str | None:
+    lower = text.lower()
+    start = lower.find("<title>")
+    end = lower.find("</title>")
+    if start != -1 and end > start:
+        return text[start + 7 : end].strip()
+    start = lower.find("<h1>")
+    end = lower.find("</h1>")
+    if start != -1 and end > start:
+        return text[start + 4 : end].strip()
+    return None
