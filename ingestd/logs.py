@@ -162,7 +162,8 @@ def configure_logging(
 
 def get_logger(name: str = "ingestd", **context: Any) -> Any:
     """A structlog logger with ``context`` bound (``job_id``, ``path``...)."""
-    return structlog.get_logger(name).bind(**context)
+    # A lazy proxy: module-level loggers must pick up configure_logging() made later.
+    return structlog.get_logger(name, **context)
 
 
 def secrets_in(text: str, secrets: Iterable[str], window: int = 8) -> list[str]:

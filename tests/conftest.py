@@ -1,0 +1,185 @@
+"""Shared test fixtures: a real fake Valt server on loopback, real files, real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ingestd.fake_valt import FakeValtThread, Faults
+
+PASSWORD = "s3cret-Pass-w0rd-xyz"
+USERNAME = "ingest"
+KiB = 1024
+MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[FakeValtThread]:
+    with FakeValtThread(tmp_path / "server", users={USERNAME: PASSWORD}, faults=Faults()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    return folder
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_config(tmp_path: Path, url: str, **sections: dict[str, Any]) -> Path:
+    """A config file for tests: fast settle and backoff, small chunks, JSON logs."""
+    base: dict[str, Any] = {
+        "valt": {"url": url, "username": USERNAME, "timeout": "5s"},
+        "watch": {
+            "paths": [str(tmp_path / "export")],
+            "settle": "0.3s",
+            "rescan_interval": "2s",
+            # Test files are random bytes; tests of the MP4 check switch it on.
+            "check_container": False,
+        },
+        "upload": {
+            "workers": 2,
+            "chunk_size": "256KiB",
+            "backoff_initial": "0.05s",
+            "backoff_max": "0.5s",
+        },
+        "ledger": {"path": str(tmp_path / "ledger.db")},
+        "log": {"format": "json", "level": "info"},
+        "status": {"listen": None},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_merge(base, sections)))
+    return path
+
+
+def ingestd_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["INGESTD_VALT_PASSWORD"] = PASSWORD
+    env.pop("INGESTD_FAILPOINTS", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """``ingestd ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ingestd", *args],
+        env=env or ingestd_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def start_daemon(
+    config: Path, log_file: Path, env: dict[str, str] | None = None, *extra: str
+) -> subprocess.Popen[bytes]:
+    """``ingestd run -c CONFIG`` in the background, its output going to ``log_file``."""
+    with open(log_file, "ab") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "ingestd", "run", "-c", str(config), *extra],
+            env=env or ingestd_env(),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
+) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    return process.wait(timeout)
+
+
+def random_file(path: Path, size: int, seed: int = 0) -> str:
+    """Write ``size`` pseudo-random bytes; returns their sha256."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            block = rng.randbytes(min(left, MiB))
+            handle.write(block)
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def log_events(log_file: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of a daemon's output (other lines are skipped)."""
+    events = []
+    for line in log_file.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+def server_videos(server: FakeValtThread) -> dict[str, dict[str, Any]]:
+    """Record name -> {record id, sha256, received, status} for every record held."""
+    held = {}
+    for record in server.snapshot()["records"]:
+        video = (record.get("videos") or [{}])[0]
+        held[record["name"]] = {"id": record["id"], **video}
+    return held
+
+
+def ledger_rows(path: Path) -> list[dict[str, Any]]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in conn.execute("SELECT * FROM jobs ORDER BY id")]
+    finally:
+        conn.close()

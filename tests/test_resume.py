@@ -1,0 +1,181 @@
+"""Crashes at every step of a job, then a new run: resume, one record, identical bytes.
+
+The process kills itself with SIGKILL at a named failpoint (or is killed from
+outside at a random moment), exactly as a power cut would stop it.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    USERNAME,
+    KiB,
+    MiB,
+    ingestd_env,
+    ledger_rows,
+    random_file,
+    run_cli,
+    server_videos,
+    sha256_file,
+    start_daemon,
+    wait_for,
+    write_config,
+)
+
+from ingestd.fake_valt import FakeValtThread
+
+CHUNK = 256 * KiB
+
+
+def _once(config: Path, failpoints: str = "") -> int:
+    env = ingestd_env(INGESTD_FAILPOINTS=failpoints) if failpoints else ingestd_env()
+    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s", env=env)
+    return result.returncode
+
+
+def _config(tmp_path: Path, server: FakeValtThread) -> Path:
+    return write_config(
+        tmp_path,
+        server.url,
+        upload={"workers": 1, "chunk_size": "256KiB"},
+        watch={"settle": "0.1s"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("failpoint", "max_resent"),
+    [
+        ("after_chunk_committed:3", 0),  # the ledger knew every chunk the server had
+        ("after_chunk_response:3", CHUNK),  # the server had one chunk more than the ledger
+    ],
+)
+def test_kill_mid_upload_resumes_from_acknowledged_chunk(
+    tmp_path: Path, server: FakeValtThread, export: Path, failpoint: str, max_resent: int
+) -> None:
+    size = 10 * CHUNK + 1234
+    digest = random_file(export / "interview.mp4", size)
+    config = _config(tmp_path, server)
+
+    assert _once(config, failpoint) == -signal.SIGKILL
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert row["state"] == "uploading"
+    assert row["bytes_acked"] == (3 if "committed" in failpoint else 2) * CHUNK
+
+    assert _once(config) == 0
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert row["state"] == "done"
+    assert row["sha256"] == digest == sha256_file(export / "interview.mp4")
+    videos = server_videos(server)
+    assert list(videos) == ["interview"]
+    assert videos["interview"]["sha256"] == digest
+    resent = server.snapshot()["upload_bytes_received"] - size
+    assert 0 <= resent <= max_resent
+
+
+def test_random_kill_resends_at_most_the_chunk_in_flight(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    """SIGKILL from outside while chunks are moving: at most one chunk is sent twice."""
+    size = 40 * CHUNK
+    digest = random_file(export / "long take.mp4", size)
+    server.set_faults(slow_rate=1.0, slow_seconds=0.05)
+    config = _config(tmp_path, server)
+    process = start_daemon(config, tmp_path / "daemon.log", None, "--once")
+    wait_for(lambda: server.snapshot()["upload_bytes_received"] >= 10 * CHUNK, timeout=30)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(10) == -signal.SIGKILL
+    acked = ledger_rows(tmp_path / "ledger.db")[0]["bytes_acked"]
+    assert 0 < acked < size
+
+    server.set_faults(slow_rate=0.0)
+    assert _once(config) == 0
+    assert server_videos(server)["long take"]["sha256"] == digest
+    assert ledger_rows(tmp_path / "ledger.db")[0]["sha256"] == digest
+    resent = server.snapshot()["upload_bytes_received"] - size
+    assert 0 <= resent <= CHUNK
+
+
+def test_kill_after_create_answer_leaves_one_record_and_spares_other_machines(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    """The create-upload answer is lost in a crash: reconciliation, not a second record."""
+    random_file(export / "Room 3.mp4", 3 * CHUNK)
+    # Same name, created just now by another capture machine's account...
+    other = server.seed_record("Room 3", author="capture-pc-7")
+    # ...and by our own account, but long before this file's upload began.
+    old = server.seed_record("Room 3", author=USERNAME, created=int(time.time()) - 3 * 3600)
+    config = _config(tmp_path, server)
+
+    assert _once(config, "after_create_response") == -signal.SIGKILL
+    assert ledger_rows(tmp_path / "ledger.db")[0]["state"] == "creating"
+    assert len(server.snapshot()["records"]) == 3  # ours, unknown to the ledger
+
+    assert _once(config) == 0
+    state = server.snapshot()
+    records = {r["id"]: r for r in state["records"]}
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert row["state"] == "done"
+    assert set(records) == {other, old, row["record_id"]}
+    assert other not in state["deleted"] and old not in state["deleted"]
+    assert len(state["deleted"]) == 1  # the empty record the crash left behind
+    assert records[row["record_id"]]["videos"][0]["sha256"] == row["sha256"]
+
+
+def test_two_empty_candidates_fail_as_ambiguous(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    random_file(export / "Room 4.mp4", 2 * CHUNK)
+    config = _config(tmp_path, server)
+    assert _once(config, "after_create_response") == -signal.SIGKILL
+    server.seed_record("Room 4", author=USERNAME)  # a second empty one of ours appears
+    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
+    assert result.returncode == 1
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert (row["state"], row["fail_reason"]) == ("failed", "ambiguous_record")
+    assert "ambiguous_record" in result.stderr
+    assert len(server.snapshot()["records"]) == 2  # nothing deleted, nothing added
+
+
+@pytest.mark.parametrize("failpoint", ["before_create", "after_record_committed"])
+def test_kill_around_record_creation(
+    tmp_path: Path, server: FakeValtThread, export: Path, failpoint: str
+) -> None:
+    digest = random_file(export / "clip.mp4", 3 * CHUNK + 7)
+    config = _config(tmp_path, server)
+    assert _once(config, failpoint) == -signal.SIGKILL
+    assert _once(config) == 0
+    videos = server_videos(server)
+    assert list(videos) == ["clip"]
+    assert videos["clip"]["sha256"] == digest
+    assert server.snapshot()["deleted"] == []
+
+
+@pytest.mark.parametrize("failpoint", ["in_confirming", "after_ready"])
+def test_kill_while_confirming_does_not_upload_again(
+    tmp_path: Path, server: FakeValtThread, export: Path, failpoint: str
+) -> None:
+    size = 3 * CHUNK
+    digest = random_file(export / "clip.mp4", size)
+    config = _config(tmp_path, server)
+    assert _once(config, failpoint) == -signal.SIGKILL
+    assert ledger_rows(tmp_path / "ledger.db")[0]["state"] == "confirming"
+    assert _once(config) == 0
+    assert server.snapshot()["upload_bytes_received"] == size
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert (row["state"], row["sha256"]) == ("done", digest)
+    assert len(server_videos(server)) == 1
+
+
+def test_done_file_is_not_uploaded_again(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    random_file(export / "clip.mp4", MiB)
+    config = _config(tmp_path, server)
+    assert _once(config) == 0
+    assert _once(config) == 0
+    assert len(server.snapshot()["records"]) == 1
+    assert server.snapshot()["upload_bytes_received"] == MiB
