@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ingestd.after_upload import apply_after_upload
@@ -36,6 +37,7 @@ log = get_logger("ingestd.daemon")
 DISPATCH_POLL = 1.0
 CONTROL_POLL = 2.0
 ONCE_POLL = 0.5
+TASK_RESTART_DELAY = 5.0
 
 
 @dataclass
@@ -141,15 +143,15 @@ class Daemon:
         async with asyncio.TaskGroup() as group:
             spawn = group.create_task
             background += [
-                spawn(self.intake.run_settle(self.stop)),
-                spawn(self.confirmer.run(self.stop)),
-                spawn(self.sweeper.run(self.stop)),
-                spawn(self._control(self.stop)),
+                spawn(self._supervise("settle", self.intake.run_settle, self.stop)),
+                spawn(self._supervise("confirmer", self.confirmer.run, self.stop)),
+                spawn(self._supervise("sweeper", self.sweeper.run, self.stop)),
+                spawn(self._supervise("control", self._control, self.stop)),
             ]
             if not self.once:
                 background += [
-                    spawn(self.intake.run_events(self.stopping)),
-                    spawn(self.intake.run_rescans(self.stopping)),
+                    spawn(self._supervise("events", self.intake.run_events, self.stopping)),
+                    spawn(self._supervise("rescans", self.intake.run_rescans, self.stopping)),
                 ]
             else:
                 spawn(self._watch_once(scope))
@@ -159,6 +161,19 @@ class Daemon:
             await self._drain(workers)
             self.stop.set()
         log.info("daemon.stopped", exit_code=self.result.exit_code)
+
+    async def _supervise(
+        self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        """Run a long-lived loop; if it fails (a bug, a full disk), log it and start it again."""
+        while not stop.is_set():
+            try:
+                await loop(stop)
+                return
+            except Exception:
+                log.exception("daemon.task_failed", task=name, restart_in_s=TASK_RESTART_DELAY)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=TASK_RESTART_DELAY)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1

@@ -292,9 +292,8 @@ class Uploader:
                 return  # drain: the job resumes from bytes_acked next time
             await self._check_source(job)
             end = min(total, position + chunk_size) if chunk_size else total
-            chunk_hasher = hasher.copy()
             try:
-                await self._send_chunk(job, position, end, chunk_hasher)
+                chunk_hasher = await self._send_chunk(job, position, end, hasher)
             except BodyTooLarge:
                 chunk_size = await self._shrink(job, end - position, bound)
                 continue
@@ -317,16 +316,21 @@ class Uploader:
         await self._check_source(job)
         await self._mark_uploaded(job, hasher.hexdigest(), bound)
 
-    async def _send_chunk(self, job: Job, start: int, end: int, hasher: Hasher) -> None:
+    async def _send_chunk(self, job: Job, start: int, end: int, hasher: Hasher) -> Hasher:
+        """Send bytes ``[start, end)``; returns a copy of ``hasher`` fed with them."""
         assert job.record_id and job.video_id
         path = Path(job.path)
         if job.size == 0:
             content_range = valt_rules.EMPTY_FILE_RANGE
         else:
             content_range = valt_rules.content_range(start, end, job.size)
+        # The client may send the body more than once (a 401, a fresh login, the same
+        # chunk again): each sending hashes into its own copy, and the last one counts.
+        sendings: list[Hasher] = []
 
         def pieces() -> AsyncIterator[bytes]:
-            return read_pieces(path, start, end, hasher)
+            sendings.append(hasher.copy())
+            return read_pieces(path, start, end, sendings[-1])
 
         await self.client.upload_chunk(
             job.record_id,
@@ -338,6 +342,9 @@ class Uploader:
         )
         self.stats.bytes_sent += end - start
         self.stats.chunks_sent += 1
+        if not sendings:  # cannot happen over HTTP/1.1; if it does, send the chunk again
+            raise RetryableError("the server answered before taking the chunk", reason="bad_answer")
+        return sendings[-1]
 
     async def _shrink(self, job: Job, refused: int, bound: Any) -> int:
         """A 413: halve the chunk (not below 1 MiB) and remember the size for this job."""

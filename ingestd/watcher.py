@@ -73,6 +73,8 @@ class Intake:
         self.rescan_now = asyncio.Event()
         self.watcher_alive = False
         self.last_scan_at: float | None = None
+        # Scans and events both turn paths into jobs; one at a time, or both add the same path.
+        self._observing = asyncio.Lock()
 
     # --- finding ------------------------------------------------------------------------
 
@@ -97,12 +99,14 @@ class Intake:
     async def scan(self, why: str) -> int:
         """Look at every file under every root; returns how many were new or changed."""
         started = time.monotonic()
-        known = await self.ledger.known_snapshots()
         files = changed = 0
         for root in self.roots:
-            for path, snap in await asyncio.to_thread(self._walk, root):
-                files += 1
-                changed += await self._observe(path, root, snap, known.get(str(path)))
+            found = await asyncio.to_thread(self._walk, root)
+            async with self._observing:
+                known = await self.ledger.known_snapshots()
+                for path, snap in found:
+                    files += 1
+                    changed += await self._observe(path, root, snap, known.get(str(path)))
         self.last_scan_at = time.time()
         log.info(
             "watcher.rescan",
@@ -128,8 +132,9 @@ class Intake:
             return  # gone: the settle loop notices if it was waiting
         if path.is_symlink() and not self.watch.follow_symlinks:
             return
-        known = await self.ledger.known_snapshots_for(str(path))
-        await self._observe(path, root, as_snap(current), known)
+        async with self._observing:
+            known = await self.ledger.known_snapshots_for(str(path))
+            await self._observe(path, root, as_snap(current), known)
 
     async def _observe(
         self, path: Path, root: Path, snap: Snap, known: tuple[int, Snap, State] | None

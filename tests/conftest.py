@@ -177,6 +177,8 @@ def server_videos(server: FakeValtThread) -> dict[str, dict[str, Any]]:
 def ledger_rows(path: Path) -> list[dict[str, Any]]:
     import sqlite3
 
+    if not path.exists():
+        return []
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:

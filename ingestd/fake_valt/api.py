@@ -18,6 +18,7 @@ from ingestd.fake_valt.context import STATE_KEY
 from ingestd.fake_valt.upload import upload_video
 
 INVALID_PAYLOAD = "Invalid request payload"
+INVALID_NAME = "Invalid record name"
 
 
 class InvalidPayload(Exception):
@@ -77,6 +78,9 @@ async def create_upload(request: web.Request) -> web.Response:
     name = payload.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidPayload
+    if name in state.faults.refuse_names:
+        state.dice.count("refuse_name")
+        return bodies.error(400, INVALID_NAME)
     record = state.store.create(
         name,
         author=state.accounts.username(request.query.get("access_token", "")),

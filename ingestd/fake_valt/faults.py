@@ -45,6 +45,8 @@ class Faults:
     max_body: int | None = None
     no_chunking: bool = False
     admin_forbidden: bool = False
+    refuse_names: tuple[str, ...] = ()
+    """Record names that create-upload refuses with a 400 (a permanent error)."""
     seed: int | None = 0
 
     def __post_init__(self) -> None:
@@ -64,6 +66,10 @@ class Faults:
         for name in ("no_chunking", "admin_forbidden"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false (got {getattr(self, name)!r})")
+        names: object = self.refuse_names
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"refuse_names must be a list of strings (got {names!r})")
+        self.refuse_names = tuple(names)
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
         """A validated copy with ``changes`` merged in; unknown names are an error."""
