@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint chaos clean
+.PHONY: demo test lint chaos clean docker-steps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check ingestd tests
 	$(BIN)/ruff format --check ingestd tests
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+	systemd-analyze verify systemd/ingestd.service 2>&1 | grep -v 'is not executable' | (! grep .)
+	@systemd-analyze security --offline=true --threshold=20 systemd/ingestd.service | tail -1
+
+# The Dockerfile's steps, outside Docker (no engine here): a fresh venv, install, run.
+docker-steps:
+	rm -rf build/docker-steps
+	$(PYTHON) -m venv build/docker-steps/opt-ingestd
+	build/docker-steps/opt-ingestd/bin/pip install --quiet --no-cache-dir .
+	build/docker-steps/opt-ingestd/bin/ingestd --version
+	build/docker-steps/opt-ingestd/bin/ingestd run --help > /dev/null
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

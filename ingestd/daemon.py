@@ -28,6 +28,8 @@ from ingestd.finished import FinishedChecks
 from ingestd.ledger import TERMINAL, Job, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.metadata import RecordNamer
+from ingestd.sdnotify import Notifier
+from ingestd.units import format_size
 from ingestd.uploader import Uploader
 from ingestd.valt import ValtClient
 from ingestd.watcher import Intake
@@ -38,6 +40,9 @@ DISPATCH_POLL = 1.0
 CONTROL_POLL = 2.0
 ONCE_POLL = 0.5
 TASK_RESTART_DELAY = 5.0
+STATUS_EVERY = 5.0
+# The dispatcher beats at least every DISPATCH_POLL; older than this means the loop is stuck.
+HEARTBEAT_STALE = 10.0
 
 
 @dataclass
@@ -67,6 +72,8 @@ class Daemon:
         self.paused = False
         self.result = RunResult()
         self._signals = 0
+        self.notifier = Notifier()
+        self.heartbeat = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -134,6 +141,7 @@ class Daemon:
         )
 
     async def _serve(self) -> None:
+        self.notifier.ready("scanning the watch folders")
         await self.intake.scan("startup")
         self.paused = await self.ledger.is_paused()
         scope = [
@@ -147,6 +155,7 @@ class Daemon:
                 spawn(self._supervise("confirmer", self.confirmer.run, self.stop)),
                 spawn(self._supervise("sweeper", self.sweeper.run, self.stop)),
                 spawn(self._supervise("control", self._control, self.stop)),
+                spawn(self._supervise("service", self._service_status, self.stop)),
             ]
             if not self.once:
                 background += [
@@ -184,6 +193,7 @@ class Daemon:
         log.info(
             "daemon.stopping", signal=sig.name, drain_timeout_s=self.config.upload.drain_timeout
         )
+        self.notifier.stopping(f"draining: {len(self.active)} upload(s) finish their chunk")
         self.stopping.set()
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
@@ -211,6 +221,7 @@ class Daemon:
     async def _dispatch(self) -> None:
         """Hand due jobs to free workers, oldest file first."""
         while not self.stopping.is_set():
+            self.heartbeat = time.monotonic()
             free = self.config.upload.workers - len(self.active)
             blocked = self.paused or self.client.login_blocked_for() > 0
             if free > 0 and not blocked:
@@ -250,6 +261,37 @@ class Daemon:
                 self.paused = paused
                 log.info("daemon.paused" if paused else "daemon.resumed")
                 self.dispatch_wake.set()
+
+    async def _service_status(self, stop: asyncio.Event) -> None:
+        """STATUS= lines for ``systemctl status``, and WATCHDOG=1 while the loop is alive.
+
+        The watchdog ping is sent only while the dispatcher's heartbeat advances,
+        so a wedged main loop stops the pings and systemd restarts the service.
+        """
+        interval = min(STATUS_EVERY, (self.notifier.watchdog_interval or 10.0) / 2)
+        last_status = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now - self.heartbeat < HEARTBEAT_STALE or self.stopping.is_set():
+                self.notifier.watchdog()
+            draining = self.stopping.is_set()  # keep the STOPPING status visible
+            if self.notifier.enabled and not draining and now - last_status >= STATUS_EVERY:
+                last_status = now
+                self.notifier.status(await self.status_line())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def status_line(self) -> str:
+        """One line a person reads in ``systemctl status``."""
+        if self.client.auth_failed:
+            return "credentials refused by the server: check valt.username and the password"
+        files, left = await self.ledger.backlog()
+        if self.paused:
+            return f"paused ({files} files not yet uploaded); `ingestd resume` to go on"
+        if not files:
+            return "idle: every file is uploaded"
+        busy = len(self.active)
+        return f"uploading {busy} of {files} files, {format_size(left)} left"
 
     # --- run --once ----------------------------------------------------------------------------
 

@@ -326,6 +326,15 @@ class Ledger:
         )
         return [Job.from_row(row) for row in await cursor.fetchall()]
 
+    async def backlog(self) -> tuple[int, int]:
+        """Files not yet uploaded (waiting to confirming) and the bytes they still need to send."""
+        cursor = await self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size - bytes_acked), 0) FROM jobs "
+            "WHERE state IN ('waiting','queued','creating','uploading','confirming')"
+        )
+        row = await cursor.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     async def counts(self) -> dict[str, int]:
         cursor = await self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         found = {str(row[0]): int(row[1]) for row in await cursor.fetchall()}

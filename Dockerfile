@@ -1,0 +1,24 @@
+# ingestd in a container: the watch folder and the ledger are volumes, the
+# password comes from the environment or a mounted file, never from the image.
+# Every step below is also run outside Docker by `make docker-steps`.
+
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY ingestd ./ingestd
+RUN python -m venv /opt/ingestd \
+    && /opt/ingestd/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim-bookworm
+COPY --from=build /opt/ingestd /opt/ingestd
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ingestd \
+    && mkdir -p /var/lib/ingestd /srv/capture/export /etc/ingestd \
+    && chown 10001:10001 /var/lib/ingestd
+ENV PATH=/opt/ingestd/bin:$PATH \
+    INGESTD_CONFIG=/etc/ingestd/config.yaml \
+    PYTHONUNBUFFERED=1
+VOLUME ["/var/lib/ingestd", "/srv/capture/export"]
+USER 10001:10001
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["ingestd"]
+CMD ["run"]
