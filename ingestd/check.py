@@ -9,12 +9,14 @@ from __future__ import annotations
 import email.utils
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from ingestd.config import Config
-from ingestd.errors import AuthFailed, ValtError
+from ingestd.config import Config, RecordConfig
+from ingestd.errors import AuthFailed, ShareNameError, ValtError
 from ingestd.logs import redact_url
+from ingestd.sharing import KINDS, ShareDirectory, configured_names
 from ingestd.valt import ValtClient
 
 Out = Callable[[str], None]
@@ -32,6 +34,10 @@ class _Report:
     def fail(self, text: str) -> None:
         self.problems += 1
         self.out(f"FAIL  {text}")
+
+    def skip(self, text: str) -> None:
+        """Something that could not be checked, and need not be: not a problem."""
+        self.out(f"skip  {text}")
 
 
 def _check_folders(config: Config, report: _Report) -> None:
@@ -102,6 +108,94 @@ async def _check_server(config: Config, password: str, report: _Report) -> None:
             return
         report.ok(f"server version {version}")
         _clock_line(date_header, report)
+        await _check_share_names(config.record, client, report)
+        if config.record.template_id is not None:
+            await _check_template(config.record, config.record.template_id, client, report)
+
+
+async def _check_share_names(record: RecordConfig, client: ValtClient, report: _Report) -> None:
+    """Every name in ``share`` must be one user or group on the server (ids are not
+    looked up: an account that may not list them works with ids)."""
+    names = configured_names(record)
+    if not names:
+        return
+    directory = ShareDirectory(client)
+    found: list[str] = []
+    failed_before = report.problems
+    refused: set[str] = set()
+    for key, kind, name in names:
+        if kind in refused:
+            continue
+        try:
+            number = await directory.lookup(kind, name)
+        except ShareNameError as exc:
+            if exc.forbidden:
+                refused.add(kind)
+            report.fail(f"{key}: {exc}")
+            continue
+        except ValtError as exc:
+            report.fail(f"share names cannot be looked up: {exc}")
+            return
+        found.append(f"{KINDS[kind][0]} {name!r} = {number}")
+    if found and report.problems == failed_before:
+        report.ok(f"share names found on the server: {', '.join(found)}")
+
+
+async def _check_template(
+    record: RecordConfig, template_id: int, client: ValtClient, report: _Report
+) -> None:
+    """``record.template`` (and each rule's) against ``admin/templates/{template_id}``:
+    field ids that exist, and every required field set."""
+    try:
+        data = await client.get_template(template_id)
+    except ValtError as exc:
+        if exc.status == 404:
+            report.fail(f"record.template_id: there is no template {template_id} on the server")
+        else:
+            report.fail(f"record.template_id: template {template_id} cannot be read: {exc}")
+        return
+    if data is None:
+        report.skip(
+            f"record.template_id: template {template_id} not checked: the account "
+            f"{client.username!r} may not read admin/templates"
+        )
+        return
+    fields = _template_fields(data)
+    title = f"template {template_id} {str(data.get('name', ''))!r}"
+    listing = ", ".join(f"{fid} {name!r}" for fid, (name, _required) in fields.items())
+    failed_before = report.problems
+    for key, values in _record_templates(record):
+        for field_id in values:
+            if field_id not in fields:
+                report.fail(f"{key}.{field_id}: {title} has no field {field_id} ({listing})")
+        for field_id, (name, required) in fields.items():
+            if required and not values.get(field_id, "").strip():
+                report.fail(
+                    f"{key}: required field {field_id} {name!r} of {title} is not set"
+                    " (a sidecar may set it, but every file needs it)"
+                )
+    if report.problems == failed_before:
+        report.ok(f"record.template fits {title}: fields exist, required fields set")
+
+
+def _template_fields(data: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """field id (as the config writes it) -> (name, required), from the server's answer."""
+    fields: dict[str, tuple[str, bool]] = {}
+    raw = data.get("fields")
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, Mapping) and item.get("id") is not None:
+            field_id = str(item["id"]).strip()
+            field_id = str(int(field_id)) if field_id.isdigit() else field_id
+            fields[field_id] = (str(item.get("name", "")), bool(item.get("required")))
+    return fields
+
+
+def _record_templates(record: RecordConfig) -> Iterator[tuple[str, Mapping[str, str]]]:
+    """Each template a file can get: the default, and every rule's own (it replaces it)."""
+    yield "record.template", record.template
+    for index, rule in enumerate(record.rules):
+        if rule.template is not None:
+            yield f"record.rules[{index}].template", rule.template
 
 
 async def run_check(config: Config, password: str, out: Out) -> int:

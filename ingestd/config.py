@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from ingestd.errors import ConfigError
+from ingestd.matching import gitignore_match
 from ingestd.placeholders import BUILTIN_PLACEHOLDERS, check_template, placeholder_names
 from ingestd.units import describe, format_duration, parse_duration, parse_size
 
@@ -688,8 +689,18 @@ def _pattern(value: object, key: str) -> str:
     return text
 
 
+def _rule_match(value: object, key: str) -> str:
+    """A gitignore-style pattern, checked now so that a bad one is not found at upload time."""
+    text = _text(value, key)
+    try:
+        gitignore_match(text, "probe")
+    except ValueError as exc:
+        raise ConfigError(key, f"is not a valid pattern: {exc}") from None
+    return text
+
+
 _RULE_PARSERS: dict[str, Parse] = {
-    "match": _text,
+    "match": _rule_match,
     "name": _optional(_record_name),
     "template": _optional(_template),
     "share": _optional(_share),

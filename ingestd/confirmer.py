@@ -20,6 +20,7 @@ from ingestd.errors import AuthFailed, PermanentError, RetryableError
 from ingestd.failpoints import failpoint
 from ingestd.ledger import Job, Ledger, State
 from ingestd.logs import get_logger
+from ingestd.telemetry import Telemetry
 from ingestd.valt import ValtClient
 
 log = get_logger("ingestd.confirmer")
@@ -43,8 +44,10 @@ class Confirmer:
         ledger: Ledger,
         client: ValtClient,
         after_done: AfterDone = _noop,
+        telemetry: Telemetry | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -54,11 +57,13 @@ class Confirmer:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.poll_due()
+            next_due = await self.poll_due()
             self.wake.clear()
-            await _wait_any(stop, self.wake, IDLE_POLL)
+            wait = IDLE_POLL if next_due is None else max(0.0, next_due - time.time())
+            await _wait_any(stop, self.wake, min(IDLE_POLL, wait))
 
-    async def poll_due(self) -> None:
+    async def poll_due(self) -> float | None:
+        """Poll every record that is due; returns when the next one will be (None: none)."""
         now = time.time()
         for job in await self.ledger.jobs_in([State.CONFIRMING], order="next_attempt_at"):
             if job.next_attempt_at > now or self.client.login_blocked_for() > 0:
@@ -66,7 +71,7 @@ class Confirmer:
             try:
                 await self.confirm(job)
             except AuthFailed:
-                return
+                return None
             except (RetryableError, PermanentError) as exc:
                 delay = valt_rules.next_confirm_delay(job.confirm_delay)
                 await self.ledger.update(
@@ -74,6 +79,7 @@ class Confirmer:
                 )
                 log.warning("confirm.retry", job_id=job.id, error=str(exc), delay_s=round(delay, 1))
             self.on_change()
+        return await self.ledger.next_due_in(State.CONFIRMING)
 
     async def confirm(self, job: Job) -> None:
         """Poll one record once and act on what the server says."""
@@ -112,6 +118,7 @@ class Confirmer:
                 f"{waited / 60:.0f} min (upload.confirm_timeout); the source is left in place",
             )
             log.error("job.failed", job_id=job.id, path=job.path, reason="not_ready")
+            self.telemetry.job_failed(job.id, job.path, "not_ready", "not ready in time")
             return
         delay = valt_rules.next_confirm_delay(job.confirm_delay)
         await self.ledger.update(job.id, confirm_delay=delay, next_attempt_at=time.time() + delay)
@@ -121,6 +128,8 @@ class Confirmer:
         log.info(
             "job.done", job_id=job.id, path=job.path, record_id=job.record_id, sha256=job.sha256
         )
+        self.telemetry.job_done(job.id, job.path, job.record_id)
+        failpoint("before_after_action")
         await self.after_done(job)
 
 

@@ -21,14 +21,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ingestd.after_upload import apply_after_upload
+from ingestd.after_upload import apply_after_upload, housekeeping
 from ingestd.config import Config
 from ingestd.confirmer import Confirmer, PartialSweeper
 from ingestd.finished import FinishedChecks
+from ingestd.health import StatusService
 from ingestd.ledger import TERMINAL, Job, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.metadata import RecordNamer
 from ingestd.sdnotify import Notifier
+from ingestd.sharing import open_share_directory
+from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
 from ingestd.uploader import Uploader
 from ingestd.valt import ValtClient
@@ -38,9 +41,10 @@ log = get_logger("ingestd.daemon")
 
 DISPATCH_POLL = 1.0
 CONTROL_POLL = 2.0
-ONCE_POLL = 0.5
+ONCE_POLL = 0.2
 TASK_RESTART_DELAY = 5.0
 STATUS_EVERY = 5.0
+HOUSEKEEPING_EVERY = 60.0
 # The dispatcher beats at least every DISPATCH_POLL; older than this means the loop is stuck.
 HEARTBEAT_STALE = 10.0
 
@@ -73,6 +77,9 @@ class Daemon:
         self.result = RunResult()
         self._signals = 0
         self.notifier = Notifier()
+        # /healthz, /metrics and webhook alerts (issue 5); the engine reports to its telemetry.
+        self.status = StatusService(config)
+        self.telemetry: Telemetry = self.status.telemetry
         self.heartbeat = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -88,10 +95,14 @@ class Daemon:
                 timeout=self.config.valt.timeout,
                 verify_tls=self.config.valt.verify_tls,
                 ca_file=self.config.valt.ca_file,
+                on_contact=self.telemetry.server_contact,
             ) as client:
                 self.client = client
+                # Before workers start: an unknown share name is a config error (exit 2).
+                self.directory = await open_share_directory(client, self.config.record)
                 self._startup()
-                await self._serve()
+                async with self.status.serving(self):  # binds status.listen
+                    await self._serve()
         finally:
             await self.ledger.close()
         return self.result
@@ -116,15 +127,17 @@ class Daemon:
             config=self.config,
             ledger=self.ledger,
             client=self.client,
-            namer=RecordNamer(self.config.record),
+            namer=RecordNamer(self.config.record, self.directory, settle=self.config.watch.settle),
             stopping=self.stopping,
+            telemetry=self.telemetry,
             on_change=self.dispatch_wake.set,
         )
         self.confirmer = Confirmer(
             config=self.config,
             ledger=self.ledger,
             client=self.client,
-            after_done=lambda job: apply_after_upload(self.config, job),
+            after_done=lambda job: apply_after_upload(self.config, self.ledger, job),
+            telemetry=self.telemetry,
         )
         self.sweeper = PartialSweeper(config=self.config, ledger=self.ledger, client=self.client)
         self.queue: asyncio.Queue[int] = asyncio.Queue()
@@ -156,6 +169,8 @@ class Daemon:
                 spawn(self._supervise("sweeper", self.sweeper.run, self.stop)),
                 spawn(self._supervise("control", self._control, self.stop)),
                 spawn(self._supervise("service", self._service_status, self.stop)),
+                spawn(self._supervise("health", self.status.run, self.stop)),
+                spawn(self._supervise("housekeeping", self._housekeeping, self.stop)),
             ]
             if not self.once:
                 background += [
@@ -179,8 +194,9 @@ class Daemon:
             try:
                 await loop(stop)
                 return
-            except Exception:
+            except Exception as exc:
                 log.exception("daemon.task_failed", task=name, restart_in_s=TASK_RESTART_DELAY)
+                self.status.task_failed(name, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=TASK_RESTART_DELAY)
 
@@ -195,6 +211,7 @@ class Daemon:
         )
         self.notifier.stopping(f"draining: {len(self.active)} upload(s) finish their chunk")
         self.stopping.set()
+        self.dispatch_wake.set()
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
         """Let chunks in flight finish (bounded by drain_timeout), then cancel the rest."""
@@ -224,13 +241,18 @@ class Daemon:
             self.heartbeat = time.monotonic()
             free = self.config.upload.workers - len(self.active)
             blocked = self.paused or self.client.login_blocked_for() > 0
+            wait = DISPATCH_POLL
             if free > 0 and not blocked:
                 for job in await self.ledger.due_jobs(time.time(), free, sorted(self.active)):
                     self.active.add(job.id)
                     self.queue.put_nowait(job.id)
+                # A retry due sooner than the next poll is not kept waiting for it.
+                next_due = await self.ledger.next_due(sorted(self.active))
+                if next_due is not None:
+                    wait = min(wait, max(0.0, next_due - time.time()))
             self.dispatch_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.dispatch_wake.wait(), timeout=DISPATCH_POLL)
+                await asyncio.wait_for(self.dispatch_wake.wait(), timeout=wait)
 
     async def _worker(self, number: int) -> None:
         self.worker_jobs[number] = None
@@ -261,6 +283,13 @@ class Daemon:
                 self.paused = paused
                 log.info("daemon.paused" if paused else "daemon.resumed")
                 self.dispatch_wake.set()
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """After-upload actions a crash interrupted, and ``keep_for`` expiry, every minute."""
+        while not stop.is_set():
+            await housekeeping(self.config, self.ledger)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
 
     async def _service_status(self, stop: asyncio.Event) -> None:
         """STATUS= lines for ``systemctl status``, and WATCHDOG=1 while the loop is alive.
@@ -311,3 +340,4 @@ class Daemon:
                 break
             await asyncio.sleep(ONCE_POLL)
         self.stopping.set()
+        self.dispatch_wake.set()

@@ -70,3 +70,27 @@ class SourceChanged(IngestdError):
 
 class SourceMissing(IngestdError):
     """The source file disappeared before its upload finished."""
+
+
+class SidecarError(IngestdError):
+    """A video's sidecar file cannot be used: unreadable, bad JSON/YAML, or wrong keys/types.
+
+    ``file`` is the sidecar's file name, ``problem`` what is wrong with it.
+    """
+
+    def __init__(self, file: str, problem: str) -> None:
+        self.file = file
+        self.problem = problem
+        super().__init__(f"sidecar {file}: {problem}")
+
+
+class ShareNameError(IngestdError):
+    """A ``share`` name cannot become an id: unknown on the server, or the account may not list.
+
+    ``kind`` is ``users`` or ``groups``; ``forbidden`` tells the second case.
+    """
+
+    def __init__(self, kind: str, message: str, *, forbidden: bool = False) -> None:
+        self.kind = kind
+        self.forbidden = forbidden
+        super().__init__(message)

@@ -25,6 +25,7 @@ FAILPOINTS: tuple[str, ...] = (
     "after_chunk_committed",  # bytes_acked committed
     "in_confirming",  # all bytes sent and "confirming" committed
     "after_ready",  # the server said ready, "done" not yet committed
+    "before_after_action",  # "done" committed, the file not yet kept/moved/deleted
     "after_delete_response",  # a partial record was deleted, the ledger not yet told
 )
 

@@ -22,7 +22,7 @@ import aiosqlite
 
 from ingestd.errors import LedgerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -93,6 +93,20 @@ CREATE TABLE IF NOT EXISTS deletions (
 """
 
 
+# Each step takes the schema from version N-1 to N; version 1 is _SCHEMA.
+_MIGRATIONS: dict[int, str] = {
+    2: """
+ALTER TABLE jobs ADD COLUMN fingerprint TEXT;
+ALTER TABLE jobs ADD COLUMN final_path TEXT;
+ALTER TABLE jobs ADD COLUMN after_done INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cleaned_at REAL;
+CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs(fingerprint);
+-- Version 1 ran the after-upload action inline with "done".
+UPDATE jobs SET after_done=1 WHERE state='done';
+""",
+}
+
+
 @dataclass(slots=True)
 class Job:
     """One row of ``jobs``: one file path and everything done about it."""
@@ -127,6 +141,11 @@ class Job:
     uploaded_at: float | None
     done_at: float | None
     updated_at: float
+    # Schema 2
+    fingerprint: str | None = None  # size + head and tail hashes: cheap content identity
+    final_path: str | None = None  # where the source is after move_to / failed_to
+    after_done: int = 0  # the after-upload action has been applied
+    cleaned_at: float | None = None  # keep_for: when the kept copy was deleted
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -198,8 +217,16 @@ class Ledger:
                 f"schema version {version} is newer than this ingestd understands "
                 f"({SCHEMA_VERSION}); upgrade ingestd"
             )
-        await self._conn.executescript(_SCHEMA)
-        await self._set_meta("schema_version", str(SCHEMA_VERSION))
+        if version == 0:
+            await self._conn.executescript(_SCHEMA)
+            await self._set_meta("schema_version", "1")
+            version = 1
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            # One transaction a step: a crash mid-migration leaves the previous version.
+            await self._conn.executescript(
+                f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}\n"
+                f"UPDATE meta SET value='{step}' WHERE key='schema_version';\nCOMMIT;"
+            )
 
     async def _schema_version(self) -> int:
         cursor = await self._conn.execute(
@@ -335,6 +362,51 @@ class Ledger:
         row = await cursor.fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
+    async def twin_of(self, fingerprint: str, job_id: int) -> Job | None:
+        """Another job with the same content fingerprint: a done one first, else one in flight."""
+        cursor = await self._conn.execute(
+            "SELECT * FROM jobs WHERE fingerprint=? AND id<>? AND state IN "
+            "('done','queued','creating','uploading','confirming') "
+            "ORDER BY state='done' DESC, id DESC LIMIT 1",
+            (fingerprint, job_id),
+        )
+        row = await cursor.fetchone()
+        return None if row is None else Job.from_row(row)
+
+    async def pending_after_actions(self) -> list[Job]:
+        """Done jobs whose after-upload action has not run (a crash came between)."""
+        cursor = await self._conn.execute(
+            "SELECT * FROM jobs WHERE state='done' AND after_done=0 ORDER BY id"
+        )
+        return [Job.from_row(row) for row in await cursor.fetchall()]
+
+    async def expired_keeps(self, before: float) -> list[Job]:
+        """Done jobs whose kept source (or moved copy) is due for deletion (``keep_for``)."""
+        cursor = await self._conn.execute(
+            "SELECT * FROM jobs WHERE state='done' AND after_done=1 AND cleaned_at IS NULL "
+            "AND done_at<=? ORDER BY id",
+            (before,),
+        )
+        return [Job.from_row(row) for row in await cursor.fetchall()]
+
+    async def next_due(self, exclude: Sequence[int]) -> float | None:
+        """When the next job a worker could take becomes due (None: none is waiting)."""
+        skip = f"AND id NOT IN ({','.join('?' * len(exclude))}) " if exclude else ""
+        cursor = await self._conn.execute(
+            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state IN (?,?,?) {skip}",
+            (*[s.value for s in DISPATCHABLE], *exclude),
+        )
+        row = await cursor.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def next_due_in(self, state: State) -> float | None:
+        """The earliest ``next_attempt_at`` of the jobs in ``state`` (None: there are none)."""
+        cursor = await self._conn.execute(
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE state=?", (state.value,)
+        )
+        row = await cursor.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     async def counts(self) -> dict[str, int]:
         cursor = await self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         found = {str(row[0]): int(row[1]) for row in await cursor.fetchall()}
@@ -400,11 +472,13 @@ class Ledger:
     async def retry(self, job_ids: Sequence[int] | None, *, force: bool) -> list[int]:
         """Re-queue failed jobs (all when ``job_ids`` is None).
 
-        ``force`` also takes waiting ones, skipping the finished checks.
+        ``force`` also takes waiting and skipped ones: they go back to ``waiting``
+        marked ``force``, and the settle loop queues them at once, skipping the
+        finished checks and the duplicate check.
         """
-        states = ["failed", "waiting"] if force else ["failed"]
+        states = ["failed", "waiting", "skipped"] if force else ["failed"]
         marks = ",".join("?" * len(states))
-        query = f"SELECT id, record_id, create_started_at FROM jobs WHERE state IN ({marks})"
+        query = f"SELECT id, state, record_id, create_started_at FROM jobs WHERE state IN ({marks})"
         args: list[Any] = list(states)
         if job_ids is not None:
             query += f" AND id IN ({','.join('?' * len(job_ids)) or 'NULL'})"  # none: no match
@@ -413,10 +487,12 @@ class Ledger:
         retried: list[int] = []
         async with self.transaction():
             cursor = await self._conn.execute(query, args)
-            for job_id, record_id, create_started_at in await cursor.fetchall():
+            for job_id, current, record_id, create_started_at in await cursor.fetchall():
                 state = (
                     "uploading" if record_id else ("creating" if create_started_at else "queued")
                 )
+                if current in ("waiting", "skipped"):
+                    state = "waiting"
                 await self._conn.execute(
                     "UPDATE jobs SET state=?, attempts=0, next_attempt_at=0, fail_reason=NULL, "
                     "fail_detail=NULL, force=?, updated_at=? WHERE id=?",

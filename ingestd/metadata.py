@@ -1,21 +1,40 @@
 """What a file's record looks like on Valt: its name, template fields and sharing.
 
-Built from ``record:`` in the configuration: placeholders filled from the
-file (``{stem}``, ``{mtime:%Y-%m-%d}``...), the named groups of
-``record.pattern``, and the first matching ``record.rules`` entry.
+Built from ``record:`` in the configuration, in this order, each over the last:
+
+1. ``record.name`` / ``template`` / ``share``, whose placeholders are filled
+   from the file (``{stem}``, ``{mtime:%Y-%m-%d}``...) and the named groups of
+   ``record.pattern`` where it matches the relative path;
+2. the first ``record.rules`` entry whose ``match`` (gitignore-style, ``**``
+   spans folders) fits the relative path: its name, template and share,
+   where given, replace the ones above (placeholders filled the same way);
+3. the video's sidecar (``record.sidecar``, see :mod:`ingestd.sidecar`): its
+   ``name`` replaces the name, its ``template`` fields are set over the
+   others (fields it does not name stay), its ``share.users`` /
+   ``share.groups``, where given, replace that kind. Sidecar values are
+   literal text: no placeholders.
+
+Share names become ids through a :class:`~ingestd.sharing.ShareDirectory`.
+A problem that belongs to one file (a malformed sidecar, a name in it the
+server does not know) fails that job, never the daemon.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from ingestd.config import RecordConfig, ShareConfig
+from ingestd.errors import PermanentError, RetryableError, ShareNameError
 from ingestd.matching import gitignore_match
 from ingestd.placeholders import render
+from ingestd.sharing import KINDS, ShareDirectory
+from ingestd.sidecar import Sidecar, examine_sidecar
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +42,16 @@ class RecordMeta:
     name: str
     template: dict[str, str] = field(default_factory=dict)
     share: dict[str, list[int]] = field(default_factory=lambda: {"users": [], "groups": []})
+
+
+@dataclass(frozen=True, slots=True)
+class _Chosen:
+    """The configuration that applies to one file: the defaults, or its rule's."""
+
+    name: str
+    template: Mapping[str, str]
+    share: ShareConfig
+    share_key: str  # dotted key of ``share``, for error messages
 
 
 def relative_path(path: Path, root: Path) -> PurePath:
@@ -55,40 +84,77 @@ def placeholder_values(
     return values
 
 
-def share_ids(
-    share: ShareConfig, names: Mapping[str, Mapping[str, int]] | None = None
-) -> dict[str, list[int]]:
-    """Numeric ids for ``share``; names are looked up in ``names`` (resolved at start-up)."""
-    result: dict[str, list[int]] = {"users": [], "groups": []}
-    for kind, items in (("users", share.users), ("groups", share.groups)):
-        for item in items:
-            if isinstance(item, int):
-                result[kind].append(item)
-            elif names is not None and item in names.get(kind, {}):
-                result[kind].append(names[kind][item])
-    return result
-
-
 class RecordNamer:
-    """Turns a file into its :class:`RecordMeta` according to ``record:``."""
+    """Turns a file into its :class:`RecordMeta` according to ``record:``.
+
+    ``settle`` (``watch.settle``) guards sidecars at upload time too: one that
+    changed since the settle loop looked is not used half-written.
+    """
 
     def __init__(
-        self, config: RecordConfig, share_names: Mapping[str, Mapping[str, int]] | None = None
+        self,
+        config: RecordConfig,
+        directory: ShareDirectory | None = None,
+        *,
+        settle: float = 0.0,
     ) -> None:
         self.config = config
         self.pattern = re.compile(config.pattern) if config.pattern else None
-        self.share_names = share_names
+        self.directory = directory or ShareDirectory(None)
+        self.settle = settle
 
-    def meta_for(self, path: Path, root: Path, size: int, mtime_ns: int) -> RecordMeta:
+    def choose(self, relpath: str) -> _Chosen:
+        """The defaults, with the first matching rule's settings over them."""
+        config = self.config
+        for index, rule in enumerate(config.rules):
+            if gitignore_match(rule.match, relpath):
+                return _Chosen(
+                    name=rule.name or config.name,
+                    template=rule.template if rule.template is not None else config.template,
+                    share=rule.share if rule.share is not None else config.share,
+                    share_key=(
+                        f"record.rules[{index}].share" if rule.share is not None else "record.share"
+                    ),
+                )
+        return _Chosen(config.name, config.template, config.share, "record.share")
+
+    async def meta_for(self, path: Path, root: Path, size: int, mtime_ns: int) -> RecordMeta:
+        """The record for one file. PermanentError (``bad_sidecar``,
+        ``unknown_share_name``) fails its job; RetryableError (``sidecar_unsettled``,
+        the server) tries again later."""
         values = placeholder_values(path, root, size, mtime_ns, self.pattern)
-        name_template, template, share = self.config.name, self.config.template, self.config.share
-        rel = str(values["relpath"])
-        for rule in self.config.rules:
-            if gitignore_match(rule.match, rel):
-                name_template = rule.name or name_template
-                template = rule.template if rule.template is not None else template
-                share = rule.share or share
-                break
-        name = render(name_template, values).strip() or path.stem
-        fields = {key: render(value, values) for key, value in template.items()}
-        return RecordMeta(name=name, template=fields, share=share_ids(share, self.share_names))
+        chosen = self.choose(str(values["relpath"]))
+        name = render(chosen.name, values).strip() or path.stem
+        fields = {key: render(value, values) for key, value in chosen.template.items()}
+        sidecar = await asyncio.to_thread(self._sidecar, path) if self.config.sidecar else None
+        if sidecar is not None:
+            name = sidecar.name or name
+            fields.update(sidecar.template)
+        share = {kind: await self._share_ids(kind, chosen, sidecar) for kind in KINDS}
+        return RecordMeta(name=name, template=fields, share=share)
+
+    def _sidecar(self, video: Path) -> Sidecar | None:
+        verdict = examine_sidecar(video, self.settle, time.time())
+        if verdict.wait is not None:
+            raise RetryableError(verdict.wait, reason="sidecar_unsettled")
+        if verdict.error is not None:
+            raise PermanentError(
+                f"{verdict.error}; fix it, then `ingestd retry`", reason="bad_sidecar"
+            )
+        return verdict.sidecar
+
+    async def _share_ids(self, kind: str, chosen: _Chosen, sidecar: Sidecar | None) -> list[int]:
+        from_sidecar: Iterable[int | str] | None = getattr(sidecar, kind, None)
+        if sidecar is not None and from_sidecar is not None:
+            try:
+                return await self.directory.ids(kind, from_sidecar)
+            except ShareNameError as exc:
+                raise PermanentError(
+                    f"sidecar {sidecar.path.name}: share.{kind}: {exc}", reason="bad_sidecar"
+                ) from None
+        try:
+            return await self.directory.ids(kind, getattr(chosen.share, kind))
+        except ShareNameError as exc:
+            raise PermanentError(
+                f"{chosen.share_key}.{kind}: {exc}", reason="unknown_share_name"
+            ) from None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ingestd import valt_rules
+from ingestd.after_upload import move_failed
 from ingestd.backoff import backoff_delay
 from ingestd.config import Config
 from ingestd.errors import (
@@ -36,6 +37,7 @@ from ingestd.finished import snapshot
 from ingestd.ledger import Job, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.metadata import RecordNamer
+from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
 from ingestd.valt import ValtClient
 
@@ -115,8 +117,10 @@ class Uploader:
         client: ValtClient,
         namer: RecordNamer,
         stopping: asyncio.Event,
+        telemetry: Telemetry | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -181,13 +185,16 @@ class Uploader:
             delete_record=True,
         )
         bound.warning("job.failed", reason="source_missing", record_id=fresh.record_id)
+        self.telemetry.job_failed(job.id, job.path, "source_missing", "the file disappeared")
 
     # --- outcomes -----------------------------------------------------------------------
 
     async def _fail(self, job: Job, reason: str, detail: str, bound: Any) -> None:
         fresh = await self.ledger.get_job(job.id)
         await self.ledger.fail(fresh, reason, detail, delete_record=fresh.state == State.UPLOADING)
+        await move_failed(self.config, self.ledger, fresh, reason, detail)
         bound.error("job.failed", reason=reason, detail=detail, record_id=fresh.record_id)
+        self.telemetry.job_failed(job.id, job.path, reason, detail)
 
     async def _retry_later(self, job: Job, reason: str, detail: str, bound: Any) -> None:
         fresh = await self.ledger.get_job(job.id)
@@ -202,6 +209,7 @@ class Uploader:
             job.id, attempts=attempts, next_attempt_at=time.time() + delay, fail_detail=detail
         )
         self.stats.retries += 1
+        self.telemetry.retry(reason)
         bound.warning(
             "upload.retry", reason=reason, error=detail, attempt=attempts, delay_s=round(delay, 1)
         )
@@ -210,7 +218,7 @@ class Uploader:
 
     async def _ensure_record(self, job: Job, bound: Any) -> Job:
         """Create the job's record, or adopt the one an interrupted attempt made."""
-        meta = self.namer.meta_for(Path(job.path), Path(job.root), job.size, job.mtime_ns)
+        meta = await self.namer.meta_for(Path(job.path), Path(job.root), job.size, job.mtime_ns)
         if job.state == State.CREATING and job.create_started_at is not None:
             await self._reconcile(job, job.record_name or meta.name, bound)
         started = time.time()
@@ -341,6 +349,7 @@ class Uploader:
             pieces=pieces,
         )
         self.stats.bytes_sent += end - start
+        self.telemetry.chunk_sent(end - start)
         self.stats.chunks_sent += 1
         if not sendings:  # cannot happen over HTTP/1.1; if it does, send the chunk again
             raise RetryableError("the server answered before taking the chunk", reason="bad_answer")
@@ -392,6 +401,7 @@ class Uploader:
         self.stats.uploads_completed += 1
         fresh = await self.ledger.get_job(job.id)
         seconds = now - (fresh.upload_started_at or now)
+        self.telemetry.upload_completed(job.size, seconds)
         bound.info(
             "upload.completed",
             size=job.size,

@@ -91,7 +91,9 @@ class ValtClient:
         timeout: float = 30.0,
         verify_tls: bool = True,
         ca_file: Path | None = None,
+        on_contact: Callable[[bool], None] | None = None,
     ) -> None:
+        self.on_contact = on_contact or (lambda ok: None)
         self.base_url = base_url.rstrip("/") + valt_rules.API_PREFIX
         self.username = username
         self._password = password
@@ -276,24 +278,28 @@ class ValtClient:
                     raw = await response.content.read(MAX_ANSWER_BYTES)
                     answer = _answer(response.status, raw, response.headers.get("Date"))
         except TimeoutError:
-            self.last_contact_ok = False
+            self._contact(False)
             raise RetryableError(
                 f"{what}: no progress for {self.timeout:.0f} s (valt.timeout)", reason="timeout"
             ) from None
         except aiohttp.ClientConnectorCertificateError:
-            self.last_contact_ok = False
+            self._contact(False)
             raise RetryableError(
                 f"{what}: the server's TLS certificate is not trusted "
                 "(set valt.ca_file to the CA that signed it)",
                 reason="tls",
             ) from None
         except aiohttp.ClientError as exc:
-            self.last_contact_ok = False
+            self._contact(False)
             raise RetryableError(
                 f"{what}: {type(exc).__name__}: {redact_text(str(exc))}", reason="connection"
             ) from None
-        self.last_contact_ok = answer.status < 500
+        self._contact(answer.status < 500)
         return answer
+
+    def _contact(self, ok: bool) -> None:
+        self.last_contact_ok = ok
+        self.on_contact(ok)
 
     def _raise_for(self, answer: Answer, what: str) -> None:
         """Turn a non-2xx answer into the right exception."""
@@ -424,16 +430,42 @@ class ValtClient:
         self._raise_for(answer, what)
         return True
 
+    async def _admin_get(self, path: str, what: str) -> Answer | None:
+        """An ``admin/*`` GET; None when the account may not make it (403, or 401 even
+        after a fresh login): valt-api.md, ordinary accounts may be refused there."""
+        try:
+            answer = await self._call("GET", path, what)
+        except PermanentError as exc:
+            if exc.status == 401:
+                return None
+            raise
+        if answer.status in (401, 403):
+            return None
+        return answer
+
     async def admin_list(self, kind: str) -> list[Mapping[str, Any]] | None:
         """``admin/users`` or ``admin/user_groups``; None when the account may not list them."""
         what = f"GET admin/{kind}"
-        answer = await self._call("GET", f"/admin/{kind}", what)
-        if answer.status in (401, 403):
+        answer = await self._admin_get(f"/admin/{kind}", what)
+        if answer is None:
             return None
         self._raise_for(answer, what)
         key = "users" if kind == "users" else "userGroups"
         items = _dig(answer.body, "data", key)
         return [i for i in items if isinstance(i, Mapping)] if isinstance(items, list) else []
+
+    async def get_template(self, template_id: int) -> Mapping[str, Any] | None:
+        """``admin/templates/{id}``'s ``data`` (its ``fields``); None when the account may
+        not read it. A template that does not exist is a PermanentError with status 404."""
+        what = "GET admin/templates/{id}"
+        answer = await self._admin_get(f"/admin/templates/{template_id}", what)
+        if answer is None:
+            return None
+        self._raise_for(answer, what)
+        data = _dig(answer.body, "data")
+        if not isinstance(data, Mapping):
+            raise PermanentError(f"{what}: the answer holds no template", reason="bad_answer")
+        return data
 
 
 def _found(raw: object) -> valt_rules.FoundRecord | None:

@@ -221,7 +221,7 @@ def video_state(record_data: Mapping[str, Any], video_id: str) -> VideoState:
 
 # The vendor's client polls after 3, 5, 10, 15, 15 s; we start sooner (a small
 # file is often ready at once) and grow to a cap of 5 minutes (design.md).
-CONFIRM_FIRST_DELAY = 1.0
+CONFIRM_FIRST_DELAY = 0.25
 CONFIRM_GROWTH = 1.6
 CONFIRM_MAX_DELAY = 300.0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import watchfiles
 
 from ingestd.config import Config
+from ingestd.fingerprint import fingerprint, full_sha256
 from ingestd.finished import FileSnapshot, FinishedChecks, snapshot
 from ingestd.ledger import Ledger, State
 from ingestd.logs import get_logger
@@ -193,8 +194,9 @@ class Intake:
         if snap != tracked.snap:
             tracked.snap, tracked.since = snap, now
             self._log_still_changing(job_id, path, tracked, now)
+            await self._wait(job_id, path, tracked, "still being written", log_it=False)
         if force:
-            await self._queue(job_id, path, tracked, now)
+            await self._identify(job_id, path, tracked, now, force=True)
             return
         if now - tracked.since < self.watch.settle:
             return
@@ -202,11 +204,61 @@ class Intake:
         if reason is None:
             reason = await asyncio.to_thread(self.checks.why_not_finished, path, snap[0])
         if reason is None:
-            await self._queue(job_id, path, tracked, now)
-        elif reason != tracked.reason:
-            tracked.reason = reason
-            await self.ledger.update(job_id, wait_reason=reason)
+            await self._identify(job_id, path, tracked, now, force=False)
+        else:
+            await self._wait(job_id, path, tracked, reason)
+
+    async def _wait(
+        self, job_id: int, path: Path, tracked: _Tracked, reason: str, *, log_it: bool = True
+    ) -> None:
+        """Record why the file waits (``ingestd status`` shows it), once per reason."""
+        if reason == tracked.reason:
+            return
+        tracked.reason = reason
+        await self.ledger.update(job_id, wait_reason=reason)
+        if log_it:
             log.info("file.waiting", job_id=job_id, path=str(path), reason=reason)
+
+    async def _identify(
+        self, job_id: int, path: Path, tracked: _Tracked, now: float, *, force: bool
+    ) -> None:
+        """A finished file: skip it if its content is already on the server, else queue it."""
+        try:
+            print_ = await asyncio.to_thread(fingerprint, path, tracked.snap[0])
+            twin = None if force else await self.ledger.twin_of(print_, job_id)
+            same = twin is not None and twin.state == State.DONE and bool(twin.sha256)
+            if twin is not None and same:
+                same = await asyncio.to_thread(full_sha256, path) == twin.sha256
+        except OSError as exc:
+            await self._wait(job_id, path, tracked, f"cannot read the file ({exc.strerror})")
+            return
+        if twin is not None and same:
+            size, mtime_ns, inode, device = tracked.snap
+            await self.ledger.update(
+                job_id,
+                state=State.SKIPPED,
+                # The version judged, or the next scan takes it for a changed file: a new job.
+                size=size,
+                mtime_ns=mtime_ns,
+                inode=inode,
+                device=device,
+                fingerprint=print_,
+                sha256=twin.sha256,
+                wait_reason=f"same content as {twin.path}",
+            )
+            self.tracking.pop(job_id, None)
+            log.info(
+                "file.duplicate",
+                job_id=job_id,
+                path=str(path),
+                earlier_job=twin.id,
+                earlier_path=twin.path,
+                record_id=twin.record_id,
+            )
+        elif twin is not None and twin.state != State.DONE:
+            await self._wait(job_id, path, tracked, f"same content as job {twin.id}, in progress")
+        else:
+            await self._queue(job_id, path, tracked, now, print_)
 
     def _log_still_changing(self, job_id: int, path: Path, tracked: _Tracked, now: float) -> None:
         if (
@@ -222,11 +274,14 @@ class Intake:
                 changing_for_s=round(now - tracked.first_seen),
             )
 
-    async def _queue(self, job_id: int, path: Path, tracked: _Tracked, now: float) -> None:
+    async def _queue(
+        self, job_id: int, path: Path, tracked: _Tracked, now: float, print_: str
+    ) -> None:
         size, mtime_ns, inode, device = tracked.snap
         await self.ledger.update(
             job_id,
             state=State.QUEUED,
+            fingerprint=print_,
             size=size,
             mtime_ns=mtime_ns,
             inode=inode,

@@ -183,5 +183,18 @@ def ledger_rows(path: Path) -> list[dict[str, Any]]:
     conn.row_factory = sqlite3.Row
     try:
         return [dict(row) for row in conn.execute("SELECT * FROM jobs ORDER BY id")]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []  # the daemon has created the file but not the schema yet
+        raise
     finally:
         conn.close()
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for ``status.listen`` and webhook receivers)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

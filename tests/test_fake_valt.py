@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -130,6 +130,14 @@ async def client(fake: FakeValt, session: aiohttp.ClientSession) -> Client:
 
 def payload(size: int) -> bytes:
     return os.urandom(size)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until the server has caught up with something the client did."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 # --- authentication -----------------------------------------------------------------
@@ -424,6 +432,78 @@ async def test_a_streamed_chunk_without_content_length_is_accepted(
     assert answer.status == 200
     assert fake.video_bytes(record_id) == data
 
+    # Without a Content-Length, max_body is judged on the bytes that arrive.
+    fake.set_faults(max_body=100_000)
+    second_id, second_video = await client.create()
+    form = aiohttp.FormData()
+    form.add_field("file", pieces(), filename="clip.mp4")
+    refused = await client.call(
+        "POST",
+        f"records/{second_id}/videos/{second_video}",
+        data=form,
+        headers={"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"},
+    )
+    assert (refused.status, refused.text) == (413, NGINX_413)
+    assert fake.records[second_id].videos[0].received == 0
+    assert fake.video_bytes(second_id) == b""
+
+
+async def test_a_chunk_cut_off_mid_body_leaves_the_video_as_it_was(
+    fake: FakeValt, client: Client
+) -> None:
+    record_id, video_id = await client.create()
+    await client.upload(record_id, video_id, b"a" * 1000, 0, 400_000)
+    host, port = fake.url.removeprefix("http://").split(":")
+    boundary = "cut-off-boundary"
+    part_head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="clip.mp4"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    body_length = len(part_head) + 300_000 + len(f"\r\n--{boundary}--\r\n")
+    head = (
+        f"POST /api/v3/records/{record_id}/videos/{video_id}?access_token={client.token} "
+        f"HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {body_length}\r\nContent-Range: bytes 1000-300999/400000\r\n\r\n"
+    ).encode()
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head + part_head)
+    for _ in range(3):  # the server holds one read back to look for the boundary
+        writer.write(b"b" * 50_000)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    await eventually(lambda: fake.upload_bytes_received > 1000)  # bytes went to disk
+    writer.close()
+    await writer.wait_closed()
+    await eventually(lambda: len(fake.request_log) == 4)
+    assert fake.request_log[-1].status == 0
+    video = fake.records[record_id].videos[0]
+    assert video.received == 1000
+    assert fake.video_bytes(record_id) == b"a" * 1000
+    rest = b"c" * 399_000
+    assert (await client.upload(record_id, video_id, rest, 1000, 400_000)).status == 200
+    assert fake.video_bytes(record_id) == b"a" * 1000 + rest
+    assert video.sha256 == hashlib.sha256(b"a" * 1000 + rest).hexdigest()
+
+
+async def test_a_server_that_keeps_no_bytes_still_counts_and_hashes_them(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with FakeValt(tmp_path / "valt", keep_bytes=False) as valt:
+        client = Client(session, valt.url)
+        await client.login()
+        record_id, video_id = await client.create()
+        data = payload(5000)
+        assert (await client.upload(record_id, video_id, data, 0, len(data))).status == 200
+        video = valt.records[record_id].videos[0]
+        assert video.path is None
+        assert (video.received, video.status) == (5000, "ready")
+        assert video.sha256 == hashlib.sha256(data).hexdigest()
+        assert list((tmp_path / "valt").iterdir()) == []
+        with pytest.raises(ValueError):
+            valt.video_bytes(record_id)
+
 
 async def test_videos_turn_ready_after_ready_delay(fake: FakeValt, client: Client) -> None:
     fake.set_faults(ready_delay=0.4)
@@ -523,6 +603,20 @@ async def test_hang_rate_never_answers(fake: FakeValt, client: Client) -> None:
     with pytest.raises(asyncio.TimeoutError):
         await client.call("GET", "admin/general", timeout=aiohttp.ClientTimeout(sock_read=0.3))
     assert fake.faults_injected["hang"] == 1
+
+
+async def test_stop_lets_go_of_hung_requests(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    valt = FakeValt(tmp_path, faults=Faults(hang_rate=1.0))
+    await valt.start()
+    hung = asyncio.create_task(Client(session, valt.url).call("GET", "admin/general"))
+    await eventually(lambda: valt.faults_injected.get("hang") == 1)
+    started = time.monotonic()
+    await valt.stop()
+    with pytest.raises(aiohttp.ClientError):
+        await hung
+    assert time.monotonic() - started < 3
 
 
 async def test_slow_rate_delays_the_answer(fake: FakeValt, client: Client) -> None:
@@ -658,3 +752,12 @@ async def test_cli_prints_its_url_and_serves_until_sigterm(tmp_path: Path) -> No
             await process.wait()
     assert process.returncode == 0
     assert client.token not in (line + stdout.decode() + stderr.decode())
+
+
+async def test_issued_tokens_include_expired_ones(fake: FakeValt, client: Client) -> None:
+    first = client.token
+    fake.set_faults(token_ttl=1)
+    assert (await client.call("GET", "admin/general")).status == 200
+    assert (await client.call("GET", "admin/general")).status == 401
+    await client.login()
+    assert fake.state.accounts.issued_tokens() == {first, client.token}

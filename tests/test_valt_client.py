@@ -6,6 +6,7 @@ test's event loop, exactly as the daemon runs it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import subprocess
@@ -24,7 +25,8 @@ from ingestd.errors import (
     PermanentError,
     RetryableError,
 )
-from ingestd.fake_valt import FakeValtThread
+from ingestd.fake_valt import FakeValt, FakeValtThread
+from ingestd.logs import secrets_in
 from ingestd.valt import ValtClient
 
 
@@ -53,6 +55,11 @@ async def _send(
         length=end - start,
         pieces=_pieces(data[start:end]),
     )
+
+
+def _issued_tokens(fake: FakeValt) -> set[str]:
+    """Every token the fake handed out, live or expired."""
+    return fake.state.accounts.issued_tokens()
 
 
 def _assert_readable(message: str) -> None:
@@ -143,6 +150,35 @@ async def test_dropped_connection_is_retryable(server: FakeValtThread) -> None:
     assert caught.value.status is None
     _assert_readable(str(caught.value))
     assert server.call(lambda fake: fake.faults_injected.get("drop")) == 1
+    assert server.snapshot()["records"][0]["videos"][0]["received"] == 0
+
+
+async def test_source_read_error_mid_body_never_shows_the_token(server: FakeValtThread) -> None:
+    """A read error mid-chunk (say EIO on a network share) is retryable, and its message,
+    in which aiohttp names the whole URL with the token, comes out redacted."""
+
+    async def failing_pieces() -> AsyncIterator[bytes]:
+        yield b"v" * (256 * KiB)
+        raise OSError(errno.EIO, "Input/output error")
+
+    async with _client(server) as client:
+        created = await client.create_upload("eio", {}, {})
+        with pytest.raises(RetryableError) as caught:
+            await client.upload_chunk(
+                created.record_id,
+                created.video_id,
+                filename="eio.mp4",
+                content_range=valt_rules.content_range(0, 1 * MiB, 1 * MiB),
+                length=1 * MiB,
+                pieces=failing_pieces,
+            )
+    message = str(caught.value)
+    assert caught.value.reason == "connection"
+    assert "?[query redacted]" in message, message  # the URL was there, its query is not
+    _assert_readable(message)
+    tokens = server.call(_issued_tokens)
+    assert len(tokens) == 1
+    assert secrets_in(message, tokens) == [], message
     assert server.snapshot()["records"][0]["videos"][0]["received"] == 0
 
 

@@ -77,3 +77,7 @@ class Accounts:
         """Whose token this is (the token must have passed :meth:`use`)."""
         entry = self._tokens.get(token)
         return entry.username if entry is not None else ""
+
+    def issued_tokens(self) -> set[str]:
+        """Every token handed out, live or expired: tests search output for leaks."""
+        return set(self._tokens) | self._expired

@@ -7,7 +7,8 @@
 3. :func:`inject_faults` - slow, hung, dropped, failed, broken answers.
 4. :func:`require_token` - ``?access_token=``, counted against ``token_ttl``.
 
-``/_fake`` control calls skip all of this: inspection must never be faulted.
+Only ``/api/v3/`` passes them: the ``/_fake`` control calls must never be
+faulted, need no token and are not counted.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ingestd.fake_valt.context import STATE_KEY, LoggedRequest, ServerState
 
 logger = logging.getLogger("ingestd.fake_valt")
 
-CONTROL_PREFIX = "/_fake"
+API_PREFIX = "/api/v3/"
 LOGIN_PATH = "/api/v3/login"
 UPLOAD_ROUTE = "/api/v3/records/{record_id}/videos/{video_id}"
 BREAKABLE_ROUTES = {
@@ -38,8 +39,8 @@ DROP_READ_LIMIT = 1024 * 1024
 """A dropped upload reads at most this much (half its body, if smaller) first."""
 
 
-def _is_control(request: web.Request) -> bool:
-    return request.path.startswith(CONTROL_PREFIX)
+def _is_api(request: web.Request) -> bool:
+    return request.path.startswith(API_PREFIX)
 
 
 def route_pattern(request: web.Request) -> str:
@@ -69,7 +70,7 @@ def _abort(request: web.Request) -> bodies.NoAnswer:
 @web.middleware
 async def answer_and_record(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Normalise every answer to Valt's shapes, drain the body, log the request."""
-    if _is_control(request):
+    if not _is_api(request):
         return await handler(request)
     response: web.StreamResponse
     try:
@@ -103,7 +104,7 @@ async def limit_body(request: web.Request, handler: Handler) -> web.StreamRespon
     A body without Content-Length (chunked) is judged once read: JSON bodies
     here, uploads by the upload handler, which streams them.
     """
-    if _is_control(request):
+    if not _is_api(request):
         return await handler(request)
     state = request.app[STATE_KEY]
     max_body = state.faults.max_body
@@ -141,7 +142,7 @@ async def _drop(request: web.Request) -> bodies.NoAnswer:
 @web.middleware
 async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Apply the faults the dice chose for this request (see :class:`FaultPlan`)."""
-    if _is_control(request):
+    if not _is_api(request):
         return await handler(request)
     state = request.app[STATE_KEY]
     pattern = route_pattern(request)
@@ -170,7 +171,7 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every call but ``login`` needs a live ``?access_token=``."""
-    if _is_control(request) or request.path == LOGIN_PATH:
+    if not _is_api(request) or request.path == LOGIN_PATH:
         return await handler(request)
     state = request.app[STATE_KEY]
     check = state.accounts.use(request.query.get("access_token"), state.faults.token_ttl)

@@ -1,0 +1,171 @@
+"""Prometheus metrics of one daemon, on a registry of its own (never the global one).
+
+Counters move in the engine's telemetry hooks (:class:`MetricsTelemetry`),
+which only add numbers: no I/O happens on the upload path. Gauges that
+describe the ledger (jobs per state, queue depth, the oldest waiting file)
+are refreshed when ``/metrics`` is scraped; free space comes from the health
+monitor's last probe.
+
+No label ever holds a file path (design.md, "Logs"): labels are job states,
+short reason codes, and the *index* of a folder in ``watch.paths`` ("0", "1"...),
+because a mount point can carry a person's or a room's name as well as a file can.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ingestd.telemetry import Telemetry
+
+# What generate_latest() writes, and what prometheus_client itself serves it as.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# 1 MB over a fast LAN takes well under a second; 10 GB over a slow WAN link, hours.
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+# From a congested 1 Mbit/s uplink (125 kB/s) to 10 Gbit/s (1.25 GB/s).
+RATE_BUCKETS = (1.25e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2.5e8, 5e8, 1.25e9)
+_LABEL_MAX = 40
+_NOT_A_CODE = re.compile(r"[^a-z0-9_]+")
+
+JobFailedHook = Callable[[int, str, str, str], None]
+
+
+def label_code(text: str) -> str:
+    """A reason or cause code fit for a label: short, ``[a-z0-9_]``, bounded in number."""
+    code = _NOT_A_CODE.sub("_", text.lower()).strip("_")[:_LABEL_MAX]
+    return code or "other"
+
+
+class Metrics:
+    """Every metric ingestd exports, registered on :attr:`registry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.up = Gauge("ingestd_up", "1 while the daemon runs", registry=reg)
+        self.up.set(1)
+        self.healthy = Gauge("ingestd_healthy", "1 when /healthz answers 200, else 0", registry=reg)
+        self.jobs = Gauge("ingestd_jobs", "Jobs in the ledger by state", ["state"], registry=reg)
+        self.bytes_uploaded = Counter(
+            "ingestd_bytes_uploaded", "Bytes acknowledged by the server", registry=reg
+        )
+        self.uploads_completed = Counter(
+            "ingestd_uploads_completed", "Files whose every byte reached the server", registry=reg
+        )
+        self.uploads_failed = Counter(
+            "ingestd_uploads_failed",
+            "Jobs that failed permanently, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        self.retries = Counter(
+            "ingestd_retries",
+            "Upload attempts that will be tried again, by cause",
+            ["cause"],
+            registry=reg,
+        )
+        self.upload_duration = Histogram(
+            "ingestd_upload_duration_seconds",
+            "From the first attempt to the last byte sent, per file",
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.upload_rate = Histogram(
+            "ingestd_upload_rate_bytes_per_second",
+            "File size divided by its upload duration",
+            buckets=RATE_BUCKETS,
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "ingestd_queue_depth",
+            "Finished files waiting for an upload worker (including those backing off)",
+            registry=reg,
+        )
+        self.oldest_waiting_age = Gauge(
+            "ingestd_oldest_waiting_age_seconds",
+            "Age of the oldest file not yet fully sent, since it was discovered (0: none)",
+            registry=reg,
+        )
+        self.last_upload = Gauge(
+            "ingestd_last_upload_timestamp_seconds",
+            "Unix time of the last completed upload (0: none since start)",
+            registry=reg,
+        )
+        self.contact_failures = Counter(
+            "ingestd_server_contact_failures",
+            "Requests that did not reach the Valt server (connection, timeout, 5xx)",
+            registry=reg,
+        )
+        self.auth_failed = Gauge(
+            "ingestd_auth_failed", "1 while the server refuses the credentials", registry=reg
+        )
+        self.watch_free = Gauge(
+            "ingestd_watch_free_bytes",
+            'Free bytes on the volume of each watch folder; volume="N" is its index in watch.paths',
+            ["volume"],
+            registry=reg,
+        )
+        self.alerts_sent = Counter(
+            "ingestd_alerts_sent", "Webhook alerts delivered, by event", ["event"], registry=reg
+        )
+        self.alerts_failed = Counter(
+            "ingestd_alerts_failed",
+            "Webhook alerts given up after retries, by event",
+            ["event"],
+            registry=reg,
+        )
+
+    def set_jobs(self, counts: Mapping[str, int]) -> None:
+        for state, count in counts.items():
+            self.jobs.labels(state=state).set(count)
+
+    def set_free_space(self, free: Mapping[int, int]) -> None:
+        for index, free_bytes in free.items():
+            self.watch_free.labels(volume=str(index)).set(free_bytes)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class MetricsTelemetry(Telemetry):
+    """The engine's telemetry hooks, also feeding :class:`Metrics` (and one alert hook).
+
+    Hooks stay cheap and synchronous: counters only, plus ``on_job_failed``,
+    which must only queue (see ``alerts.Alerter.job_failed``).
+    """
+
+    def __init__(self, metrics: Metrics, on_job_failed: JobFailedHook | None = None) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self.on_job_failed = on_job_failed
+
+    def chunk_sent(self, nbytes: int) -> None:
+        super().chunk_sent(nbytes)
+        self.metrics.bytes_uploaded.inc(nbytes)
+
+    def upload_completed(self, size: int, seconds: float) -> None:
+        super().upload_completed(size, seconds)
+        self.metrics.uploads_completed.inc()
+        self.metrics.upload_duration.observe(seconds)
+        if seconds > 0:
+            self.metrics.upload_rate.observe(size / seconds)
+        if self.last_upload_at is not None:
+            self.metrics.last_upload.set(self.last_upload_at)
+
+    def job_failed(self, job_id: int, path: str, reason: str, detail: str) -> None:
+        super().job_failed(job_id, path, reason, detail)
+        self.metrics.uploads_failed.labels(reason=label_code(reason)).inc()
+        if self.on_job_failed is not None:
+            self.on_job_failed(job_id, path, reason, detail)
+
+    def retry(self, cause: str) -> None:
+        super().retry(cause)
+        self.metrics.retries.labels(cause=label_code(cause)).inc()
+
+    def server_contact(self, ok: bool) -> None:
+        super().server_contact(ok)
+        if not ok:
+            self.metrics.contact_failures.inc()
