@@ -21,17 +21,18 @@ import datetime as dt
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ingestd.config import Config
 from ingestd.ledger import Job, Ledger
 from ingestd.logs import get_logger
 from ingestd.metadata import relative_path
+from ingestd.sidecar import sidecar_paths
 
 log = get_logger("ingestd.after_upload")
 
 NAME_MAX = 255
-SIDECAR_SUFFIXES = (".json", ".yaml", ".yml")
 
 # What a person can do about each failure reason, for NAME.error.txt.
 ADVICE = {
@@ -79,22 +80,36 @@ def remove_empty_parents(path: Path, root: Path) -> None:
         folder = folder.parent
 
 
-def companions(video: Path, done_marker: str | None) -> list[Path]:
-    """Files that belong to ``video``: its done marker and its sidecars, where present."""
-    names = [video.stem + s for s in SIDECAR_SUFFIXES] + [video.name + s for s in SIDECAR_SUFFIXES]
-    if done_marker:
-        names.append(video.name + done_marker)
-    # os.path.lexists, unlike Path.exists, says False for a name too long to exist.
-    return [video.with_name(name) for name in names if os.path.lexists(video.parent / name)]
+@dataclass(frozen=True, slots=True)
+class Belongings:
+    """Which files travel with a video: its done marker, and its sidecars if they are read."""
+
+    done_marker: str | None
+    sidecars: bool
+
+    @classmethod
+    def of(cls, config: Config) -> Belongings:
+        return cls(config.watch.done_marker, config.record.sidecar)
 
 
-def _move_to(source: Path, root: Path, target_root: Path, marker: str | None) -> Path:
+def companions(video: Path, belongs: Belongings) -> list[Path]:
+    """Files that belong to ``video`` and exist: its sidecars and its done marker."""
+    found = sidecar_paths(video) if belongs.sidecars else []
+    if belongs.done_marker:
+        marker = video.with_name(video.name + belongs.done_marker)
+        # os.path.lexists, unlike Path.exists, says False for a name too long to exist.
+        if os.path.lexists(marker):
+            found.append(marker)
+    return found
+
+
+def _move_to(source: Path, root: Path, target_root: Path, belongs: Belongings) -> Path:
     """Move ``source`` and its companions below ``target_root``, keeping the relative path."""
     rel = relative_path(source, root)
     folder = target_root / rel.parent
     folder.mkdir(parents=True, exist_ok=True)
     destination = free_name(folder, rel.name)
-    extras = companions(source, marker)
+    extras = companions(source, belongs)
     shutil.move(str(source), str(destination))
     for extra in extras:
         shutil.move(str(extra), str(free_name(folder, _renamed_with(extra, source, destination))))
@@ -109,8 +124,8 @@ def _renamed_with(extra: Path, source: Path, destination: Path) -> str:
     return destination.stem + extra.name[len(source.stem) :]
 
 
-def _delete(source: Path, root: Path, marker: str | None) -> None:
-    for extra in companions(source, marker):
+def _delete(source: Path, root: Path, belongs: Belongings) -> None:
+    for extra in companions(source, belongs):
         extra.unlink(missing_ok=True)
     source.unlink(missing_ok=True)
     remove_empty_parents(source, root)
@@ -118,19 +133,19 @@ def _delete(source: Path, root: Path, marker: str | None) -> None:
 
 async def apply_after_upload(config: Config, ledger: Ledger, job: Job) -> None:
     """Keep, move or delete a done job's source; commit where it is now."""
-    action, marker = config.after_upload.action, config.watch.done_marker
+    action, belongs = config.after_upload.action, Belongings.of(config)
     source, root = Path(job.path), Path(job.root)
     final: str | None = job.path
     try:
         if action == "move":
             assert config.after_upload.move_to is not None
             moved = await asyncio.to_thread(
-                _move_to, source, root, config.after_upload.move_to, marker
+                _move_to, source, root, config.after_upload.move_to, belongs
             )
             final = str(moved)
             log.info("file.moved", job_id=job.id, path=job.path, dest=final)
         elif action == "delete":
-            await asyncio.to_thread(_delete, source, root, marker)
+            await asyncio.to_thread(_delete, source, root, belongs)
             final = None
             log.info("file.deleted", job_id=job.id, path=job.path)
     except OSError as exc:
@@ -158,9 +173,9 @@ def error_text(job: Job, reason: str, detail: str, now: float) -> str:
     )
 
 
-def _move_failed(job: Job, target_root: Path, marker: str | None, text: str) -> Path:
+def _move_failed(job: Job, target_root: Path, belongs: Belongings, text: str) -> Path:
     source, root = Path(job.path), Path(job.root)
-    destination = _move_to(source, root, target_root, marker)
+    destination = _move_to(source, root, target_root, belongs)
     destination.with_name(destination.name + ".error.txt").write_text(text)
     return destination
 
@@ -172,7 +187,7 @@ async def move_failed(config: Config, ledger: Ledger, job: Job, reason: str, det
         return
     text = error_text(job, reason, detail, time.time())
     try:
-        moved = await asyncio.to_thread(_move_failed, job, target, config.watch.done_marker, text)
+        moved = await asyncio.to_thread(_move_failed, job, target, Belongings.of(config), text)
     except OSError as exc:
         log.error("failed_to.failed", job_id=job.id, path=job.path, error=exc.strerror or str(exc))
         return
@@ -193,7 +208,7 @@ async def housekeeping(config: Config, ledger: Ledger) -> None:
         moved = move_to is not None and job.final_path not in (None, job.path)
         root = move_to if moved and move_to is not None else Path(job.root)
         try:
-            await asyncio.to_thread(_delete, kept, root, config.watch.done_marker)
+            await asyncio.to_thread(_delete, kept, root, Belongings.of(config))
         except OSError as exc:
             log.error("keep_for.failed", job_id=job.id, path=str(kept), error=exc.strerror)
             continue

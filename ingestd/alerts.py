@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from ingestd.aio import wait_event
 from ingestd.config import AlertsConfig
 from ingestd.ledger import Job
 from ingestd.logs import get_logger, path_token, redact_text, register_secret
@@ -184,8 +185,7 @@ class Alerter:
                 return
             if attempt == SEND_ATTEMPTS or stop.is_set():
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await wait_event(stop, delay)
             delay *= 2
         self.metrics.alerts_failed.labels(event=event).inc()
         log.warning("alert.failed", alert=event, attempts=attempt, error=error)

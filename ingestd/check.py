@@ -16,6 +16,7 @@ from typing import Any
 from ingestd.config import Config, RecordConfig
 from ingestd.errors import AuthFailed, ShareNameError, ValtError
 from ingestd.logs import redact_url
+from ingestd.probe import probe_upload
 from ingestd.sharing import KINDS, ShareDirectory, configured_names
 from ingestd.valt import ValtClient
 
@@ -34,6 +35,9 @@ class _Report:
     def fail(self, text: str) -> None:
         self.problems += 1
         self.out(f"FAIL  {text}")
+
+    def say(self, ok: bool, text: str) -> None:
+        (self.ok if ok else self.fail)(text)
 
     def skip(self, text: str) -> None:
         """Something that could not be checked, and need not be: not a problem."""
@@ -79,7 +83,9 @@ def _clock_line(date_header: str | None, report: _Report) -> None:
         report.ok(f"server clock within {abs(skew):.0f} s of ours")
 
 
-async def _check_server(config: Config, password: str, report: _Report) -> None:
+async def _check_server(
+    config: Config, password: str, report: _Report, *, probe: bool = False
+) -> None:
     where = redact_url(config.valt.url)
     async with ValtClient(
         base_url=config.valt.url,
@@ -111,6 +117,8 @@ async def _check_server(config: Config, password: str, report: _Report) -> None:
         await _check_share_names(config.record, client, report)
         if config.record.template_id is not None:
             await _check_template(config.record, config.record.template_id, client, report)
+        if probe:
+            await probe_upload(client, report.say, chunked=config.upload.chunk_size != 0)
 
 
 async def _check_share_names(record: RecordConfig, client: ValtClient, report: _Report) -> None:
@@ -198,11 +206,11 @@ def _record_templates(record: RecordConfig) -> Iterator[tuple[str, Mapping[str, 
             yield f"record.rules[{index}].template", rule.template
 
 
-async def run_check(config: Config, password: str, out: Out) -> int:
+async def run_check(config: Config, password: str, out: Out, *, probe: bool = False) -> int:
     report = _Report(out)
     report.ok(f"configuration {config.source or ''} is valid".replace("  ", " "))
     if not config.valt.verify_tls:
         report.fail("valt.verify_tls is false: the server's identity is not checked")
     _check_folders(config, report)
-    await _check_server(config, password, report)
+    await _check_server(config, password, report, probe=probe)
     return 1 if report.problems else 0

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from ingestd import __version__
 from ingestd.config import Config, config_path_from, load_config, resolve_password
-from ingestd.errors import ConfigError, IngestdError, LedgerError, UsageError
+from ingestd.errors import ConfigError, IngestdError, LedgerDamaged, LedgerError, UsageError
 from ingestd.failpoints import load_failpoints
 from ingestd.logs import configure_logging, register_secret
 from ingestd.units import parse_duration
@@ -56,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and reach the server")
     _add_config(check)
-    check.add_argument("--probe-upload", action="store_true", help=argparse.SUPPRESS)
+    check.add_argument(
+        "--probe-upload",
+        action="store_true",
+        help="also send a tiny two-chunk test video, confirm it and delete it",
+    )
 
     status = commands.add_parser("status", help="what the ledger holds")
     _add_config(status)
@@ -70,8 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="also upload files that never pass the finished checks"
     )
 
+    export = commands.add_parser("export", help="CSV audit of uploaded files")
+    _add_config(export)
+    export.add_argument("--since", help="only files confirmed on or after this date (2026-11-28)")
+
     for name, text in (("pause", "stop taking new files"), ("resume", "take new files again")):
         _add_config(commands.add_parser(name, help=text))
+
+    ledger = commands.add_parser("ledger", help="the ledger: check it, back it up, restore it")
+    _add_config(ledger)
+    actions = ledger.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
+    for name, text in (
+        ("check", "integrity_check and the jobs per state (exit 1: damaged)"),
+        ("backup", "make a backup now (safe while the daemon runs)"),
+        ("restore", "put the newest good backup in place (the daemon must be stopped)"),
+    ):
+        action = actions.add_parser(name, help=text)
+        # -c after the action too; SUPPRESS keeps a -c given before it.
+        action.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name == "restore":
+            action.add_argument(
+                "--force", action="store_true", help="restore even if the ledger is sound"
+            )
 
     fake = commands.add_parser("fake-valt", help="run the Valt test double")
     from ingestd.fake_valt.cli import add_arguments
@@ -86,6 +111,16 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(config_path_from(args.config, os.environ))
 
 
+@contextlib.contextmanager
+def _advice_names(config: Config) -> Iterator[None]:
+    """A damaged ledger's advice names this configuration file in its restore command."""
+    try:
+        yield
+    except LedgerDamaged as exc:
+        exc.config_file = config.source
+        raise
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ingestd.daemon import Daemon
 
@@ -95,9 +130,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     max_wait = parse_duration(args.max_wait, "--max-wait")
     load_failpoints()
     configure_logging(
-        fmt=config.log.format, level=config.log.level, redact_paths=config.log.redact_paths
+        fmt=config.log.format,
+        level=config.log.level,
+        redact_paths=config.log.redact_paths,
+        watch_roots=config.watch.paths,
     )
-    result = asyncio.run(Daemon(config, password, once=args.once, max_wait=max_wait).run())
+    daemon = Daemon(
+        config, password, once=args.once, max_wait=max_wait, show_progress=sys.stderr.isatty()
+    )
+    from ingestd.lock import LedgerLock
+
+    # One daemon per ledger; the kernel drops the lock however the process ends.
+    with _advice_names(config), LedgerLock(config.ledger.path):
+        result = asyncio.run(daemon.run())
     if args.once and result.exit_code:
         if result.message:
             print(f"ingestd: {result.message}", file=sys.stderr)
@@ -115,7 +160,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     password = resolve_password(config.valt, os.environ)
     register_secret(password)
     configure_logging(fmt="json", level="error", stream=sys.stderr)
-    return asyncio.run(run_check(config, password, print))
+    return asyncio.run(run_check(config, password, print, probe=args.probe_upload))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -150,7 +195,8 @@ def _with_ledger(config: Config, action: Callable[..., object]) -> object:
         finally:
             await ledger.close()
 
-    return asyncio.run(go())
+    with _advice_names(config):
+        return asyncio.run(go())
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -167,10 +213,64 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ingestd.export import audit_csv, parse_since
+    from ingestd.ledger import Ledger, State
+
+    config = _load(args)
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not config.ledger.path.exists():
+        print(audit_csv([]), end="")
+        return EXIT_OK
+
+    async def read() -> str:
+        ledger = await Ledger.open(config.ledger.path, readonly=True)
+        try:
+            return audit_csv(await ledger.jobs_in([State.DONE], order="done_at"), since)
+        finally:
+            await ledger.close()
+
+    print(asyncio.run(read()), end="")
+    return EXIT_OK
+
+
 def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
     config = _load(args)
     _with_ledger(config, lambda ledger: ledger.set_paused(paused))
     print("paused: no new files are taken" if paused else "resumed: new files are taken")
+    return EXIT_OK
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """``ingestd ledger (check | backup | restore)``: see backup.py."""
+    from ingestd import backup
+
+    config = _load(args)
+    path = config.ledger.path
+    if args.ledger_command == "check":
+        report = backup.check_ledger(path)
+        print("\n".join(report.lines()))
+        if not report.ok:
+            print(f"to recover: `ingestd ledger restore -c {config.source}` (the daemon stopped)")
+        return EXIT_OK if report.ok else EXIT_PROBLEM
+    if args.ledger_command == "backup":
+        made = backup.make_backup(path, config.ledger.backups)
+        print(f"backup written: {made} (the newest {config.ledger.backups} are kept)")
+        return EXIT_OK
+    done = backup.restore(path, force=args.force)
+    for skipped, problem in done.skipped:
+        print(f"skipped {skipped.name}: fails integrity_check ({problem})")
+    taken = backup.backup_stamp(done.backup_taken_at)
+    print(f"restored {path} from {done.restored_from.name} (taken {taken} UTC)")
+    if done.kept_aside is not None:
+        print(f"the previous ledger is kept as {done.kept_aside}")
+    print(
+        "the next start checks every file not done in this backup against the server "
+        "before uploading it"
+    )
     return EXIT_OK
 
 
@@ -196,8 +296,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_status(args)
     if command == "retry":
         return cmd_retry(args)
+    if command == "export":
+        return cmd_export(args)
     if command in ("pause", "resume"):
         return cmd_pause(args, command == "pause")
+    if command == "ledger":
+        return cmd_ledger(args)
     if command == "fake-valt":
         return cmd_fake_valt(args)
     return cmd_demo(args)

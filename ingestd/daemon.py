@@ -22,13 +22,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ingestd.after_upload import apply_after_upload, housekeeping
+from ingestd.aio import wait_event
 from ingestd.config import Config
 from ingestd.confirmer import Confirmer, PartialSweeper
+from ingestd.errors import LedgerUnwritable
 from ingestd.finished import FinishedChecks
 from ingestd.health import StatusService
 from ingestd.ledger import TERMINAL, Job, Ledger, State
+from ingestd.ledger_watch import LedgerWatch, wait_writable
 from ingestd.logs import get_logger
 from ingestd.metadata import RecordNamer
+from ingestd.progress import ProgressLine
 from ingestd.sdnotify import Notifier
 from ingestd.sharing import open_share_directory
 from ingestd.telemetry import Telemetry
@@ -45,6 +49,7 @@ ONCE_POLL = 0.2
 TASK_RESTART_DELAY = 5.0
 STATUS_EVERY = 5.0
 HOUSEKEEPING_EVERY = 60.0
+FINAL_SWEEP_TIMEOUT = 15.0
 # The dispatcher beats at least every DISPATCH_POLL; older than this means the loop is stuck.
 HEARTBEAT_STALE = 10.0
 
@@ -62,8 +67,15 @@ class Daemon:
     """One daemon: one ledger, one Valt client, one pool of upload workers."""
 
     def __init__(
-        self, config: Config, password: str, *, once: bool = False, max_wait: float = 600.0
+        self,
+        config: Config,
+        password: str,
+        *,
+        once: bool = False,
+        max_wait: float = 600.0,
+        show_progress: bool = False,
     ) -> None:
+        self.show_progress = show_progress
         self.config = config
         self.password = password
         self.once = once
@@ -81,6 +93,9 @@ class Daemon:
         self.status = StatusService(config)
         self.telemetry: Telemetry = self.status.telemetry
         self.heartbeat = time.monotonic()
+        # Why the ledger takes no writes (None: it does). Set by ledger_watch.py; while set,
+        # no new job starts; /healthz reports it.
+        self.ledger_error: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -140,6 +155,7 @@ class Daemon:
             telemetry=self.telemetry,
         )
         self.sweeper = PartialSweeper(config=self.config, ledger=self.ledger, client=self.client)
+        self.ledger_watch = LedgerWatch(self.config.ledger, self.ledger, self._on_ledger_problem)
         self.queue: asyncio.Queue[int] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -155,7 +171,8 @@ class Daemon:
 
     async def _serve(self) -> None:
         self.notifier.ready("scanning the watch folders")
-        await self.intake.scan("startup")
+        with contextlib.suppress(LedgerUnwritable):  # the ledger watch reports it
+            await self.intake.scan("startup")
         self.paused = await self.ledger.is_paused()
         scope = [
             job.id for job in await self.ledger.jobs_in([s for s in State if s not in TERMINAL])
@@ -171,6 +188,7 @@ class Daemon:
                 spawn(self._supervise("service", self._service_status, self.stop)),
                 spawn(self._supervise("health", self.status.run, self.stop)),
                 spawn(self._supervise("housekeeping", self._housekeeping, self.stop)),
+                spawn(self._supervise("ledger", self.ledger_watch.run, self.stop)),
             ]
             if not self.once:
                 background += [
@@ -183,8 +201,18 @@ class Daemon:
             spawn(self._dispatch())
             await self.stopping.wait()
             await self._drain(workers)
+            if self.once and self._signals == 0:
+                await self._sweep_before_exit()
             self.stop.set()
         log.info("daemon.stopped", exit_code=self.result.exit_code)
+
+    async def _sweep_before_exit(self) -> None:
+        """``--once`` leaves no partial record behind if the server lets it delete them."""
+        deadline = time.monotonic() + FINAL_SWEEP_TIMEOUT
+        while await self.ledger.pending_deletions() and time.monotonic() < deadline:
+            if not await self.sweeper.sweep():
+                return
+            await asyncio.sleep(0.5)
 
     async def _supervise(
         self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
@@ -194,11 +222,14 @@ class Daemon:
             try:
                 await loop(stop)
                 return
+            except LedgerUnwritable as exc:
+                # Not a bug: the ledger watch reports it once; go on when writes work again.
+                self.status.task_failed(name, exc)
+                await wait_writable(self.ledger, stop)
             except Exception as exc:
                 log.exception("daemon.task_failed", task=name, restart_in_s=TASK_RESTART_DELAY)
                 self.status.task_failed(name, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=TASK_RESTART_DELAY)
+                await wait_event(stop, TASK_RESTART_DELAY)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
@@ -240,7 +271,9 @@ class Daemon:
         while not self.stopping.is_set():
             self.heartbeat = time.monotonic()
             free = self.config.upload.workers - len(self.active)
-            blocked = self.paused or self.client.login_blocked_for() > 0
+            blocked = (
+                self.paused or self.ledger_error is not None or self.client.login_blocked_for() > 0
+            )
             wait = DISPATCH_POLL
             if free > 0 and not blocked:
                 for job in await self.ledger.due_jobs(time.time(), free, sorted(self.active)):
@@ -251,8 +284,7 @@ class Daemon:
                 if next_due is not None:
                     wait = min(wait, max(0.0, next_due - time.time()))
             self.dispatch_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.dispatch_wake.wait(), timeout=wait)
+            await wait_event(self.dispatch_wake, wait)
 
     async def _worker(self, number: int) -> None:
         self.worker_jobs[number] = None
@@ -266,6 +298,13 @@ class Daemon:
                 job = await self.ledger.find_job(job_id)
                 if job is not None and job.state in (State.QUEUED, State.CREATING, State.UPLOADING):
                     await self.uploader.process(job)
+            except LedgerUnwritable as exc:
+                # The job keeps its last committed state; the ledger watch stops new work.
+                log.warning("job.ledger_unwritable", job_id=job_id, error=str(exc))
+            except Exception:
+                # process() records every outcome itself; whatever still escapes must not
+                # take the worker, and with it the pool, down.
+                log.exception("worker.failed", worker=number, job_id=job_id)
             finally:
                 self.worker_jobs[number] = None
                 self.active.discard(job_id)
@@ -273,11 +312,14 @@ class Daemon:
                 self.sweeper.wake.set()
                 self.dispatch_wake.set()
 
+    def _on_ledger_problem(self, problem: str | None) -> None:
+        self.ledger_error = problem
+        self.dispatch_wake.set()
+
     async def _control(self, stop: asyncio.Event) -> None:
         """Obey ``ingestd pause``/``resume`` (written to the ledger) within seconds."""
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=CONTROL_POLL)
+            await wait_event(stop, CONTROL_POLL)
             paused = await self.ledger.is_paused()
             if paused != self.paused:
                 self.paused = paused
@@ -288,8 +330,7 @@ class Daemon:
         """After-upload actions a crash interrupted, and ``keep_for`` expiry, every minute."""
         while not stop.is_set():
             await housekeeping(self.config, self.ledger)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
+            await wait_event(stop, HOUSEKEEPING_EVERY)
 
     async def _service_status(self, stop: asyncio.Event) -> None:
         """STATUS= lines for ``systemctl status``, and WATCHDOG=1 while the loop is alive.
@@ -306,9 +347,10 @@ class Daemon:
             draining = self.stopping.is_set()  # keep the STOPPING status visible
             if self.notifier.enabled and not draining and now - last_status >= STATUS_EVERY:
                 last_status = now
-                self.notifier.status(await self.status_line())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+                line = await self.status_line()
+                if not self.stopping.is_set():  # a drain began meanwhile: keep its status
+                    self.notifier.status(line)
+            await wait_event(stop, interval)
 
     async def status_line(self) -> str:
         """One line a person reads in ``systemctl status``."""
@@ -327,8 +369,12 @@ class Daemon:
     async def _watch_once(self, scope: list[int]) -> None:
         """End ``--once`` when every job in scope is finished, or only unfinished files remain."""
         deadline = time.monotonic() + self.max_wait
+        progress = ProgressLine(sys.stderr) if self.show_progress else None
+        jobs: list[Job] = []
         while not self.stopping.is_set():
             jobs = [job for job in [await self.ledger.find_job(i) for i in scope] if job]
+            if progress is not None:
+                progress.draw(jobs)
             live = [job for job in jobs if job.state not in TERMINAL]
             if self.client.auth_failed:
                 self.result = RunResult(1, live, "the server refused the credentials")
@@ -339,5 +385,7 @@ class Daemon:
                 self.result = RunResult(1 if not_done else 0, not_done)
                 break
             await asyncio.sleep(ONCE_POLL)
+        if progress is not None:
+            progress.close(jobs)
         self.stopping.set()
         self.dispatch_wake.set()

@@ -28,6 +28,44 @@ class LedgerError(IngestdError):
     """The ledger cannot be opened, read or written."""
 
 
+class LedgerDamaged(LedgerError):
+    """The ledger file is present but fails ``PRAGMA quick_check`` (or is no SQLite file).
+
+    The daemon must stop here rather than start afresh: an empty ledger would
+    upload every file again. ``config_file`` (filled in by the command line
+    when known) makes the advice name the exact command to run.
+    """
+
+    def __init__(
+        self, path: object, problem: str, *, what: str = "is damaged", config_file: object = None
+    ) -> None:
+        self.path = path
+        self.problem = problem
+        self.what = what
+        self.config_file = config_file
+        super().__init__(path, problem)
+
+    def __str__(self) -> str:
+        config = self.config_file or "FILE"
+        return (
+            f"the ledger {self.path} {self.what} ({self.problem}); nothing was started or "
+            f"changed. Run `ingestd ledger restore -c {config}` to put the newest good backup "
+            "in place (the damaged file is kept aside)"
+        )
+
+
+class LedgerUnwritable(LedgerError):
+    """A ledger write failed: disk full, read-only file system or folder, or an I/O error.
+
+    Not a job's fault and not a bug: nothing committed is lost, the job keeps
+    its last committed state, and new work waits until the ledger takes writes.
+    """
+
+
+class LedgerBusy(IngestdError):
+    """Another process holds the ledger's lock (a second daemon, or a restore)."""
+
+
 class ValtError(IngestdError):
     """A request to the Valt server failed.
 

@@ -188,8 +188,13 @@ class FinishedChecks:
 
     def _marker_reason(self, path: Path) -> str | None:
         marker = self.marker_path(path)
-        if marker is None or marker.exists():
+        if marker is None:
             return None
+        try:
+            if marker.exists():
+                return None
+        except OSError as err:  # e.g. a 255-byte name: NAME.done cannot exist
+            return f"cannot look for marker {marker.name} ({err.strerror or err})"
         return f"waiting for marker {marker.name}"
 
     def _writers_reason(self, path: Path) -> str | None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ingestd.aio import wait_event
 from ingestd.alerts import Alerter
 from ingestd.config import Config
 from ingestd.errors import IngestdError, LedgerError
@@ -109,8 +110,7 @@ class StatusService:
             group.create_task(self.alerter.run(evaluated))
             while not stop.is_set():
                 await self._evaluate()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=EVALUATE_EVERY)
+                await wait_event(stop, EVALUATE_EVERY)
             try:
                 await self._evaluate()  # a last look: ``--once`` can end right after a change
             finally:

@@ -5,10 +5,25 @@ committed before the action that depends on it: "creating" before the
 create-upload POST, the record id before the first chunk, ``bytes_acked``
 after each acknowledged chunk. A SIGKILL therefore costs at most the chunk in
 flight. The schema carries a version and migrates forward.
+
+What SQLite promises here (WAL + ``synchronous=FULL``): a transaction whose
+COMMIT returned is on disk (the WAL is fsynced at every commit) and survives a
+crash or a power cut, if the disk honours fsync; one that had not committed is
+rolled back when the ledger is next opened. Damage from elsewhere (a disk that
+lies about fsync, a bad block, a file overwritten) is caught at open by
+``PRAGMA quick_check``: a damaged ledger stops the daemon instead of being
+replaced by an empty one that would upload everything again (backup.py holds
+the backups and the restore).
+
+Write failures (disk full, read-only file system or folder, I/O errors) all
+pass through one place, :class:`_Guarded`, which raises
+:class:`LedgerUnwritable` and notes the problem for the daemon's ledger watch
+(``ledger_watch.py``), so new work stops instead of a task crash loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import sqlite3
@@ -20,10 +35,20 @@ from typing import Any
 
 import aiosqlite
 
-from ingestd.errors import LedgerError
+from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
+# Test hook, not a setting: ``INGESTD_LEDGER_MAX_PAGES=N`` applies ``PRAGMA
+# max_page_count=N`` at open (SQLite raises it to the current size if smaller),
+# so the ledger cannot grow: exactly what a full disk does to it.
+MAX_PAGES_ENV = "INGESTD_LEDGER_MAX_PAGES"
+# Backups beside the ledger are named LEDGER + this + YYYYMMDD-HHMMSS (backup.py).
+BACKUP_INFIX = ".backup-"
+# The tables an ingestd ledger holds; any other means the file is not ours.
+_OWN_TABLES = frozenset({"meta", "jobs", "deletions"})
+# How much the write probe makes the ledger grow (then shrink) to prove it can.
+_PROBE_BYTES = 16 * 1024
 
 
 class State(enum.StrEnum):
@@ -174,17 +199,33 @@ class Deletion:
 
 
 class Ledger:
-    """Async access to the ledger. One instance per process, one connection."""
+    """Async access to the ledger. One instance per process, one connection.
+
+    ``write_problem`` is None while writes work; after a write fails it says
+    why (and ``writable`` is cleared) until :meth:`probe_write` succeeds.
+    """
 
     def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
         self.path = path
-        self._conn = conn
+        self.write_problem: str | None = None
+        self.writable = asyncio.Event()  # set while writes work
+        self.writable.set()
+        self.write_failed = asyncio.Event()  # set at a failure; the ledger watch clears it
+        self._conn = _Guarded(self, conn)
 
     # --- opening ----------------------------------------------------------------
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> Ledger:
-        """Open (creating it unless ``readonly``) and migrate the ledger at ``path``."""
+        """Open (creating it unless ``readonly``) and migrate the ledger at ``path``.
+
+        Unless ``readonly``, the ledger must pass ``PRAGMA quick_check``
+        first: a damaged or foreign file raises :class:`LedgerDamaged` and is
+        left exactly as it is. A missing (or empty) file is a first start,
+        unless backups of an earlier ledger lie beside it.
+        """
+        if not readonly:
+            _refuse_lost_ledger(path)
         try:
             if readonly:
                 conn = await aiosqlite.connect(
@@ -199,15 +240,22 @@ class Ledger:
         ledger = cls(path, conn)
         try:
             await ledger._prepare(readonly)
+        except LedgerError:
+            await conn.close()
+            raise
         except sqlite3.Error as exc:
             await conn.close()
-            raise LedgerError(f"the ledger {path} cannot be used: {exc}") from None
+            if _primary_code(exc) in _DAMAGE_CODES:
+                raise LedgerDamaged(path, str(exc)) from None
+            hint = "" if os.access(path.parent, os.W_OK) else " (its folder is not writable)"
+            raise LedgerError(f"the ledger {path} cannot be used: {exc}{hint}") from None
         return ledger
 
     async def _prepare(self, readonly: bool) -> None:
         await self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if readonly:
             return
+        await self._check_integrity()
         await self._conn.execute("PRAGMA journal_mode=WAL")
         await self._conn.execute("PRAGMA synchronous=FULL")
         await self._conn.execute("PRAGMA foreign_keys=ON")
@@ -227,6 +275,48 @@ class Ledger:
                 f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}\n"
                 f"UPDATE meta SET value='{step}' WHERE key='schema_version';\nCOMMIT;"
             )
+        max_pages = os.environ.get(MAX_PAGES_ENV)
+        if max_pages:  # the test hook above
+            await self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
+
+    async def _check_integrity(self) -> None:
+        """``PRAGMA quick_check`` (O(size), no index cross-check), and is the file ours at all?"""
+        cursor = await self._conn.execute("PRAGMA quick_check")
+        problems = [" ".join(str(row[0]).split()) for row in await cursor.fetchall()]
+        if problems != ["ok"]:  # the message stays one line
+            shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+            raise LedgerDamaged(self.path, f"quick_check: {shown}")
+        cursor = await self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        tables = {str(row[0]) for row in await cursor.fetchall()}
+        foreign = sorted(t for t in tables - _OWN_TABLES if not t.startswith("sqlite_"))
+        if foreign and "meta" not in tables:
+            raise LedgerDamaged(
+                self.path, f"a SQLite file of something else (tables {', '.join(foreign[:5])})"
+            )
+
+    async def probe_write(self) -> bool:
+        """Can the ledger grow and commit again? Clears ``write_problem`` when it can.
+
+        Grows the ledger by a few pages and shrinks it back, committed, so both
+        a full disk (or ``max_page_count``) and a read-only file system answer.
+        """
+        try:
+            await self._conn.execute(
+                "INSERT INTO meta(key, value) VALUES('write_probe', hex(zeroblob(?))) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (_PROBE_BYTES // 2,),
+            )
+            await self._conn.execute("DELETE FROM meta WHERE key='write_probe'")
+        except (LedgerUnwritable, sqlite3.Error):
+            return False
+        self.write_problem = None
+        self.writable.set()
+        return True
+
+    def _note_write_failure(self, problem: str) -> None:
+        self.write_problem = problem
+        self.writable.clear()
+        self.write_failed.set()
 
     async def _schema_version(self) -> int:
         cursor = await self._conn.execute(
@@ -545,17 +635,151 @@ class Ledger:
 
 
 class _Transaction:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: _Guarded) -> None:
         self._conn = conn
 
     async def __aenter__(self) -> None:
-        await self._conn.execute("BEGIN IMMEDIATE")
+        await self._conn.begin()
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            await self._conn.execute("COMMIT")
-        else:
-            await self._conn.execute("ROLLBACK")
+        try:
+            if exc_type is None:
+                await self._conn.execute("COMMIT")
+            elif self._conn.in_transaction:
+                # After SQLITE_FULL or an I/O error SQLite may have rolled back already.
+                await self._conn.execute("ROLLBACK")
+        finally:
+            self._conn.end()
+
+
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR = 3, 8, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
+_DAMAGE_CODES = frozenset({_SQLITE_CORRUPT, _SQLITE_NOTADB})
+_WRITE_FAILURES = {
+    _SQLITE_FULL: "the ledger's disk is full (or the ledger reached its size limit)",
+    _SQLITE_READONLY: "the ledger is read-only (read-only file system, or no write permission)",
+    _SQLITE_IOERR: "the disk under the ledger reported an I/O error",
+    _SQLITE_CANTOPEN: "the ledger's files cannot be opened for writing (permissions?)",
+    _SQLITE_PERM: "the ledger may not be written (permissions)",
+}
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+class _Guarded:
+    """The one connection, with every statement passing through one place.
+
+    A write that fails for want of space or permission becomes
+    :class:`LedgerUnwritable` (and the ledger notes it) instead of a plain
+    ``sqlite3.OperationalError`` that each caller would have to recognise.
+    """
+
+    def __init__(self, ledger: Ledger, conn: aiosqlite.Connection) -> None:
+        self._ledger = ledger
+        self._conn = conn
+        # One connection, many tasks: while one task's transaction is open, another
+        # task's statements wait. Else its BEGIN fails ("cannot start a transaction
+        # within a transaction") and its plain writes would join the open transaction.
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self._conn.in_transaction)
+
+    async def begin(self) -> None:
+        """BEGIN IMMEDIATE, once no other task has a transaction open; :meth:`end` after."""
+        await self._lock.acquire()
+        self._owner = asyncio.current_task()
+        try:
+            await self._execute("BEGIN IMMEDIATE", ())
+        except BaseException:
+            self.end()
+            raise
+
+    def end(self) -> None:
+        """The transaction is committed or rolled back: other tasks may go on."""
+        self._owner = None
+        self._lock.release()
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        if self._owner is not None and self._owner is asyncio.current_task():
+            return await self._execute(sql, parameters)
+        async with self._lock:
+            return await self._execute(sql, parameters)
+
+    async def _execute(self, sql: str, parameters: Sequence[Any]) -> aiosqlite.Cursor:
+        try:
+            return await self._conn.execute(sql, parameters)
+        except sqlite3.Error as exc:
+            unwritable = self._unwritable(exc)
+            if unwritable is None:
+                raise
+            raise unwritable from exc
+
+    async def executescript(self, script: str) -> aiosqlite.Cursor:
+        try:
+            async with self._lock:
+                return await self._conn.executescript(script)
+        except sqlite3.Error as exc:
+            unwritable = self._unwritable(exc)
+            if unwritable is None:
+                raise
+            raise unwritable from exc
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def _unwritable(self, exc: sqlite3.Error) -> LedgerUnwritable | None:
+        what = _WRITE_FAILURES.get(_primary_code(exc) or 0)
+        if what is None:
+            return None
+        problem = f"{what}: {self._ledger.path}: {exc}"
+        self._ledger._note_write_failure(problem)
+        return LedgerUnwritable(problem)
+
+
+def _refuse_lost_ledger(path: Path) -> None:
+    """A missing or empty ledger is a first start - unless backups of an earlier one exist.
+
+    Starting afresh beside them would upload every file again: the earlier
+    ledger was lost (deleted, truncated by a file system repair) and should
+    be restored instead.
+    """
+    try:
+        fresh = path.stat().st_size == 0
+    except FileNotFoundError:
+        fresh = True
+    if not fresh:
+        return
+    backups = existing_backups(path)
+    if backups:
+        raise LedgerDamaged(
+            path,
+            f"but {len(backups)} backup(s) of an earlier ledger lie beside it, the newest "
+            f"{backups[-1].name}; to start afresh on purpose, move them away",
+            what="is empty" if path.exists() else "is missing",
+        )
+
+
+def existing_backups(path: Path) -> list[Path]:
+    """Backups of the ledger at ``path`` (``LEDGER.backup-YYYYMMDD-HHMMSS``), oldest first."""
+    prefix = path.name + BACKUP_INFIX
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    stamps = [n for n in names if n.startswith(prefix) and _is_stamp(n[len(prefix) :])]
+    return [path.with_name(n) for n in sorted(stamps)]
+
+
+def _is_stamp(text: str) -> bool:
+    """``YYYYMMDD-HHMMSS``."""
+    return len(text) == 15 and text[8] == "-" and (text[:8] + text[9:]).isdigit()
 
 
 def ledger_exists(path: Path) -> bool:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
+from pathlib import PurePath
 from typing import Any, TextIO
 
 import structlog
@@ -25,7 +27,14 @@ _SECRETS_LOCK = threading.Lock()
 # A URL's query string, or a bare access_token parameter anywhere in a text.
 _QUERY_RE = re.compile(r"(?i)(\?[\w.%-]+=[^\s\"'<>]*)|(access_token=[^\s&\"'<>]*)")
 _SECRET_MIN_LEN = 4
-_PATH_KEYS = frozenset({"path", "dest", "source", "relpath", "file", "marker"})
+_PATH_KEYS = frozenset({"path", "dest", "source", "relpath", "file", "marker", "earlier_path"})
+# Record names are made from file and folder names ("{parent} {stem}").
+_NAME_KEYS = frozenset({"name"})
+# Fields that never hold a path: left alone when free text is searched for one. (A
+# standard-library record's message is its "event": that one is searched.)
+_STRUCTURAL_KEYS = frozenset({"event", "level", "timestamp", "logger"})
+# Shorter file or folder names are not searched for in free text: "1" would hit every digit.
+_PIECE_MIN_LEN = 3
 
 Processor = Any  # structlog's processor type is a broad Callable union
 
@@ -80,27 +89,73 @@ def scrub_event(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     return {key: _scrub_value(value) for key, value in event_dict.items()}
 
 
-class _PathRedactor:
-    """structlog processor replacing path-like fields by a hash (``log.redact_paths``)."""
+def _name_token(name: object) -> str:
+    digest = hashlib.sha256(str(name).encode("utf-8", "surrogateescape")).hexdigest()
+    return f"name:{digest[:12]}"
 
-    def __init__(self, enabled: bool) -> None:
+
+class _PathRedactor:
+    """structlog processor for ``log.redact_paths``: no path, file or folder name gets out.
+
+    Path-like fields become :func:`path_token`, record names (made from file and
+    folder names) a ``name:`` hash. Every other text of the line - ``detail``,
+    ``error``, ``reason``, a rendered traceback - is searched for what those
+    fields held: the whole path, the file's name and stem, and the folders
+    between the watch root and the file (a sidecar's name in a parse error, a
+    record name in a server's message, a marker's name in a wait reason). The
+    watch roots themselves become ``[watch root]`` wherever they appear.
+    """
+
+    def __init__(self, enabled: bool, roots: Sequence[str] = ()) -> None:
         self.enabled = enabled
+        self.roots = sorted({os.path.abspath(root) for root in roots}, key=len, reverse=True)
 
     def __call__(
         self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if self.enabled:
-            for key in _PATH_KEYS & event_dict.keys():
-                event_dict[key] = path_token(event_dict[key])
+        if not self.enabled:
+            return event_dict
+        pieces: dict[str, str] = {}
+        for key in _PATH_KEYS & event_dict.keys():
+            value = event_dict[key]
+            event_dict[key] = token = path_token(value)
+            pieces.update(self._pieces(str(value), token))
+        for key in _NAME_KEYS & event_dict.keys():
+            value = event_dict[key]
+            event_dict[key] = pieces[str(value)] = _name_token(value)
+        for root in self.roots:
+            pieces.setdefault(root, "[watch root]")
+        order = sorted(pieces, key=len, reverse=True)
+        skip = _PATH_KEYS | _NAME_KEYS | _STRUCTURAL_KEYS
+        if not event_dict.get("_from_structlog"):
+            skip -= {"event"}
+        for key, value in event_dict.items():
+            if isinstance(value, str) and key not in skip:
+                for piece in order:
+                    if piece in value:
+                        value = value.replace(piece, pieces[piece])
+                event_dict[key] = value
         return event_dict
 
+    def _pieces(self, path: str, token: str) -> dict[str, str]:
+        """The texts that give ``path`` away, each mapped to its token."""
+        found = {path: token}
+        pure = PurePath(path)
+        names = [pure.name, pure.stem]
+        root = next((r for r in self.roots if path.startswith(r.rstrip(os.sep) + os.sep)), None)
+        if root is not None:
+            names += PurePath(path[len(root) :].lstrip(os.sep)).parts
+        for name in names:
+            if len(name) >= _PIECE_MIN_LEN:
+                found.setdefault(name, token)
+        return found
 
-def _shared_processors(redact_paths: bool) -> list[Processor]:
+
+def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _PathRedactor(redact_paths),
     ]
 
 
@@ -109,11 +164,14 @@ def configure_logging(
     fmt: str = "auto",
     level: str = "info",
     redact_paths: bool = False,
+    watch_roots: Sequence[object] = (),
     stream: TextIO | None = None,
 ) -> None:
     """Route structlog and the standard library's logging to one handler on ``stream``.
 
-    ``fmt`` is ``json``, ``console`` or ``auto`` (console on a TTY).
+    ``fmt`` is ``json``, ``console`` or ``auto`` (console on a TTY). With
+    ``redact_paths``, ``watch_roots`` (``watch.paths``) tells the folders below
+    a root, which may carry names, from the root's own path.
     """
     out = stream if stream is not None else sys.stdout
     if fmt == "auto":
@@ -127,12 +185,15 @@ def configure_logging(
             colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
         exc = [structlog.processors.format_exc_info]
-    shared = _shared_processors(redact_paths)
+    shared = _shared_processors()
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *exc,
+            # After the traceback is rendered (it may quote a path too), before the meta
+            # keys go (they tell a standard-library record, whose "event" is free text).
+            _PathRedactor(redact_paths, [str(root) for root in watch_roots]),
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             scrub_event,
             renderer,
         ],
@@ -146,8 +207,10 @@ def configure_logging(
     root.setLevel(level.upper())
     # aiohttp's access log would print request lines; the client logs nothing useful.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # watchfiles logs every batch of changes at info.
+    # watchfiles logs every batch of changes at info; aiosqlite logs every statement,
+    # with its values (paths), at debug: neither belongs in the daemon's log.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

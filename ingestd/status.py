@@ -26,6 +26,7 @@ def _job_summary(job: Job, now: float) -> dict[str, Any]:
         summary["record_id"] = job.record_id
     if job.state == State.UPLOADING and job.size:
         summary["percent"] = round(100 * job.bytes_acked / job.size, 1)
+        summary.update(_rate_and_eta(job, now))
     if job.state == State.WAITING:
         summary["why"] = job.wait_reason or "settling"
         summary["waiting_s"] = round(now - job.discovered_at)
@@ -35,6 +36,15 @@ def _job_summary(job: Job, now: float) -> dict[str, Any]:
     if job.attempts:
         summary["attempts"] = job.attempts
     return summary
+
+
+def _rate_and_eta(job: Job, now: float) -> dict[str, Any]:
+    """Average rate since the upload began, and the time left at that rate."""
+    elapsed = now - (job.upload_started_at or now)
+    if elapsed <= 0 or job.bytes_acked <= 0:
+        return {}
+    rate = job.bytes_acked / elapsed
+    return {"rate_bps": round(rate), "eta_s": round((job.size - job.bytes_acked) / rate)}
 
 
 async def gather_status(ledger: Ledger) -> dict[str, Any]:
@@ -90,6 +100,8 @@ def _line(item: dict[str, Any]) -> str:
     head = f"#{item['job']} {item['state']:<10} {format_size(item['size']):>10}  {item['path']}"
     if "percent" in item:
         head += f"  {item['percent']}%"
+    if "rate_bps" in item:
+        head += f" at {format_size(item['rate_bps'])}/s, {format_duration(item['eta_s'])} left"
     if "why" in item:
         head += f"  - {item['why']} (for {format_duration(item['waiting_s'])})"
     if "reason" in item:

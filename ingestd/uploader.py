@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ingestd import valt_rules
+from ingestd.after_restore import AfterRestore
 from ingestd.after_upload import move_failed
 from ingestd.backoff import backoff_delay
 from ingestd.config import Config
@@ -27,6 +28,7 @@ from ingestd.errors import (
     AuthFailed,
     BodyTooLarge,
     ChunkRefused,
+    LedgerUnwritable,
     PermanentError,
     RetryableError,
     SourceChanged,
@@ -129,12 +131,14 @@ class Uploader:
         self.on_change = on_change
         self.stats = UploadStats()
         self._warned_chunking: set[int] = set()
+        self.after_restore = AfterRestore(ledger=ledger, client=client, namer=namer)
 
     async def process(self, job: Job) -> None:
         """Advance ``job`` as far as it goes; every outcome is committed to the ledger."""
         bound = log.bind(job_id=job.id, path=job.path)
         try:
             await self._check_source(job)
+            job = await self._after_restore(job, bound)
             if job.state in (State.QUEUED, State.CREATING) or not job.record_id:
                 job = await self._ensure_record(job, bound)
             await self._send(job, bound)
@@ -151,6 +155,8 @@ class Uploader:
             await self._fail(job, exc.reason, str(exc), bound)
         except RetryableError as exc:
             await self._retry_later(job, exc.reason, str(exc), bound)
+        except LedgerUnwritable:
+            raise  # not the job's fault: no attempt counted, nothing to record (daemon._worker)
         except Exception as exc:  # a bug must not stop the pool, nor lose the job
             bound.exception("job.internal_error")
             await self._retry_later(job, "internal_error", f"{type(exc).__name__}: {exc}", bound)
@@ -216,6 +222,13 @@ class Uploader:
 
     # --- the record ------------------------------------------------------------------------
 
+    async def _after_restore(self, job: Job, bound: Any) -> Job:
+        """after_restore.py: a file a restored ledger may have lost is checked on the server."""
+        checked = await self.after_restore.settle(job, bound)
+        if checked is None:
+            raise _Restart  # a record on the server settled it: done or confirming
+        return checked
+
     async def _ensure_record(self, job: Job, bound: Any) -> Job:
         """Create the job's record, or adopt the one an interrupted attempt made."""
         meta = await self.namer.meta_for(Path(job.path), Path(job.root), job.size, job.mtime_ns)
@@ -238,6 +251,9 @@ class Uploader:
             record_id=created.record_id,
             video_id=created.video_id,
             bytes_acked=0,
+            # Pinned with the record: a resume must cut the chunks where the server
+            # may already hold one, even if upload.chunk_size changed meanwhile.
+            chunk_size=self.config.upload.chunk_size if job.chunk_size is None else job.chunk_size,
         )
         bound.info("record.created", record_id=created.record_id, name=meta.name)
         failpoint("after_record_committed")
@@ -281,9 +297,11 @@ class Uploader:
     # --- the bytes -------------------------------------------------------------------------
 
     def _chunk_size(self, job: Job) -> int:
+        """The job's own chunk size (pinned at record creation, halved on a 413), else the
+        configured one; 0 sends the whole file in one request."""
         if job.whole_file:
             return 0
-        return job.chunk_size or self.config.upload.chunk_size
+        return job.chunk_size if job.chunk_size is not None else self.config.upload.chunk_size
 
     async def _send(self, job: Job, bound: Any) -> None:
         """Send the chunks from ``bytes_acked`` to the end, then commit ``confirming``."""

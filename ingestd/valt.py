@@ -305,7 +305,7 @@ class ValtClient:
         """Turn a non-2xx answer into the right exception."""
         if 200 <= answer.status < 300:
             return
-        message = f"{what}: {answer.status} {valt_rules.error_message(answer.body, answer.text)}"
+        message = f"{what}: {valt_rules.status_message(answer.status, answer.body, answer.text)}"
         if answer.status == 413:
             raise BodyTooLarge(message, status=413, reason="too_large")
         if valt_rules.is_retryable_status(answer.status):
@@ -378,10 +378,8 @@ class ValtClient:
             },
         )
         if 400 <= answer.status < 500 and answer.status not in (401, 413, 408, 425, 429):
-            message = valt_rules.error_message(answer.body, answer.text)
-            raise ChunkRefused(
-                f"{what}: {answer.status} {message}", status=answer.status, reason="refused"
-            )
+            message = valt_rules.status_message(answer.status, answer.body, answer.text)
+            raise ChunkRefused(f"{what}: {message}", status=answer.status, reason="refused")
         self._raise_for(answer, what)
 
     async def get_record(self, record_id: str) -> Mapping[str, Any] | None:

@@ -249,6 +249,12 @@ def error_message(body: object, text: str) -> str:
     return _html_title(text) or text.strip()[:200] or "(empty body)"
 
 
+def status_message(status: int, body: object, text: str) -> str:
+    """``"502 Bad Gateway"``: the status and the server's words, without saying the status twice."""
+    message = error_message(body, text)
+    return message if message.startswith(str(status)) else f"{status} {message}"
+
+
 def _html_title(text: str) -> str | None:
     lower = text.lower()
     start = lower.find("<title>")

@@ -10,7 +10,6 @@ settle-and-check logic. Every candidate becomes a ``waiting`` job at once, so
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -19,12 +18,14 @@ from pathlib import Path
 
 import watchfiles
 
+from ingestd.aio import wait_event
 from ingestd.config import Config
 from ingestd.fingerprint import fingerprint, full_sha256
 from ingestd.finished import FileSnapshot, FinishedChecks, snapshot
 from ingestd.ledger import Ledger, State
 from ingestd.logs import get_logger
 from ingestd.matching import PathFilter, iter_files
+from ingestd.sidecar import sidecar_wait_reason
 
 log = get_logger("ingestd.watcher")
 
@@ -64,6 +65,7 @@ class Intake:
         on_ready: Callable[[], None],
     ) -> None:
         self.watch = config.watch
+        self.sidecars = config.record.sidecar
         self.ledger = ledger
         self.checks = checks
         self.is_active = is_active
@@ -76,6 +78,7 @@ class Intake:
         self.last_scan_at: float | None = None
         # Scans and events both turn paths into jobs; one at a time, or both add the same path.
         self._observing = asyncio.Lock()
+        self._bad_names: set[Path] = set()
 
     # --- finding ------------------------------------------------------------------------
 
@@ -88,6 +91,8 @@ class Intake:
             follow_symlinks=self.watch.follow_symlinks,
             on_error=_log_scan_error,
         ):
+            if self._bad_name(path):
+                continue
             try:
                 current = snapshot(path)
             except OSError as err:
@@ -96,6 +101,22 @@ class Intake:
             if current is not None:
                 found.append((path, as_snap(current)))
         return found
+
+    def _bad_name(self, path: Path) -> bool:
+        """True for a name that is not UTF-8 (a Latin-1 share, say): the ledger, the record name
+        and the log all need text, so the file is left alone, with one warning per path."""
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            if path not in self._bad_names:
+                self._bad_names.add(path)
+                log.warning(
+                    "file.bad_name",
+                    path=os.fsencode(path).decode("utf-8", "backslashreplace"),
+                    detail="the file name is not valid UTF-8: rename the file to upload it",
+                )
+            return True
+        return False
 
     async def scan(self, why: str) -> int:
         """Look at every file under every root; returns how many were new or changed."""
@@ -126,7 +147,7 @@ class Intake:
         if path.is_dir():
             self.rescan_now.set()
             return
-        if not self.filter.wants_path(path.relative_to(root)):
+        if not self.filter.wants_path(path.relative_to(root)) or self._bad_name(path):
             return
         current = await asyncio.to_thread(snapshot, path)
         if current is None:
@@ -179,7 +200,17 @@ class Intake:
                 del self.tracking[job_id]
         for job in waiting:
             if not self.is_active(job.id):
-                await self._settle_one(job.id, Path(job.path), bool(job.force))
+                try:
+                    await self._settle_one(job.id, Path(job.path), bool(job.force))
+                except OSError as err:
+                    # One file's trouble (a folder it cannot search, a name too long for
+                    # its marker) must not stop the loop, nor hold up the other files.
+                    await self._cannot_check(job.id, Path(job.path), job.snapshot, err)
+
+    async def _cannot_check(self, job_id: int, path: Path, snap: Snap, err: OSError) -> None:
+        now = time.monotonic()
+        tracked = self.tracking.setdefault(job_id, _Tracked(snap, now, now))
+        await self._wait(job_id, path, tracked, f"cannot check the file ({err.strerror or err})")
 
     async def _settle_one(self, job_id: int, path: Path, force: bool) -> None:
         current = await asyncio.to_thread(snapshot, path)
@@ -203,6 +234,11 @@ class Intake:
         reason = "empty file (0 bytes)" if snap[0] == 0 else None
         if reason is None:
             reason = await asyncio.to_thread(self.checks.why_not_finished, path, snap[0])
+        if reason is None and self.sidecars:
+            # A sidecar must settle too; wall time, as it is compared with the file's mtime.
+            reason = await asyncio.to_thread(
+                sidecar_wait_reason, path, self.watch.settle, time.time()
+            )
         if reason is None:
             await self._identify(job_id, path, tracked, now, force=False)
         else:
@@ -341,6 +377,9 @@ class Intake:
                     stop_event=stop,
                     recursive=self.watch.recursive,
                     force_polling=self.watch.force_polling or None,
+                    # One folder it may not read must not stop the events of all the
+                    # others; the scans report it (watcher.unreadable).
+                    ignore_permission_denied=True,
                     watch_filter=None,
                     debounce=400,
                     step=50,
@@ -359,5 +398,4 @@ def _log_scan_error(path: Path, err: OSError) -> None:
 
 
 async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    await wait_event(stop, seconds)

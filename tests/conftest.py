@@ -170,7 +170,7 @@ def server_videos(server: FakeValtThread) -> dict[str, dict[str, Any]]:
     held = {}
     for record in server.snapshot()["records"]:
         video = (record.get("videos") or [{}])[0]
-        held[record["name"]] = {"id": record["id"], **video}
+        held[record["name"]] = {**video, "video_id": video.get("id"), "record_id": record["id"]}
     return held
 
 

@@ -43,7 +43,6 @@ def test_move_keeps_the_relative_path_and_never_overwrites(
         server.url,
         watch={"settle": "0.1s"},
         after_upload={"action": "move", "move_to": str(archive)},
-        record={"sidecar": False},
     )
     assert _once(config) == 0
     assert (archive / "room 1" / "clip.mp4").read_bytes() == b"an older clip of the same name"

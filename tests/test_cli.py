@@ -146,3 +146,70 @@ def test_retry_by_job_id_and_password_never_in_output(
     assert second.returncode == 0, second.stderr
     for output in (first.stdout, first.stderr, second.stdout, retried.stdout):
         assert PASSWORD not in output
+
+
+def test_export_writes_the_audit_csv(tmp_path: Path, server: FakeValtThread) -> None:
+    import csv
+    import io
+
+    export = tmp_path / "export"
+    digest = random_file(export / "room 1" / "a, b.mp4", 3000)
+    config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})
+    assert run_cli("export", "-c", str(config)).stdout.splitlines() == [
+        "file,size,sha256,record_id,uploaded_at,record_name"
+    ]
+    assert run_cli("run", "-c", str(config), "--once", "--max-wait", "5s").returncode == 0
+    result = run_cli("export", "-c", str(config))
+    assert result.returncode == 0
+    [row] = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert row["file"] == str(export / "room 1" / "a, b.mp4")
+    assert (row["size"], row["sha256"]) == ("3000", digest)
+    assert row["record_id"] == server.snapshot()["records"][0]["id"]
+    assert row["uploaded_at"].endswith("+00:00")
+    later = run_cli("export", "-c", str(config), "--since", "2999-01-01")
+    assert later.stdout.count("\n") == 1
+    _one_line_error(run_cli("export", "-c", str(config), "--since", "yesterday"), "--since")
+
+
+def test_progress_line_counts_files_bytes_rate_and_eta() -> None:
+    import io
+
+    from ingestd.ledger import Job, State
+    from ingestd.progress import ProgressLine
+
+    def job(state: State, size: int, acked: int) -> Job:
+        return Job(
+            1, "/x", "/", state, size, 0, 0, 0, None, None, None, acked, 0, None, 0, 0,
+            None, 0, 0.0, None, None, None, None, None, 0, 0.0, None, None, None, 0.0,
+        )  # fmt: skip
+
+    line = ProgressLine(io.StringIO())
+    jobs = [job(State.DONE, 1000, 0), job(State.UPLOADING, 3000, 0), job(State.WAITING, 10, 0)]
+    first = line.render(jobs)
+    assert first.startswith("[1/3 files] 1000 B of 3.9 KiB") and "waiting" in first
+    line.started -= 2.0
+    jobs[1].bytes_acked = 2000
+    rendered = line.render(jobs)  # 2000 bytes in a little over 2 s; 1010 left
+    assert rendered.startswith("[1/3 files] 2.9 KiB of 3.9 KiB, 99")
+    assert "B/s, 1 s left" in rendered
+
+
+def test_check_probe_upload_chunked_and_not(tmp_path: Path, server: FakeValtThread) -> None:
+    (tmp_path / "export").mkdir()
+    config = write_config(tmp_path, server.url)
+    result = run_cli("check", "-c", str(config), "--probe-upload")
+    assert result.returncode == 0, result.stdout
+    assert "two chunks accepted" in result.stdout
+    state = server.snapshot()
+    assert state["records"] == [] and len(state["deleted"]) == 1  # cleaned up
+
+    server.set_faults(no_chunking=True)
+    result = run_cli("check", "-c", str(config), "--probe-upload")
+    assert result.returncode == 1, result.stdout
+    assert "refused a second chunk" in result.stdout
+    assert "whole-file upload accepted" in result.stdout
+    assert server.snapshot()["records"] == []
+    whole = write_config(tmp_path, server.url, upload={"chunk_size": 0})
+    result = run_cli("check", "-c", str(whole), "--probe-upload")
+    assert result.returncode == 0, result.stdout
+    assert "whole-file upload accepted" in result.stdout

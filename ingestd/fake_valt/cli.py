@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import re
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an account that may log in; repeatable (default ingest:secret)",
     )
     add("--discard", action="store_true", help="count and hash uploaded bytes, store nothing")
+    add("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    add("--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)")
     faults = parser.add_argument_group("faults")
     opt = faults.add_argument
     opt("--fail-rate", type=_rate, default=0.0, help="fraction of calls answered 500")
@@ -112,25 +115,43 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
     )
 
 
+def tls_from_args(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server-side TLS context ``--tls-cert``/``--tls-key`` ask for (None: plain HTTP)."""
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM; 0 on a clean stop, 1 if it cannot listen."""
+    """Serve until SIGINT or SIGTERM; 0 on a clean stop, 1 if it cannot listen or load TLS."""
+    try:
+        ssl_context = tls_from_args(args)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        print(f"fake-valt: TLS: {exc}", file=sys.stderr)
+        return 1
     fake = FakeValt(
         args.data,
         users=dict(args.user) if args.user else None,
         faults=faults_from_args(args),
         keep_bytes=not args.discard,
     )
-    return asyncio.run(_serve(fake, args.host, args.port))
+    return asyncio.run(_serve(fake, args.host, args.port, ssl_context))
 
 
-async def _serve(fake: FakeValt, host: str, port: int) -> int:
+async def _serve(
+    fake: FakeValt, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
         try:
-            await fake.start(host, port)
+            await fake.start(host, port, ssl_context=ssl_context)
         except OSError as exc:
             print(f"fake-valt: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
             return 1

@@ -7,6 +7,7 @@ look inside (``records``, ``request_log``, ``snapshot()``) to see what arrived.
 from __future__ import annotations
 
 import shutil
+import ssl
 import tempfile
 import weakref
 from collections.abc import Iterable, Mapping
@@ -74,8 +75,10 @@ class FakeValt:
         control.add_routes(app)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host:port`` (0: a free port; see :attr:`url`)."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on ``host:port`` (0: a free port; see :attr:`url`); HTTPS with ``ssl_context``."""
         if self._runner is not None:
             raise RuntimeError("the fake Valt server is already running")
         self._state.stopping.clear()
@@ -83,7 +86,7 @@ class FakeValt:
         runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -91,7 +94,8 @@ class FakeValt:
         self._runner = runner
         bound_port = runner.addresses[0][1]
         shown_host = f"[{host}]" if ":" in host else host
-        self._url = f"http://{shown_host}:{bound_port}"
+        scheme = "http" if ssl_context is None else "https"
+        self._url = f"{scheme}://{shown_host}:{bound_port}"
 
     async def stop(self) -> None:
         """Stop listening; hung requests are let go. Safe to call twice."""
@@ -115,7 +119,7 @@ class FakeValt:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT``, without ``/api/v3``."""
+        """``http://HOST:PORT`` (``https`` when started with TLS), without ``/api/v3``."""
         if self._url is None:
             raise RuntimeError("the fake Valt server has not been started")
         return self._url

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
@@ -41,6 +42,7 @@ class FakeValtThread:
         templates: Iterable[Template] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._make_fake = functools.partial(
             FakeValt,
@@ -54,6 +56,7 @@ class FakeValtThread:
         )
         self._host = host
         self._port = port
+        self._ssl_context = ssl_context
         self._fake: FakeValt | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -101,7 +104,7 @@ class FakeValtThread:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             self._fake = self._make_fake()
-            await self._fake.start(self._host, self._port)
+            await self._fake.start(self._host, self._port, ssl_context=self._ssl_context)
         except BaseException as exc:
             self._started.set_exception(exc)
             return
@@ -120,7 +123,7 @@ class FakeValtThread:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT``, without ``/api/v3``."""
+        """``http://HOST:PORT`` (``https`` with ``ssl_context``), without ``/api/v3``."""
         return self.fake.url
 
     def call(self, function: Callable[[FakeValt], T]) -> T:
