@@ -231,9 +231,11 @@ class Uploader:
 
     async def _ensure_record(self, job: Job, bound: Any) -> Job:
         """Create the job's record, or adopt the one an interrupted attempt made."""
+        if job.state == State.CREATING and job.create_started_at is not None and job.record_name:
+            # First settle what an interrupted attempt may have made, under the name it used:
+            # metadata that can no longer be read must not leave an empty record behind.
+            await self._reconcile(job, job.record_name, bound)
         meta = await self.namer.meta_for(Path(job.path), Path(job.root), job.size, job.mtime_ns)
-        if job.state == State.CREATING and job.create_started_at is not None:
-            await self._reconcile(job, job.record_name or meta.name, bound)
         started = time.time()
         await self.ledger.update(
             job.id,
