@@ -1,7 +1,7 @@
 """Configuration: typed frozen dataclasses, ``load_config()``, one-line dotted-path errors.
 
 The YAML key names are a contract (design.md, "Configuration"). Every section is
-parsed by the same small table-driven ``_section()``: a table maps each key to a
+parsed by the same small table-driven ``section()``: a table maps each key to a
 parser ``(value, dotted_key) -> parsed``; unknown keys are refused with a
 did-you-mean hint; checks that span keys or sections run after the tables.
 Parsing does no I/O: only ``load_config()`` reads the file and only
@@ -11,24 +11,39 @@ Parsing does no I/O: only ``load_config()`` reads the file and only
 from __future__ import annotations
 
 import datetime
-import difflib
 import fnmatch
 import ipaddress
-import os
 import re
 import urllib.parse
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
 
+from ingestd.config_values import (
+    Parse,
+    as_bool,
+    as_mapping,
+    as_text,
+    duration,
+    join_key,
+    key_label,
+    name_only,
+    one_of,
+    optional,
+    path_parser,
+    resolve_path,
+    section,
+    string_list,
+    unknown_key,
+    whole_number,
+)
 from ingestd.errors import ConfigError
 from ingestd.matching import gitignore_match
 from ingestd.placeholders import BUILTIN_PLACEHOLDERS, check_template, placeholder_names
-from ingestd.units import describe, format_duration, parse_duration, parse_size
+from ingestd.units import describe, format_duration, parse_size
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -239,153 +254,6 @@ class Config:
     source: Path | None = None
 
 
-# --------------------------------------------------------------------------- generic parsers
-
-Parse = Callable[[object, str], Any]
-
-
-_NONE: Mapping[str, str] = MappingProxyType({})
-
-
-def _join(parent: str, name: str) -> str:
-    return f"{parent}.{name}" if parent else name
-
-
-def _label(name: object) -> str:
-    """A mapping key as shown in a dotted path; odd keys are quoted to keep messages one line."""
-    if isinstance(name, str) and name and name.isprintable() and " " not in name:
-        return name
-    return describe(name)
-
-
-def _mapping(value: object, key: str) -> dict[Any, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a mapping of keys to values (got {describe(value)})")
-    return value
-
-
-def _unknown_key(parent: str, name: object, known: Iterable[str]) -> ConfigError:
-    names = list(known)
-    close = difflib.get_close_matches(name, names, n=1) if isinstance(name, str) else []
-    hint = f"did you mean {close[0]}?" if close else "known keys: " + ", ".join(names)
-    return ConfigError(_join(parent, _label(name)), f"unknown key ({hint})")
-
-
-def _section(
-    value: object, key: str, parsers: Mapping[str, Parse], required: Mapping[str, str] = _NONE
-) -> dict[str, Any]:
-    """Parse one mapping with a key -> parser table; ``required`` maps key -> example."""
-    values: dict[str, Any] = {}
-    for name, raw in _mapping(value, key).items():
-        parse = parsers.get(name) if isinstance(name, str) else None
-        if parse is None:
-            raise _unknown_key(key, name, parsers)
-        values[name] = parse(raw, _join(key, name))
-    for name, example in required.items():
-        if name not in values:
-            raise ConfigError(_join(key, name), f"is required, e.g. {name}: {example}")
-    return values
-
-
-def _optional(parse: Parse) -> Parse:
-    def parse_optional(value: object, key: str) -> Any:
-        return None if value is None else parse(value, key)
-
-    return parse_optional
-
-
-def _bool(value: object, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(key, f"must be true or false (got {describe(value)})")
-
-
-def _whole(lowest: int, highest: int | None = None) -> Parse:
-    def parse_whole(value: object, key: str) -> int:
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and value >= lowest
-            and (highest is None or value <= highest)
-        ):
-            return value
-        wanted = f"from {lowest} to {highest}" if highest is not None else f"of at least {lowest}"
-        raise ConfigError(key, f"must be a whole number {wanted} (got {describe(value)})")
-
-    return parse_whole
-
-
-def _text(value: object, key: str) -> str:
-    if isinstance(value, str) and value.strip():
-        return value
-    raise ConfigError(key, f"must be a non-empty string (got {describe(value)})")
-
-
-def _choice(*choices: str) -> Parse:
-    def parse_choice(value: object, key: str) -> str:
-        if isinstance(value, str) and value.strip().lower() in choices:
-            return value.strip().lower()
-        raise ConfigError(key, f"must be one of {', '.join(choices)} (got {describe(value)})")
-
-    return parse_choice
-
-
-def _duration(minimum: float = 0.0, *, above: bool = False) -> Parse:
-    """A duration of at least ``minimum`` seconds (more than it, when ``above``)."""
-
-    def parse_bounded_duration(value: object, key: str) -> float:
-        seconds = parse_duration(value, key)
-        if seconds < minimum or (above and seconds == minimum):
-            relation = "more than" if above else "at least"
-            bound = format_duration(minimum)
-            raise ConfigError(key, f"must be {relation} {bound} (got {describe(value)})")
-        return seconds
-
-    return parse_bounded_duration
-
-
-def _string_list(value: object, key: str, *, allow_empty: bool) -> tuple[str, ...]:
-    """A list of non-empty strings; a single string counts as a one-item list."""
-    if value is None and allow_empty:
-        return ()
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise ConfigError(key, f"must be a list of strings (got {describe(value)})")
-    if not items and not allow_empty:
-        raise ConfigError(key, "must list at least one entry (got an empty list)")
-    return tuple(_text(item, f"{key}[{index}]") for index, item in enumerate(items))
-
-
-def _resolve(base: Path, text: str, key: str) -> Path:
-    """``text`` as a path; ``~`` expands, relative paths are taken from ``base``."""
-    if "\0" in text:
-        raise ConfigError(key, "must be a path (got a string with a NUL byte)")
-    try:
-        path = Path(text).expanduser()
-    except RuntimeError:
-        raise ConfigError(key, f"cannot expand ~ (got {describe(text)})") from None
-    return Path(os.path.normpath(path if path.is_absolute() else base / path))
-
-
-def _path(base: Path) -> Parse:
-    def parse_path(value: object, key: str) -> Path:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(key, f"must be a path (got {describe(value)})")
-        return _resolve(base, value, key)
-
-    return parse_path
-
-
-def _name_only(value: object, key: str) -> str:
-    """A file or credential name: text without a path separator."""
-    text = _text(value, key)
-    if "/" in text or text in (".", ".."):
-        raise ConfigError(key, f"must be a name, not a path (got {describe(value)})")
-    return text
-
-
 # --------------------------------------------------------------------------- valt
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -441,17 +309,17 @@ def _secret(value: object, key: str) -> str | None:
 def _parse_valt(value: object, key: str, base: Path) -> ValtConfig:
     parsers: dict[str, Parse] = {
         "url": _valt_url,
-        "username": _text,
+        "username": as_text,
         "password_env": _env_name,
-        "password_file": _optional(_path(base)),
+        "password_file": optional(path_parser(base)),
         "password": _secret,
-        "credential": _name_only,
-        "verify_tls": _bool,
-        "ca_file": _optional(_path(base)),
-        "timeout": _duration(0.0, above=True),
+        "credential": name_only,
+        "verify_tls": as_bool,
+        "ca_file": optional(path_parser(base)),
+        "timeout": duration(0.0, above=True),
     }
     required = {"url": "https://valt.example.com", "username": "ingest"}
-    return ValtConfig(**_section(value, key, parsers, required))
+    return ValtConfig(**section(value, key, parsers, required))
 
 
 # --------------------------------------------------------------------------- watch
@@ -459,15 +327,15 @@ def _parse_valt(value: object, key: str, base: Path) -> ValtConfig:
 
 def _watch_paths(base: Path) -> Parse:
     def parse_watch_paths(value: object, key: str) -> tuple[Path, ...]:
-        texts = _string_list(value, key, allow_empty=False)
-        return tuple(_resolve(base, text, f"{key}[{i}]") for i, text in enumerate(texts))
+        texts = string_list(value, key, allow_empty=False)
+        return tuple(resolve_path(base, text, f"{key}[{i}]") for i, text in enumerate(texts))
 
     return parse_watch_paths
 
 
 def _patterns(*, allow_empty: bool) -> Parse:
     def parse_patterns(value: object, key: str) -> tuple[str, ...]:
-        return _string_list(value, key, allow_empty=allow_empty)
+        return string_list(value, key, allow_empty=allow_empty)
 
     return parse_patterns
 
@@ -491,19 +359,19 @@ def _check_watch_paths(watch: WatchConfig) -> None:
 def _parse_watch(value: object, key: str, base: Path) -> WatchConfig:
     parsers: dict[str, Parse] = {
         "paths": _watch_paths(base),
-        "recursive": _bool,
+        "recursive": as_bool,
         "include": _patterns(allow_empty=False),
         "exclude": _patterns(allow_empty=True),
-        "follow_symlinks": _bool,
-        "settle": _duration(0.0),
-        "rescan_interval": _duration(1.0),
-        "force_polling": _bool,
-        "done_marker": _optional(_name_only),
-        "check_open_writers": _bool,
-        "check_container": _bool,
+        "follow_symlinks": as_bool,
+        "settle": duration(0.0),
+        "rescan_interval": duration(1.0),
+        "force_polling": as_bool,
+        "done_marker": optional(name_only),
+        "check_open_writers": as_bool,
+        "check_container": as_bool,
         "min_free": parse_size,
     }
-    watch = WatchConfig(**_section(value, key, parsers, {"paths": "[/srv/capture/export]"}))
+    watch = WatchConfig(**section(value, key, parsers, {"paths": "[/srv/capture/export]"}))
     _check_watch_paths(watch)
     return watch
 
@@ -533,7 +401,7 @@ def _time_of_day(hours: str, minutes: str, *, end: bool) -> datetime.time | None
 
 
 def _window(name: object, key: str) -> tuple[datetime.time, datetime.time]:
-    window_key = _join(key, _label(name))
+    window_key = join_key(key, key_label(name))
     wrong = ConfigError(window_key, 'must be "default" or a time window like "08:00-18:00"')
     match = _WINDOW_RE.fullmatch(name) if isinstance(name, str) else None
     if match is None:
@@ -553,10 +421,10 @@ def _bandwidth_schedule(mapping: dict[Any, Any], key: str) -> BandwidthLimit | N
     windows: list[BandwidthWindow] = []
     for name, raw in mapping.items():
         if name == "default":
-            default = _optional(_rate)(raw, _join(key, "default"))
+            default = optional(_rate)(raw, join_key(key, "default"))
             continue
         start, end = _window(name, key)
-        rate = _optional(_rate)(raw, _join(key, _label(name)))
+        rate = optional(_rate)(raw, join_key(key, key_label(name)))
         windows.append(BandwidthWindow(start, end, rate))
     if default is None and all(window.rate is None for window in windows):
         return None
@@ -584,20 +452,20 @@ def _chunk_size(value: object, key: str) -> int:
 
 def _parse_upload(value: object, key: str, base: Path) -> UploadConfig:
     parsers: dict[str, Parse] = {
-        "workers": _whole(1, 64),
+        "workers": whole_number(1, 64),
         "chunk_size": _chunk_size,
         "bandwidth_limit": _bandwidth_limit,
-        "max_attempts": _whole(1),
-        "backoff_initial": _duration(0.0, above=True),
-        "backoff_max": _duration(0.0, above=True),
-        "confirm": _choice("ready", "uploaded"),
-        "confirm_timeout": _duration(0.0, above=True),
-        "drain_timeout": _duration(0.0),
+        "max_attempts": whole_number(1),
+        "backoff_initial": duration(0.0, above=True),
+        "backoff_max": duration(0.0, above=True),
+        "confirm": one_of("ready", "uploaded"),
+        "confirm_timeout": duration(0.0, above=True),
+        "drain_timeout": duration(0.0),
     }
-    upload = UploadConfig(**_section(value, key, parsers))
+    upload = UploadConfig(**section(value, key, parsers))
     if upload.backoff_max < upload.backoff_initial:
         raise ConfigError(
-            _join(key, "backoff_max"),
+            join_key(key, "backoff_max"),
             f"must be at least backoff_initial ({format_duration(upload.backoff_initial)})"
             f" (got {format_duration(upload.backoff_max)})",
         )
@@ -635,17 +503,18 @@ def _field_id(name: object, key: str) -> str:
     if isinstance(name, str) and name.strip().isdigit():
         return str(int(name.strip()))
     raise ConfigError(
-        _join(key, _label(name)), f"field ids must be numbers such as 12 (got {describe(name)})"
+        join_key(key, key_label(name)),
+        f"field ids must be numbers such as 12 (got {describe(name)})",
     )
 
 
 def _template(value: object, key: str) -> FrozenMapping:
     pairs: dict[str, str] = {}
-    for name, raw in _mapping(value, key).items():
+    for name, raw in as_mapping(value, key).items():
         field_id = _field_id(name, key)
         if field_id in pairs:
-            raise ConfigError(_join(key, field_id), "field id given twice")
-        pairs[field_id] = _template_text(raw, _join(key, field_id))
+            raise ConfigError(join_key(key, field_id), "field id given twice")
+        pairs[field_id] = _template_text(raw, join_key(key, field_id))
     return FrozenMapping(pairs.items())
 
 
@@ -668,11 +537,11 @@ def _principals(value: object, key: str) -> tuple[int | str, ...]:
 
 def _share(value: object, key: str) -> ShareConfig:
     parsers: dict[str, Parse] = {"users": _principals, "groups": _principals}
-    return ShareConfig(**_section(value, key, parsers))
+    return ShareConfig(**section(value, key, parsers))
 
 
 def _pattern(value: object, key: str) -> str:
-    text = _text(value, key)
+    text = as_text(value, key)
     try:
         compiled = re.compile(text)
     except re.error as exc:
@@ -691,7 +560,7 @@ def _pattern(value: object, key: str) -> str:
 
 def _rule_match(value: object, key: str) -> str:
     """A gitignore-style pattern, checked now so that a bad one is not found at upload time."""
-    text = _text(value, key)
+    text = as_text(value, key)
     try:
         gitignore_match(text, "probe")
     except ValueError as exc:
@@ -701,9 +570,9 @@ def _rule_match(value: object, key: str) -> str:
 
 _RULE_PARSERS: dict[str, Parse] = {
     "match": _rule_match,
-    "name": _optional(_record_name),
-    "template": _optional(_template),
-    "share": _optional(_share),
+    "name": optional(_record_name),
+    "template": optional(_template),
+    "share": optional(_share),
 }
 
 
@@ -717,14 +586,14 @@ def _rules(value: object, key: str) -> tuple[RuleConfig, ...]:
         item_key = f"{key}[{index}]"
         if not isinstance(item, dict):
             raise ConfigError(item_key, f"must be a mapping with match: (got {describe(item)})")
-        parsed = _section(item, item_key, _RULE_PARSERS, {"match": '"room-3/**"'})
+        parsed = section(item, item_key, _RULE_PARSERS, {"match": '"room-3/**"'})
         rules.append(RuleConfig(**parsed))
     return tuple(rules)
 
 
 def _record_templates(record: RecordConfig, key: str) -> Iterator[tuple[str, str]]:
     """Every (template, dotted key) in the record section, for placeholder checks."""
-    yield record.name, _join(key, "name")
+    yield record.name, join_key(key, "name")
     for field_id, text in record.template.items():
         yield text, f"{key}.template.{field_id}"
     for index, rule in enumerate(record.rules):
@@ -738,14 +607,14 @@ def _record_templates(record: RecordConfig, key: str) -> Iterator[tuple[str, str
 def _parse_record(value: object, key: str, base: Path) -> RecordConfig:
     parsers: dict[str, Parse] = {
         "name": _record_name,
-        "pattern": _optional(_pattern),
+        "pattern": optional(_pattern),
         "template": _template,
-        "template_id": _optional(_whole(1)),
+        "template_id": optional(whole_number(1)),
         "share": _share,
-        "sidecar": _bool,
+        "sidecar": as_bool,
         "rules": _rules,
     }
-    record = RecordConfig(**_section(value, key, parsers))
+    record = RecordConfig(**section(value, key, parsers))
     groups = set(re.compile(record.pattern).groupindex) if record.pattern else set()
     known = BUILTIN_PLACEHOLDERS | groups
     for text, text_key in _record_templates(record, key):
@@ -758,17 +627,17 @@ def _parse_record(value: object, key: str, base: Path) -> RecordConfig:
 
 def _parse_after_upload(value: object, key: str, base: Path) -> AfterUploadConfig:
     parsers: dict[str, Parse] = {
-        "action": _choice("keep", "move", "delete"),
-        "move_to": _optional(_path(base)),
-        "failed_to": _optional(_path(base)),
-        "keep_for": _optional(_duration(0.0, above=True)),
+        "action": one_of("keep", "move", "delete"),
+        "move_to": optional(path_parser(base)),
+        "failed_to": optional(path_parser(base)),
+        "keep_for": optional(duration(0.0, above=True)),
     }
-    after = AfterUploadConfig(**_section(value, key, parsers))
+    after = AfterUploadConfig(**section(value, key, parsers))
     if after.action == "move" and after.move_to is None:
-        raise ConfigError(_join(key, "move_to"), f"required when {key}.action is move")
+        raise ConfigError(join_key(key, "move_to"), f"required when {key}.action is move")
     if after.action == "delete" and after.keep_for is not None:
         raise ConfigError(
-            _join(key, "keep_for"),
+            join_key(key, "keep_for"),
             f"has no effect when {key}.action is delete (the source goes at once);"
             " use keep or move",
         )
@@ -776,17 +645,17 @@ def _parse_after_upload(value: object, key: str, base: Path) -> AfterUploadConfi
 
 
 def _parse_ledger(value: object, key: str, base: Path) -> LedgerConfig:
-    parsers: dict[str, Parse] = {"path": _path(base), "backups": _whole(0)}
-    return LedgerConfig(**_section(value, key, parsers))
+    parsers: dict[str, Parse] = {"path": path_parser(base), "backups": whole_number(0)}
+    return LedgerConfig(**section(value, key, parsers))
 
 
 def _parse_log(value: object, key: str, base: Path) -> LogConfig:
     parsers: dict[str, Parse] = {
-        "format": _choice("json", "console", "auto"),
-        "level": _choice("debug", "info", "warning", "error"),
-        "redact_paths": _bool,
+        "format": one_of("json", "console", "auto"),
+        "level": one_of("debug", "info", "warning", "error"),
+        "redact_paths": as_bool,
     }
-    return LogConfig(**_section(value, key, parsers))
+    return LogConfig(**section(value, key, parsers))
 
 
 _LISTEN_RE = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})")
@@ -812,7 +681,7 @@ def _listen(value: object, key: str) -> tuple[str, int] | None:
 
 
 def _parse_status(value: object, key: str, base: Path) -> StatusConfig:
-    return StatusConfig(**_section(value, key, {"listen": _listen}))
+    return StatusConfig(**section(value, key, {"listen": _listen}))
 
 
 def _webhook(value: object, key: str) -> str | None:
@@ -827,8 +696,8 @@ def _webhook(value: object, key: str) -> str | None:
 
 
 def _parse_alerts(value: object, key: str, base: Path) -> AlertsConfig:
-    parsers: dict[str, Parse] = {"webhook": _webhook, "backlog_age": _duration(0.0, above=True)}
-    return AlertsConfig(**_section(value, key, parsers))
+    parsers: dict[str, Parse] = {"webhook": _webhook, "backlog_age": duration(0.0, above=True)}
+    return AlertsConfig(**section(value, key, parsers))
 
 
 # --------------------------------------------------------------------------- whole config
@@ -888,7 +757,7 @@ def parse_config(data: object, base_dir: Path, source: Path | None = None) -> Co
         )
     for name in data:
         if name not in _SECTIONS:
-            raise _unknown_key("", name, _SECTIONS)
+            raise unknown_key("", name, _SECTIONS)
     sections = {name: parse(data.get(name), name, base_dir) for name, parse in _SECTIONS.items()}
     config = Config(**sections, source=source)
     _check_outside_watch(config.after_upload.move_to, "after_upload.move_to", config.watch)
@@ -907,7 +776,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {_label(key)}", key_node.start_mark
+                    None, None, f"duplicate key {key_label(key)}", key_node.start_mark
                 )
             if isinstance(key, Hashable):
                 seen.add(key)
@@ -951,49 +820,5 @@ def load_config(path: Path | str) -> Config:
     return parse_config(_read_yaml(file), file.parent, source=file)
 
 
-# --------------------------------------------------------------------------- environment
-
-
-def _read_secret(path: Path, key: str) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(key, f"cannot read {path}: {reason}") from None
-    text = text.removesuffix("\n").removesuffix("\r")
-    if not text:
-        raise ConfigError(key, f"{path} is empty")
-    return text
-
-
-def resolve_password(valt: ValtConfig, environ: Mapping[str, str]) -> str:
-    """The Valt password: systemd credential, then password_file, then password_env, then password.
-
-    An explicitly configured password_file that cannot be read is an error, not a fall-through.
-    """
-    credentials = environ.get("CREDENTIALS_DIRECTORY")
-    if credentials:
-        candidate = Path(credentials) / valt.credential
-        if candidate.is_file():
-            return _read_secret(candidate, "valt.credential")
-    if valt.password_file is not None:
-        return _read_secret(valt.password_file, "valt.password_file")
-    from_env = environ.get(valt.password_env)
-    if from_env:
-        return from_env
-    if valt.password:
-        return valt.password
-    state = "is empty" if from_env == "" else "is not set"
-    raise ConfigError(
-        "valt.password_env",
-        f"environment variable {valt.password_env} {state};"
-        " set it, or set valt.password_file or valt.credential",
-    )
-
-
-def config_path_from(arg: str | None, environ: Mapping[str, str]) -> Path:
-    """The config file: the ``-c`` value, else ``$INGESTD_CONFIG``, else DEFAULT_CONFIG_PATH."""
-    if arg:
-        return Path(arg)
-    from_env = environ.get("INGESTD_CONFIG")
-    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+# Resolved in credentials.py, which reads the environment; re-exported for callers.
+from ingestd.credentials import config_path_from, resolve_password  # noqa: E402
