@@ -32,6 +32,7 @@ from ingestd.ledger import TERMINAL, Job, Ledger, State
 from ingestd.ledger_watch import LedgerWatch, wait_writable
 from ingestd.logs import get_logger
 from ingestd.metadata import RecordNamer
+from ingestd.pacing import Pacer
 from ingestd.progress import ProgressLine
 from ingestd.sdnotify import Notifier
 from ingestd.sharing import open_share_directory
@@ -146,6 +147,8 @@ class Daemon:
             stopping=self.stopping,
             telemetry=self.telemetry,
             on_change=self.dispatch_wake.set,
+            # upload.bandwidth_limit: one bucket for all workers; None when unlimited.
+            pacer=Pacer.for_limit(self.config.upload.bandwidth_limit),
         )
         self.confirmer = Confirmer(
             config=self.config,
@@ -272,7 +275,10 @@ class Daemon:
             self.heartbeat = time.monotonic()
             free = self.config.upload.workers - len(self.active)
             blocked = (
-                self.paused or self.ledger_error is not None or self.client.login_blocked_for() > 0
+                self.paused
+                or self.ledger_error is not None
+                or not self.ledger.writable.is_set()  # a write just failed: the watch reports it
+                or self.client.login_blocked_for() > 0
             )
             wait = DISPATCH_POLL
             if free > 0 and not blocked:
@@ -362,6 +368,8 @@ class Daemon:
         if not files:
             return "idle: every file is uploaded"
         busy = len(self.active)
+        if not busy:
+            return f"{files} files settling or being confirmed, {format_size(left)} to send"
         return f"uploading {busy} of {files} files, {format_size(left)} left"
 
     # --- run --once ----------------------------------------------------------------------------
