@@ -39,13 +39,16 @@ from ingestd.finished import snapshot
 from ingestd.ledger import Job, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.metadata import RecordNamer
+from ingestd.pacing import Pacer
 from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
 from ingestd.valt import ValtClient
 
 log = get_logger("ingestd.uploader")
 
-PIECE_SIZE = 256 * 1024
+# Bytes read, hashed and handed to the socket at a time. bench/: 1 MiB instead of
+# 256 KiB cut ingestd's CPU per GiB by about a fifth (fewer thread hops and writes).
+PIECE_SIZE = 1024 * 1024
 PROGRESS_EVERY = 5.0
 # Delay before a job whose login is blocked is looked at again (not an attempt).
 AUTH_RETRY_DELAY = 5.0
@@ -73,25 +76,70 @@ def _read_hashed(handle: IO[bytes], size: int, hasher: Hasher) -> bytes:
     return data
 
 
-async def read_pieces(path: Path, start: int, end: int, hasher: Hasher) -> AsyncIterator[bytes]:
-    """Bytes ``[start, end)`` of ``path`` in small pieces, fed to ``hasher`` as they go.
-
-    Memory stays at one piece whatever the file size. A file that ends early
-    has changed under us: the request fails and the next attempt's stat check
-    takes it from there.
-    """
-    handle = await asyncio.to_thread(open, path, "rb")
+def _open_at(path: Path, start: int) -> IO[bytes]:
+    handle = open(path, "rb")  # noqa: SIM115 - read_pieces closes it
     try:
-        await asyncio.to_thread(handle.seek, start)
+        handle.seek(start)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+async def read_pieces(
+    path: Path, start: int, end: int, hasher: Hasher, pacer: Pacer | None = None
+) -> AsyncIterator[bytes]:
+    """Bytes ``[start, end)`` of ``path`` in pieces, fed to ``hasher`` as they go.
+
+    The next piece is read and hashed in a worker thread while the current one
+    is being sent, so disk, hash and socket overlap; memory stays at two pieces
+    whatever the file size. With a ``pacer`` (``upload.bandwidth_limit``) each
+    piece waits for its share of the limit before it is handed on. A file that
+    ends early has changed under us: the request fails and the next attempt's
+    stat check takes it from there.
+    """
+    handle = await asyncio.to_thread(_open_at, path, start)
+    ahead: asyncio.Future[bytes] | None = None
+    try:
         remaining = end - start
-        while remaining > 0:
-            data = await asyncio.to_thread(_read_hashed, handle, min(PIECE_SIZE, remaining), hasher)
+        if remaining > 0:
+            ahead = _read_ahead(handle, remaining, hasher, pacer)
+        while ahead is not None:
+            data = await ahead
             if not data:
                 raise SourceChanged(f"the file ended {remaining} bytes early")
             remaining -= len(data)
+            ahead = _read_ahead(handle, remaining, hasher, pacer) if remaining > 0 else None
+            if pacer is not None:
+                await pacer.take(len(data))
             yield data
     finally:
+        _release(handle, ahead)
+
+
+def _release(handle: IO[bytes], ahead: asyncio.Future[bytes] | None) -> None:
+    """Close ``handle``; a read-ahead still running is not waited for on the event loop."""
+    if ahead is None or ahead.done():
+        if ahead is not None and not ahead.cancelled():
+            ahead.exception()  # a failed read-ahead nobody needs is not an error
         handle.close()
+        return
+    ahead.cancel()
+    try:
+        # close() waits until a read in progress ends (a slow share): let a thread wait.
+        asyncio.get_running_loop().run_in_executor(None, handle.close)
+    except RuntimeError:  # the loop or its executor is shutting down
+        handle.close()
+
+
+def _read_ahead(
+    handle: IO[bytes], remaining: int, hasher: Hasher, pacer: Pacer | None
+) -> asyncio.Future[bytes]:
+    size = min(PIECE_SIZE, remaining)
+    if pacer is not None:
+        size = pacer.piece_size(size)
+    loop = asyncio.get_running_loop()
+    return loop.run_in_executor(None, _read_hashed, handle, size, hasher)
 
 
 def hash_prefix(path: Path, length: int) -> Hasher:
@@ -121,8 +169,10 @@ class Uploader:
         stopping: asyncio.Event,
         telemetry: Telemetry | None = None,
         on_change: Callable[[], None] = lambda: None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
+        self.pacer = pacer  # upload.bandwidth_limit, shared by every worker (pacing.py)
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -231,6 +281,7 @@ class Uploader:
 
     async def _ensure_record(self, job: Job, bound: Any) -> Job:
         """Create the job's record, or adopt the one an interrupted attempt made."""
+        await self._delete_partials(job, bound)
         if job.state == State.CREATING and job.create_started_at is not None and job.record_name:
             # First settle what an interrupted attempt may have made, under the name it used:
             # metadata that can no longer be read must not leave an empty record behind.
@@ -260,6 +311,25 @@ class Uploader:
         bound.info("record.created", record_id=created.record_id, name=meta.name)
         failpoint("after_record_committed")
         return await self.ledger.get_job(job.id)
+
+    async def _delete_partials(self, job: Job, bound: Any) -> None:
+        """A partial record of this job that cannot be resumed goes before a new one is made.
+
+        The sweeper deletes such records in the background, but may not have got to
+        this one yet (or its delete failed and waits to be tried again). A failure
+        here is the job's retry; a refusal is left to the sweeper, which keeps trying.
+        """
+        for item in await self.ledger.deletions_for(job.id):
+            try:
+                existed = await self.client.delete_record(item.record_id)
+            except PermanentError as exc:
+                bound.warning("record.delete_refused", record_id=item.record_id, error=str(exc))
+                continue
+            failpoint("after_delete_response")
+            await self.ledger.deletion_done(item.id)
+            bound.info(
+                "record.deleted", record_id=item.record_id, reason=item.reason, existed=existed
+            )
 
     async def _reconcile(self, job: Job, name: str, bound: Any) -> None:
         """A create-upload of ours may have reached the server: find and settle it.
@@ -358,7 +428,7 @@ class Uploader:
 
         def pieces() -> AsyncIterator[bytes]:
             sendings.append(hasher.copy())
-            return read_pieces(path, start, end, sendings[-1])
+            return read_pieces(path, start, end, sendings[-1], self.pacer)
 
         await self.client.upload_chunk(
             job.record_id,
