@@ -66,7 +66,10 @@ def next_backup_due(ledger: Path) -> float:
     """When the daemon should make its next backup: a day after the newest, or now."""
     backups = existing_backups(ledger)
     newest = backup_time(backups[-1]) if backups else None
-    return time.time() if newest is None else newest + BACKUP_EVERY
+    now = time.time()
+    if newest is None or newest > now:  # none yet, or the clock went back
+        return now
+    return newest + BACKUP_EVERY
 
 
 @contextlib.contextmanager
@@ -117,8 +120,9 @@ def make_backup(ledger: Path, keep: int) -> Path:
         raise LedgerError(f"no ledger at {ledger} to back up")
     taken = time.time()
     target = ledger.with_name(ledger.name + BACKUP_INFIX + _stamp(taken))
-    while target.exists():  # two backups within one second
-        taken += 1
+    while target.exists():  # two backups within one second: the second waits for the next
+        time.sleep(0.1)
+        taken = time.time()
         target = ledger.with_name(ledger.name + BACKUP_INFIX + _stamp(taken))
     temporary = target.with_name(target.name + ".tmp")
     try:

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ledger = commands.add_parser("ledger", help="the ledger: check it, back it up, restore it")
     _add_config(ledger)
-    actions = ledger.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
+    actions = ledger.add_subparsers(
+        dest="ledger_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
     for name, text in (
         ("check", "integrity_check and the jobs per state (exit 1: damaged)"),
         ("backup", "make a backup now (safe while the daemon runs)"),
@@ -180,7 +182,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         finally:
             await ledger.close()
 
-    status = asyncio.run(read())
+    with _advice_names(config):
+        status = asyncio.run(read())
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return EXIT_OK
 

@@ -613,6 +613,15 @@ class Ledger:
             Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in await cursor.fetchall()
         ]
 
+    async def deletions_for(self, job_id: int) -> list[Deletion]:
+        """One job's partial records still to delete (its next record must wait for them)."""
+        cursor = await self._conn.execute(
+            "SELECT * FROM deletions WHERE job_id=? ORDER BY id", (job_id,)
+        )
+        return [
+            Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in await cursor.fetchall()
+        ]
+
     async def pending_deletions(self) -> int:
         cursor = await self._conn.execute("SELECT COUNT(*) FROM deletions")
         row = await cursor.fetchone()
@@ -675,7 +684,9 @@ class _Guarded:
 
     A write that fails for want of space or permission becomes
     :class:`LedgerUnwritable` (and the ledger notes it) instead of a plain
-    ``sqlite3.OperationalError`` that each caller would have to recognise.
+    ``sqlite3.OperationalError`` that each caller would have to recognise;
+    damage found on the way (SQLITE_CORRUPT, SQLITE_NOTADB) becomes
+    :class:`LedgerDamaged`, which says how to recover.
     """
 
     def __init__(self, ledger: Ledger, conn: aiosqlite.Connection) -> None:
@@ -716,26 +727,30 @@ class _Guarded:
         try:
             return await self._conn.execute(sql, parameters)
         except sqlite3.Error as exc:
-            unwritable = self._unwritable(exc)
-            if unwritable is None:
+            translated = self._translate(exc)
+            if translated is None:
                 raise
-            raise unwritable from exc
+            raise translated from exc
 
     async def executescript(self, script: str) -> aiosqlite.Cursor:
         try:
             async with self._lock:
                 return await self._conn.executescript(script)
         except sqlite3.Error as exc:
-            unwritable = self._unwritable(exc)
-            if unwritable is None:
+            translated = self._translate(exc)
+            if translated is None:
                 raise
-            raise unwritable from exc
+            raise translated from exc
 
     async def close(self) -> None:
         await self._conn.close()
 
-    def _unwritable(self, exc: sqlite3.Error) -> LedgerUnwritable | None:
-        what = _WRITE_FAILURES.get(_primary_code(exc) or 0)
+    def _translate(self, exc: sqlite3.Error) -> LedgerError | None:
+        """The ledger's own error for ``exc``; None: let it through as it is."""
+        code = _primary_code(exc) or 0
+        if code in _DAMAGE_CODES:
+            return LedgerDamaged(self._ledger.path, str(exc))
+        what = _WRITE_FAILURES.get(code)
         if what is None:
             return None
         problem = f"{what}: {self._ledger.path}: {exc}"

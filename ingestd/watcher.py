@@ -10,6 +10,7 @@ settle-and-check logic. Every candidate becomes a ``waiting`` job at once, so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import watchfiles
 
 from ingestd.aio import wait_event
 from ingestd.config import Config
+from ingestd.errors import LedgerUnwritable
 from ingestd.fingerprint import fingerprint, full_sha256
 from ingestd.finished import FileSnapshot, FinishedChecks, snapshot
 from ingestd.ledger import Ledger, State
@@ -385,7 +387,10 @@ class Intake:
                     step=50,
                 ):
                     for _change, raw in changes:
-                        await self.observe_path(Path(raw))
+                        # A full or read-only ledger: the ledger watch reports it, and a
+                        # rescan finds this file once writes work again.
+                        with contextlib.suppress(LedgerUnwritable):
+                            await self.observe_path(Path(raw))
             except Exception:
                 log.exception("watcher.failed", retry_in_s=WATCH_RESTART_DELAY)
             finally:
