@@ -18,6 +18,7 @@ from ingestd.errors import AuthFailed, ShareNameError, ValtError
 from ingestd.logs import redact_url
 from ingestd.probe import probe_upload
 from ingestd.sharing import KINDS, ShareDirectory, configured_names
+from ingestd.units import format_size
 from ingestd.valt import ValtClient
 
 Out = Callable[[str], None]
@@ -55,11 +56,28 @@ def _check_folders(config: Config, report: _Report) -> None:
             report.fail(f"watch folder {folder} is not writable (after_upload.action needs it)")
         else:
             report.ok(f"watch folder {folder}")
+            _free_space_line(folder, config.watch.min_free, report)
     ledger_dir = _existing_parent(config.ledger.path)
     if os.access(ledger_dir, os.W_OK):
         report.ok(f"ledger folder {config.ledger.path.parent} is writable")
     else:
         report.fail(f"ledger folder {config.ledger.path.parent} is not writable (ledger.path)")
+
+
+def _free_space_line(folder: Path, min_free: int, report: _Report) -> None:
+    try:
+        stats = os.statvfs(folder)
+    except OSError as exc:
+        report.fail(f"free space of {folder} cannot be read ({exc.strerror})")
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if free < min_free:
+        report.fail(
+            f"only {format_size(free)} free on the volume of {folder} "
+            f"(watch.min_free is {format_size(min_free)}): the capture disk is filling up"
+        )
+    else:
+        report.ok(f"{format_size(free)} free on the volume of {folder}")
 
 
 def _existing_parent(path: Path) -> Path:

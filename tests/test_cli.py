@@ -87,7 +87,12 @@ def test_check_all_fine(tmp_path: Path, server: FakeValtThread) -> None:
     result = run_cli("check", "-c", str(write_config(tmp_path, server.url)))
     assert result.returncode == 0, result.stdout
     assert "server version 6.7.2" in result.stdout
+    assert "free on the volume of" in result.stdout
     assert "FAIL" not in result.stdout
+    full = write_config(tmp_path, server.url, watch={"min_free": "1000TB"})
+    result = run_cli("check", "-c", str(full))
+    assert result.returncode == 1
+    assert "watch.min_free is 909.5 TiB" in result.stdout
 
 
 def test_check_wrong_password_exits_1_naming_the_credentials(
