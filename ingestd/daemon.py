@@ -164,6 +164,14 @@ class Daemon:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+            # No live reload: a SIGHUP must not kill the daemon mid-upload either.
+            loop.add_signal_handler(
+                signal.SIGHUP,
+                lambda: log.warning(
+                    "daemon.reload_unsupported",
+                    detail="configuration changes need a restart (systemctl restart ingestd)",
+                ),
+            )
         log.info(
             "daemon.started",
             pid=os.getpid(),

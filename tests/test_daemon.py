@@ -272,3 +272,16 @@ def test_wrong_password_is_not_hammered(
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert row["state"] in ("queued", "creating") and row["attempts"] == 0
     assert row["fail_reason"] is None
+
+
+def test_sighup_is_logged_not_fatal(tmp_path: Path, server: FakeValtThread, export: Path) -> None:
+    config = write_config(tmp_path, server.url)
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(config, log)
+    try:
+        wait_for(lambda: "daemon.started" in log.read_text(), timeout=20)
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: "daemon.reload_unsupported" in log.read_text(), timeout=10)
+        assert daemon.poll() is None
+    finally:
+        assert stop_process(daemon) == 0
