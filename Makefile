@@ -18,6 +18,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# The long crash and fault campaign (the short form runs inside `make test`).
+# SEED=N replays a run; the table is also written to build/chaos.json.
+chaos: $(STAMP)
+	mkdir -p build
+	$(BIN)/python chaos/campaign.py $(if $(SEED),--seed $(SEED)) --json build/chaos.json
+
+# ingestd against curl and its own targets on loopback (bench/run.py); prints one table
+# and writes bench/results.json. Needs curl and ~13 GiB under $$INGESTD_BENCH_DIR (default
+# /var/tmp/ingestd-bench, a real disk), written once and reused; under 10 min on 2 cores.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 lint: $(STAMP)
 	$(BIN)/ruff check ingestd tests
 	$(BIN)/ruff format --check ingestd tests

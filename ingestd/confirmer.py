@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ingestd import valt_rules
 from ingestd.backoff import backoff_delay
@@ -65,8 +66,8 @@ class Confirmer:
     async def poll_due(self) -> float | None:
         """Poll every record that is due; returns when the next one will be (None: none)."""
         now = time.time()
-        for job in await self.ledger.jobs_in([State.CONFIRMING], order="next_attempt_at"):
-            if job.next_attempt_at > now or self.client.login_blocked_for() > 0:
+        for job in await self.ledger.due_in(State.CONFIRMING, now):
+            if self.client.login_blocked_for() > 0:
                 continue
             try:
                 await self.confirm(job)
@@ -74,15 +75,21 @@ class Confirmer:
                 return None
             except (RetryableError, PermanentError) as exc:
                 delay = valt_rules.next_confirm_delay(job.confirm_delay)
-                await self.ledger.update(
-                    job.id, confirm_delay=delay, next_attempt_at=time.time() + delay
+                await self.ledger.update_current(
+                    job, confirm_delay=delay, next_attempt_at=time.time() + delay
                 )
                 log.warning("confirm.retry", job_id=job.id, error=str(exc), delay_s=round(delay, 1))
             self.on_change()
         return await self.ledger.next_due_in(State.CONFIRMING)
 
     async def confirm(self, job: Job) -> None:
-        """Poll one record once and act on what the server says."""
+        """Poll one record once and act on what the server says.
+
+        The answer is about ``job``'s record as it was when asked: every write is
+        conditional on the job still being there (``update_current``). If its file
+        changed meanwhile, the job has gone back to ``waiting`` (its record queued for
+        deletion, perhaps a new one made since) and the answer is dropped.
+        """
         bound = log.bind(job_id=job.id, path=job.path, record_id=job.record_id)
         if self.config.upload.confirm == "uploaded":
             await self._done(job, bound)
@@ -90,10 +97,12 @@ class Confirmer:
         assert job.record_id and job.video_id
         data = await self.client.get_record(job.record_id)
         if data is None:
-            await self.ledger.restart_upload(
+            if await self.ledger.restart_upload(
                 job, "record vanished", whole_file=bool(job.whole_file)
-            )
-            bound.warning("upload.record_vanished")
+            ):
+                bound.warning("upload.record_vanished")
+            else:
+                bound.info("confirm.stale", answer="record vanished")
             return
         state = valt_rules.video_state(data, job.video_id)
         if state is valt_rules.VideoState.READY:
@@ -101,30 +110,39 @@ class Confirmer:
             await self._done(job, bound)
         elif state is valt_rules.VideoState.MISSING:
             # "videos": null - the server lost the bytes: send them again into the same record.
-            await self.ledger.update(
-                job.id, state=State.UPLOADING, bytes_acked=0, next_attempt_at=0, sha256=None
-            )
-            bound.warning("upload.lost_by_server")
+            if await self.ledger.update_current(
+                job, state=State.UPLOADING, bytes_acked=0, next_attempt_at=0, sha256=None
+            ):
+                bound.warning("upload.lost_by_server")
+            else:
+                bound.info("confirm.stale", answer="no video")
         else:
             await self._not_ready_yet(job, bound)
 
     async def _not_ready_yet(self, job: Job, bound: object) -> None:
         waited = time.time() - (job.uploaded_at or time.time())
         if waited > self.config.upload.confirm_timeout:
-            await self.ledger.fail(
-                job,
-                "not_ready",
+            detail = (
                 f"the server did not report the video ready within "
-                f"{waited / 60:.0f} min (upload.confirm_timeout); the source is left in place",
+                f"{waited / 60:.0f} min (upload.confirm_timeout); the source is left in place"
             )
+            failed = await self.ledger.update_current(
+                job, state=State.FAILED, fail_reason="not_ready", fail_detail=detail
+            )
+            if not failed:
+                return  # the job moved on meanwhile
             log.error("job.failed", job_id=job.id, path=job.path, reason="not_ready")
             self.telemetry.job_failed(job.id, job.path, "not_ready", "not ready in time")
             return
         delay = valt_rules.next_confirm_delay(job.confirm_delay)
-        await self.ledger.update(job.id, confirm_delay=delay, next_attempt_at=time.time() + delay)
+        await self.ledger.update_current(
+            job, confirm_delay=delay, next_attempt_at=time.time() + delay
+        )
 
-    async def _done(self, job: Job, bound: object) -> None:
-        await self.ledger.update(job.id, state=State.DONE, done_at=time.time())
+    async def _done(self, job: Job, bound: Any) -> None:
+        if not await self.ledger.update_current(job, state=State.DONE, done_at=time.time()):
+            bound.info("confirm.stale", answer="ready")
+            return
         log.info(
             "job.done", job_id=job.id, path=job.path, record_id=job.record_id, sha256=job.sha256
         )

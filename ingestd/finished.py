@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +87,60 @@ def open_writers(path: Path) -> WritersVerdict:
         except (FileNotFoundError, ProcessLookupError):
             pass  # exited while we looked
     return WritersVerdict(writers=tuple(writers), all_visible=all_visible)
+
+
+def open_writers_of(paths: Sequence[Path]) -> dict[Path, WritersVerdict | OSError]:
+    """:func:`open_writers` for many files with one look at ``/proc``.
+
+    The settle loop checks every file that settled in a pass at once: one pass
+    over the fd tables however many files, instead of one per file. A file that
+    cannot be statted gets its OSError (a missing one: no writers), as
+    :func:`open_writers` would raise it.
+    """
+    wanted: dict[tuple[int, int], list[Path]] = {}
+    results: dict[Path, WritersVerdict | OSError] = {}
+    for path in paths:
+        try:
+            target = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            results[path] = WritersVerdict(writers=(), all_visible=True)
+            continue
+        except OSError as err:
+            results[path] = err
+            continue
+        wanted.setdefault((target.st_dev, target.st_ino), []).append(path)
+    found: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    all_visible = True
+    if wanted:
+        for pid in _pids():
+            try:
+                for key in _files_written_by(pid, wanted):
+                    found.setdefault(key, []).append((pid, _comm(pid)))
+            except PermissionError:
+                all_visible = False
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # exited while we looked
+    for key, holders in wanted.items():
+        verdict = WritersVerdict(writers=tuple(found.get(key, ())), all_visible=all_visible)
+        for path in holders:
+            results[path] = verdict
+    return results
+
+
+def _files_written_by(pid: int, wanted: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Which of the files ``wanted`` (dev, ino) ``pid`` has open with write access."""
+    keys = set(wanted)
+    written: set[tuple[int, int]] = set()
+    with os.scandir(f"{_PROC}/{pid}/fd") as entries:
+        for entry in entries:
+            try:
+                info = os.stat(entry.path)
+            except OSError:
+                continue  # closed meanwhile, or an anonymous inode we cannot stat
+            key = (info.st_dev, info.st_ino)
+            if key in keys and key not in written and _fd_writes(pid, entry.name):
+                written.add(key)
+    return written
 
 
 def _pids() -> list[int]:
@@ -171,17 +225,32 @@ class FinishedChecks:
             return None
         return path.with_name(path.name + self.done_marker)
 
-    def why_not_finished(self, path: Path, size: int) -> str | None:
+    def writers_of(self, paths: Sequence[Path]) -> dict[Path, WritersVerdict | OSError] | None:
+        """The open-writer verdicts of many files from one look at ``/proc`` (None when
+        ``check_open_writers`` is off), for :meth:`why_not_finished`'s ``writers``."""
+        return open_writers_of(paths) if self.check_open_writers else None
+
+    def why_not_finished(
+        self,
+        path: Path,
+        size: int,
+        *,
+        writers: dict[Path, WritersVerdict | OSError] | None = None,
+    ) -> str | None:
         """None when every enabled check passes, else a short reason for ``ingestd status``.
 
         ``size`` is the settled size; the container is judged at that size.
         The cheap, definite marker check runs first; writers before the
         container, because "open for writing by ..." explains more than
-        "no moov box" about a file being recorded.
+        "no moov box" about a file being recorded. ``writers`` (from
+        :meth:`writers_of`) saves a look at ``/proc`` per file.
         """
         reason = self._marker_reason(path)
         if reason is None and self.check_open_writers:
-            reason = self._writers_reason(path)
+            known = writers.get(path) if writers is not None else None
+            if isinstance(known, OSError):
+                raise known
+            reason = self._writers_reason(path, known)
         if reason is None and self.check_container and is_mp4_name(path.name):
             reason = self._container_reason(path, size)
         return reason
@@ -197,8 +266,9 @@ class FinishedChecks:
             return f"cannot look for marker {marker.name} ({err.strerror or err})"
         return f"waiting for marker {marker.name}"
 
-    def _writers_reason(self, path: Path) -> str | None:
-        verdict = open_writers(path)
+    def _writers_reason(self, path: Path, verdict: WritersVerdict | None = None) -> str | None:
+        if verdict is None:
+            verdict = open_writers(path)
         if verdict.writers:
             holders = ", ".join(f"pid {pid} ({comm})" for pid, comm in verdict.writers)
             return f"open for writing by {holders}"

@@ -24,6 +24,7 @@ pass through one place, :class:`_Guarded`, which raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
 import sqlite3
@@ -62,10 +63,20 @@ class State(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+_STATES = {state.value: state for state in State}
 TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED})
 # States a worker takes a job in (the job's phase tells the worker where to resume).
 DISPATCHABLE = (State.QUEUED, State.CREATING, State.UPLOADING)
 LIVE = tuple(s for s in State if s not in (State.DONE, State.SKIPPED))
+_DISPATCHABLE_SQL = ",".join(f"'{s.value}'" for s in DISPATCHABLE)
+# Indexes that speed queries up without changing what the ledger means: made when missing
+# at every open (an older ingestd ignores them), so they need no schema version.
+# jobs_dispatch: due_jobs walks the dispatchable jobs oldest file first and stops at its
+# LIMIT, instead of sorting all of them at every dispatch (thousands of queued files).
+_INDEXES = f"""
+CREATE INDEX IF NOT EXISTS jobs_dispatch ON jobs(mtime_ns, id)
+    WHERE state IN ({_DISPATCHABLE_SQL});
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -184,6 +195,10 @@ class Job:
 
 
 JOB_COLUMNS = frozenset(f.name for f in fields(Job))
+# What scans compare a file with: the newest job of its path (id, snapshot, state).
+Known = tuple[int, tuple[int, int, int, int], State]
+# SQLite's smallest default limit on ``?`` placeholders in one statement is 999.
+_MAX_VARIABLES = 900
 
 
 @dataclass(slots=True)
@@ -211,6 +226,8 @@ class Ledger:
         self.writable = asyncio.Event()  # set while writes work
         self.writable.set()
         self.write_failed = asyncio.Event()  # set at a failure; the ledger watch clears it
+        self._dispatch_index = False  # jobs_dispatch exists (see _INDEXES)
+        self._counts: tuple[tuple[int, int], dict[str, int]] | None = None  # see counts()
         self._conn = _Guarded(self, conn)
 
     # --- opening ----------------------------------------------------------------
@@ -275,6 +292,12 @@ class Ledger:
                 f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}\n"
                 f"UPDATE meta SET value='{step}' WHERE key='schema_version';\nCOMMIT;"
             )
+        with contextlib.suppress(LedgerUnwritable):  # read-only: the queries do without
+            await self._conn.executescript(_INDEXES)
+        cursor = await self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='index' AND name='jobs_dispatch'"
+        )
+        self._dispatch_index = await cursor.fetchone() is not None
         max_pages = os.environ.get(MAX_PAGES_ENV)
         if max_pages:  # the test hook above
             await self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
@@ -366,6 +389,30 @@ class Ledger:
         assert job_id is not None
         return await self.get_job(job_id)
 
+    async def add_jobs(
+        self, *, root: str, files: Sequence[tuple[str, tuple[int, int, int, int]]], state: State
+    ) -> dict[str, int]:
+        """Add a job for each (path, snapshot), all in one transaction; returns path -> job id.
+
+        For a scan that finds many new files at once: one commit instead of one each.
+        """
+        if not files:
+            return {}
+        now = time.time()
+        rows = [(path, root, state.value, *snap, now, now) for path, snap in files]
+        async with self.transaction():
+            cursor = await self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs")
+            row = await cursor.fetchone()
+            before = int(row[0]) if row else 0
+            await self._conn.executemany(
+                "INSERT INTO jobs(path, root, state, size, mtime_ns, inode, device, "
+                "discovered_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            cursor = await self._conn.execute("SELECT id, path FROM jobs WHERE id>?", (before,))
+            added = {str(path): int(job_id) for job_id, path in await cursor.fetchall()}
+        return added
+
     async def get_job(self, job_id: int) -> Job:
         cursor = await self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
         row = await cursor.fetchone()
@@ -392,6 +439,33 @@ class Ledger:
             f"UPDATE jobs SET {assignments} WHERE id=?", (*changes.values(), job_id)
         )
 
+    async def update_current(self, job: Job, **changes: Any) -> bool:
+        """:meth:`update`, only while the job is still in ``job``'s state with ``job``'s record.
+
+        For an answer that took a while: if the job moved on meanwhile (its file changed
+        and it went back to ``waiting``, with another record since), nothing is written
+        and the answer, which is about the old record, is dropped: returns False.
+        """
+        unknown = set(changes) - JOB_COLUMNS
+        if unknown:
+            raise LedgerError(f"unknown job fields: {sorted(unknown)}")
+        changes["updated_at"] = time.time()
+        values = [v.value if isinstance(v, State) else v for v in changes.values()]
+        assignments = ", ".join(f"{key}=?" for key in changes)
+        cursor = await self._conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id=? AND state=? AND record_id IS ?",
+            (*values, job.id, job.state.value, job.record_id),
+        )
+        return bool(cursor.rowcount)
+
+    async def update_many(self, changes: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """:meth:`update` for several jobs, committed together in one transaction."""
+        if not changes:
+            return
+        async with self.transaction():
+            for job_id, fields_ in changes:
+                await self.update(job_id, **fields_)
+
     async def jobs_in(self, states: Iterable[State], *, order: str = "id") -> list[Job]:
         names = [s.value for s in states]
         marks = ",".join("?" * len(names))
@@ -407,19 +481,51 @@ class Ledger:
         row = await cursor.fetchone()
         return None if row is None else Job.from_row(row)
 
-    async def known_snapshots(self) -> dict[str, tuple[int, tuple[int, int, int, int], State]]:
+    async def known_snapshots(self) -> dict[str, Known]:
         """The newest job of every path: its id, file snapshot and state (for scans)."""
-        cursor = await self._conn.execute(
-            "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs ORDER BY id"
+        return await self._snapshots(
+            "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs"
         )
-        known: dict[str, tuple[int, tuple[int, int, int, int], State]] = {}
-        async for row in cursor:
-            known[row[1]] = (row[0], (row[2], row[3], row[4], row[5]), State(row[6]))
+
+    async def live_snapshots(self) -> dict[str, Known]:
+        """As :meth:`known_snapshots`, for the jobs not done or skipped (at most one a path).
+
+        A path's live job is always its newest: a new job for a path is only made
+        once the old one is done or skipped. Index lookups, so cheap however many
+        done jobs the ledger holds (watcher.py keeps those in memory between scans).
+        """
+        marks = ",".join("?" * len(LIVE))
+        return await self._snapshots(
+            "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs "
+            f"WHERE state IN ({marks})",
+            [s.value for s in LIVE],
+        )
+
+    async def snapshots_of(self, job_ids: Iterable[int]) -> dict[str, Known]:
+        """As :meth:`known_snapshots`, for the jobs ``job_ids`` (gone ones are left out)."""
+        wanted = sorted(set(job_ids))
+        found: dict[str, Known] = {}
+        for first in range(0, len(wanted), _MAX_VARIABLES):
+            part = wanted[first : first + _MAX_VARIABLES]
+            found.update(
+                await self._snapshots(
+                    "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs "
+                    f"WHERE id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+            )
+        return found
+
+    async def _snapshots(self, query: str, parameters: Sequence[Any] = ()) -> dict[str, Known]:
+        # One fetchall: iterating the cursor would cost a thread hop every 64 rows.
+        cursor = await self._conn.execute(query + " ORDER BY id", parameters)
+        known: dict[str, Known] = {}
+        states = _STATES
+        for row in await cursor.fetchall():
+            known[row[1]] = (row[0], (row[2], row[3], row[4], row[5]), states[row[6]])
         return known
 
-    async def known_snapshots_for(
-        self, path: str
-    ) -> tuple[int, tuple[int, int, int, int], State] | None:
+    async def known_snapshots_for(self, path: str) -> Known | None:
         """The newest job of one path, as :meth:`known_snapshots` gives it."""
         cursor = await self._conn.execute(
             "SELECT id, size, mtime_ns, inode, device, state FROM jobs WHERE path=? "
@@ -433,13 +539,15 @@ class Ledger:
 
     async def due_jobs(self, now: float, limit: int, exclude: Sequence[int]) -> list[Job]:
         """Jobs a worker may take now, oldest file first."""
-        names = [s.value for s in DISPATCHABLE]
         # "id NOT IN (NULL)" would match nothing: leave the clause out when no job is active.
         skip = f"AND id NOT IN ({','.join('?' * len(exclude))}) " if exclude else ""
+        # The states literally, as the partial index jobs_dispatch has them: else SQLite
+        # cannot tell that the index holds every row the query wants.
+        index = "INDEXED BY jobs_dispatch " if self._dispatch_index else ""
         cursor = await self._conn.execute(
-            f"SELECT * FROM jobs WHERE state IN (?,?,?) AND next_attempt_at<=? "
-            f"{skip}ORDER BY mtime_ns, id LIMIT ?",
-            (*names, now, *exclude, limit),
+            f"SELECT * FROM jobs {index}WHERE state IN ({_DISPATCHABLE_SQL}) "
+            f"AND next_attempt_at<=? {skip}ORDER BY mtime_ns, id LIMIT ?",
+            (now, *exclude, limit),
         )
         return [Job.from_row(row) for row in await cursor.fetchall()]
 
@@ -489,6 +597,15 @@ class Ledger:
         row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
+    async def due_in(self, state: State, now: float) -> list[Job]:
+        """The jobs in ``state`` whose ``next_attempt_at`` has come, soonest first (index
+        lookups: the confirmer asks at every upload's end, with many jobs not yet due)."""
+        cursor = await self._conn.execute(
+            "SELECT * FROM jobs WHERE state=? AND next_attempt_at<=? ORDER BY next_attempt_at",
+            (state.value, now),
+        )
+        return [Job.from_row(row) for row in await cursor.fetchall()]
+
     async def next_due_in(self, state: State) -> float | None:
         """The earliest ``next_attempt_at`` of the jobs in ``state`` (None: there are none)."""
         cursor = await self._conn.execute(
@@ -498,9 +615,18 @@ class Ledger:
         return None if row is None or row[0] is None else float(row[0])
 
     async def counts(self) -> dict[str, int]:
-        cursor = await self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        found = {str(row[0]): int(row[1]) for row in await cursor.fetchall()}
-        return {s.value: found.get(s.value, 0) for s in State}
+        """Jobs per state. Counting reads every row (100,000 done files: ~10 ms), and the
+        health check asks every few seconds: while nothing was written, neither through
+        this connection nor by another process (``PRAGMA data_version``), the last
+        answer still holds and is given again."""
+        cursor = await self._conn.execute("PRAGMA data_version")
+        row = await cursor.fetchone()
+        key = (self._conn.writes, int(row[0]) if row else -1)
+        if self._counts is None or self._counts[0] != key:
+            cursor = await self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            found = {str(row[0]): int(row[1]) for row in await cursor.fetchall()}
+            self._counts = (key, {s.value: found.get(s.value, 0) for s in State})
+        return dict(self._counts[1])
 
     async def reset_to_waiting(
         self, job: Job, snapshot: tuple[int, int, int, int], reason: str
@@ -524,18 +650,26 @@ class Ledger:
                 (size, mtime_ns, inode, device, reason, now, job.id),
             )
 
-    async def restart_upload(self, job: Job, reason: str, *, whole_file: bool) -> None:
-        """Drop the job's record (queued for deletion) so the next attempt starts anew."""
+    async def restart_upload(self, job: Job, reason: str, *, whole_file: bool) -> bool:
+        """Drop the job's record (queued for deletion) so the next attempt starts anew.
+
+        Only while the job still has ``job``'s record: False (nothing changed) if it
+        has moved on to another one meanwhile.
+        """
         now = time.time()
         async with self.transaction():
-            if job.record_id:
-                await self._queue_deletion(job.record_id, job.id, reason, now)
-            await self._conn.execute(
+            cursor = await self._conn.execute(
                 "UPDATE jobs SET state='queued', record_id=NULL, video_id=NULL, "
                 "bytes_acked=0, create_started_at=NULL, confirm_delay=NULL, whole_file=?, "
-                "restarts=restarts+1, next_attempt_at=0, updated_at=? WHERE id=?",
-                (1 if whole_file else 0, now, job.id),
+                "restarts=restarts+1, next_attempt_at=0, updated_at=? "
+                "WHERE id=? AND record_id IS ?",
+                (1 if whole_file else 0, now, job.id, job.record_id),
             )
+            if not cursor.rowcount:
+                return False
+            if job.record_id:
+                await self._queue_deletion(job.record_id, job.id, reason, now)
+        return True
 
     async def fail(
         self, job: Job, reason: str, detail: str, *, delete_record: bool = False
@@ -697,6 +831,9 @@ class _Guarded:
         # within a transaction") and its plain writes would join the open transaction.
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None
+        # Statements other than SELECT and PRAGMA sent so far: Ledger.counts() knows by it
+        # whether anything may have changed through this connection since it last counted.
+        self.writes = 0
 
     @property
     def in_transaction(self) -> bool:
@@ -723,8 +860,18 @@ class _Guarded:
         async with self._lock:
             return await self._execute(sql, parameters)
 
-    async def _execute(self, sql: str, parameters: Sequence[Any]) -> aiosqlite.Cursor:
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> aiosqlite.Cursor:
+        if self._owner is not None and self._owner is asyncio.current_task():
+            return await self._execute(sql, rows, many=True)
+        async with self._lock:
+            return await self._execute(sql, rows, many=True)
+
+    async def _execute(self, sql: str, parameters: Any, *, many: bool = False) -> aiosqlite.Cursor:
+        if not sql.lstrip()[:6].upper().startswith(("SELECT", "PRAGMA")):
+            self.writes += 1
         try:
+            if many:
+                return await self._conn.executemany(sql, parameters)
             return await self._conn.execute(sql, parameters)
         except sqlite3.Error as exc:
             translated = self._translate(exc)
@@ -733,6 +880,7 @@ class _Guarded:
             raise translated from exc
 
     async def executescript(self, script: str) -> aiosqlite.Cursor:
+        self.writes += 1
         try:
             async with self._lock:
                 return await self._conn.executescript(script)

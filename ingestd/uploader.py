@@ -379,7 +379,10 @@ class Uploader:
         """Send the chunks from ``bytes_acked`` to the end, then commit ``confirming``."""
         assert job.record_id and job.video_id
         path, total = Path(job.path), job.size
-        hasher = await asyncio.to_thread(hash_prefix, path, job.bytes_acked)
+        if job.bytes_acked:
+            hasher = await asyncio.to_thread(hash_prefix, path, job.bytes_acked)
+        else:
+            hasher = hashlib.sha256()
         position, chunk_size, first = job.bytes_acked, self._chunk_size(job), True
         bound = bound.bind(record_id=job.record_id)
         if position:
@@ -399,6 +402,13 @@ class Uploader:
                 await self._refused(job, position, first, exc, bound)
             failpoint("after_chunk_response")
             hasher, position, first = chunk_hasher, end, False
+            if position >= total:
+                # The last chunk's bytes_acked is committed together with "confirming"
+                # (one commit less a file, still before anything depends on it: a crash
+                # before that commit costs this chunk, sent again as a harmless repeat).
+                await self._check_source(job)
+                await self._mark_uploaded(job, hasher.hexdigest(), bound, last_chunk=True)
+                return
             await self.ledger.update(job.id, bytes_acked=end, attempts=0)
             failpoint("after_chunk_committed")
             if time.monotonic() - last_progress >= PROGRESS_EVERY and position < total:
@@ -409,8 +419,6 @@ class Uploader:
                     size=total,
                     percent=round(100 * position / total, 1),
                 )
-            if total == 0:
-                break
         await self._check_source(job)
         await self._mark_uploaded(job, hasher.hexdigest(), bound)
 
@@ -476,7 +484,10 @@ class Uploader:
         bound.warning(event, offset=position, error=str(exc))
         raise _Restart
 
-    async def _mark_uploaded(self, job: Job, sha256: str, bound: Any) -> None:
+    async def _mark_uploaded(
+        self, job: Job, sha256: str, bound: Any, *, last_chunk: bool = False
+    ) -> None:
+        """Commit ``confirming``; with ``last_chunk``, this commit also acknowledges it."""
         now = time.time()
         await self.ledger.update(
             job.id,
@@ -488,9 +499,10 @@ class Uploader:
             confirm_delay=None,
             next_attempt_at=now + valt_rules.next_confirm_delay(None),
         )
+        if last_chunk:
+            failpoint("after_chunk_committed")
         self.stats.uploads_completed += 1
-        fresh = await self.ledger.get_job(job.id)
-        seconds = now - (fresh.upload_started_at or now)
+        seconds = now - (job.upload_started_at or now)
         self.telemetry.upload_completed(job.size, seconds)
         bound.info(
             "upload.completed",

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import watchfiles
@@ -24,9 +25,9 @@ from ingestd.config import Config
 from ingestd.errors import LedgerUnwritable
 from ingestd.fingerprint import fingerprint, full_sha256
 from ingestd.finished import FileSnapshot, FinishedChecks, snapshot
-from ingestd.ledger import Ledger, State
+from ingestd.ledger import Known, Ledger, State
 from ingestd.logs import get_logger
-from ingestd.matching import PathFilter, iter_files
+from ingestd.matching import PathFilter, iter_file_entries
 from ingestd.sidecar import sidecar_wait_reason
 
 log = get_logger("ingestd.watcher")
@@ -34,6 +35,12 @@ log = get_logger("ingestd.watcher")
 Snap = tuple[int, int, int, int]
 # Tests switch folder events off to prove the rescan alone finds files.
 NO_EVENTS_ENV = "INGESTD_NO_WATCH_EVENTS"
+# A path whose newest job is in one of these states needs nothing while its file is unchanged.
+SETTLED = (State.DONE, State.SKIPPED)
+# With no file waiting, the settle loop looks this often (scans and events wake it at once).
+IDLE_SETTLE_POLL = 2.0
+# Files a settle pass queues per transaction (workers start on the first ones meanwhile).
+QUEUE_BATCH = 256
 STILL_CHANGING_AFTER = 60.0
 STILL_CHANGING_EVERY = 300.0
 WATCH_RESTART_DELAY = 5.0
@@ -52,6 +59,39 @@ class _Tracked:
     first_seen: float
     reason: str | None = None
     changing_logged: float = 0.0
+
+
+@dataclass
+class _Verdict:
+    """What the finished checks said of one settled file (see Intake._judge_all)."""
+
+    reason: str | None = None
+    check_error: OSError | None = None
+    fingerprint: str | None = None
+    read_error: OSError | None = None
+
+
+@dataclass
+class _Pending:
+    """Finished files a settle pass queues together, and their fingerprints."""
+
+    jobs: list[tuple[int, Path, _Tracked, float, str]] = field(default_factory=list)
+    prints: dict[str, int] = field(default_factory=dict)
+
+    def add(self, job_id: int, path: Path, tracked: _Tracked, now: float, print_: str) -> None:
+        self.jobs.append((job_id, path, tracked, now, print_))
+        self.prints.setdefault(print_, job_id)
+
+
+def _look_all(paths: list[Path]) -> list[FileSnapshot | OSError | None]:
+    """:func:`snapshot` of each path (its OSError in its place), in one worker thread."""
+    looks: list[FileSnapshot | OSError | None] = []
+    for path in paths:
+        try:
+            looks.append(snapshot(path))
+        except OSError as err:
+            looks.append(err)
+    return looks
 
 
 class Intake:
@@ -76,33 +116,55 @@ class Intake:
         self.roots = [Path(os.path.abspath(p)) for p in self.watch.paths]
         self.tracking: dict[int, _Tracked] = {}
         self.rescan_now = asyncio.Event()
+        self.settle_now = asyncio.Event()  # a file started waiting: settle without delay
         self.watcher_alive = False
         self.last_scan_at: float | None = None
         # Scans and events both turn paths into jobs; one at a time, or both add the same path.
         self._observing = asyncio.Lock()
         self._bad_names: set[Path] = set()
+        # Rescans compare each file with its newest job without reading the whole ledger
+        # each time: done and skipped jobs, which no longer change, are kept here (loaded
+        # once), and only the live ones are read per scan, with those that were live
+        # before (or were added since) and may have settled meanwhile.
+        self._settled: dict[str, Known] | None = None
+        self._maybe_settled: set[int] = set()
 
     # --- finding ------------------------------------------------------------------------
 
-    def _walk(self, root: Path) -> list[tuple[Path, Snap]]:
-        found = []
-        for path in iter_files(
+    def _walk(
+        self, root: Path, settled: dict[str, Known], live: dict[str, Known]
+    ) -> tuple[int, list[tuple[str, Snap]]]:
+        """Stat every wanted file under ``root``; returns how many there are, and those that
+        are not a settled (done or skipped) job's unchanged file: the scan looks at these."""
+        files = 0
+        candidates: list[tuple[str, Snap]] = []
+        for entry in iter_file_entries(
             root,
             self.filter,
             recursive=self.watch.recursive,
             follow_symlinks=self.watch.follow_symlinks,
             on_error=_log_scan_error,
         ):
-            if self._bad_name(path):
+            path = entry.path
+            if not path.isascii() and self._bad_name(Path(path)):
                 continue
             try:
-                current = snapshot(path)
-            except OSError as err:
-                _log_scan_error(path, err)
+                info = entry.stat()  # follows a symlink, as snapshot() does
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            if current is not None:
-                found.append((path, as_snap(current)))
-        return found
+            except OSError as err:
+                _log_scan_error(Path(path), err)
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            files += 1
+            snap = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
+            if path not in live:
+                known = settled.get(path)
+                if known is not None and known[1] == snap:
+                    continue
+            candidates.append((path, snap))
+        return files, candidates
 
     def _bad_name(self, path: Path) -> bool:
         """True for a name that is not UTF-8 (a Latin-1 share, say): the ledger, the record name
@@ -125,12 +187,19 @@ class Intake:
         started = time.monotonic()
         files = changed = 0
         for root in self.roots:
-            found = await asyncio.to_thread(self._walk, root)
+            settled, live = await self._known()
+            found, candidates = await asyncio.to_thread(self._walk, root, settled, live)
+            files += found
             async with self._observing:
-                known = await self.ledger.known_snapshots()
-                for path, snap in found:
-                    files += 1
-                    changed += await self._observe(path, root, snap, known.get(str(path)))
+                settled, live = await self._known()  # again: jobs moved on during the walk
+                new: list[tuple[str, Snap]] = []
+                for path, snap in candidates:
+                    known = live.get(path) or settled.get(path)
+                    if known is None or (known[2] in SETTLED and known[1] != snap):
+                        new.append((path, snap))
+                    else:
+                        changed += await self._observe(Path(path), root, snap, known)
+                changed += await self._add_new(root, new)
         self.last_scan_at = time.time()
         log.info(
             "watcher.rescan",
@@ -140,6 +209,43 @@ class Intake:
             seconds=round(time.monotonic() - started, 3),
         )
         return changed
+
+    async def _known(self) -> tuple[dict[str, Known], dict[str, Known]]:
+        """The newest job of every path, as (settled: done or skipped, live: the others)."""
+        if self._settled is None:
+            everything = await self.ledger.known_snapshots()
+            self._settled = {p: k for p, k in everything.items() if k[2] in SETTLED}
+            live = {p: k for p, k in everything.items() if k[2] not in SETTLED}
+        else:
+            live = await self.ledger.live_snapshots()
+            moved_on = self._maybe_settled - {known[0] for known in live.values()}
+            if moved_on:
+                found = await self.ledger.snapshots_of(moved_on)
+                # Settled ones join the cache; gone ones (forgotten) are dropped; the rest
+                # (added since the query above) are kept for the next look.
+                self._maybe_settled -= moved_on - {known[0] for known in found.values()}
+                for path, known in found.items():
+                    if known[2] not in SETTLED:
+                        continue
+                    self._maybe_settled.discard(known[0])
+                    held = self._settled.get(path)
+                    if held is None or held[0] < known[0]:
+                        self._settled[path] = known
+        self._maybe_settled |= {known[0] for known in live.values()}
+        return self._settled, live
+
+    async def _add_new(self, root: Path, new: list[tuple[str, Snap]]) -> int:
+        """Jobs for files seen for the first time (or changed after done): one commit."""
+        added = await self.ledger.add_jobs(root=str(root), files=new, state=State.WAITING)
+        now = time.monotonic()
+        for path, snap in new:
+            job_id = added[path]
+            self._maybe_settled.add(job_id)
+            self.tracking[job_id] = _Tracked(snap, now, now)
+            log.info("file.discovered", job_id=job_id, path=path, size=snap[0])
+        if new:
+            self.settle_now.set()
+        return len(new)
 
     async def observe_path(self, path: Path) -> None:
         """A folder event named ``path``: look at that one file (or rescan for a folder)."""
@@ -163,21 +269,24 @@ class Intake:
     async def _observe(
         self, path: Path, root: Path, snap: Snap, known: tuple[int, Snap, State] | None
     ) -> int:
-        if known is None or (known[2] in (State.DONE, State.SKIPPED) and known[1] != snap):
+        if known is None or (known[2] in SETTLED and known[1] != snap):
             job = await self.ledger.add_job(
                 path=str(path), root=str(root), snapshot=snap, state=State.WAITING
             )
             now = time.monotonic()
+            self._maybe_settled.add(job.id)
             self.tracking[job.id] = _Tracked(snap, now, now)
+            self.settle_now.set()
             log.info("file.discovered", job_id=job.id, path=str(path), size=snap[0])
             return 1
         job_id, known_snap, state = known
-        if state in (State.DONE, State.SKIPPED) or self.is_active(job_id):
+        if state in SETTLED or self.is_active(job_id):
             return 0  # already uploaded, or a worker owns it and checks the file itself
         if state == State.WAITING:
             if job_id not in self.tracking:
                 now = time.monotonic()
                 self.tracking[job_id] = _Tracked(snap, now, now)
+                self.settle_now.set()
             return 0
         if known_snap == snap:
             return 0
@@ -185,6 +294,7 @@ class Intake:
         await self.ledger.reset_to_waiting(job, snap, "file changed")
         now = time.monotonic()
         self.tracking[job_id] = _Tracked(snap, now, now)
+        self.settle_now.set()
         log.info("file.changed", job_id=job_id, path=str(path), was=state.value, size=snap[0])
         return 1
 
@@ -193,35 +303,58 @@ class Intake:
     def tick_interval(self) -> float:
         return max(0.2, min(1.0, self.watch.settle / 5))
 
-    async def settle(self) -> None:
-        """One pass over the waiting files: queue those that are finished."""
+    async def settle(self) -> bool:
+        """One pass over the waiting files: queue those that are finished; False if none wait.
+
+        A pass costs a few thread hops, not a few per file: all its stats in one,
+        the finished checks and fingerprints of the files that settled in another
+        (with one look at ``/proc`` for all of them), and the files found finished
+        are queued in one transaction. A drop of thousands of files at once then
+        costs milliseconds a file.
+        """
         waiting = await self.ledger.jobs_in([State.WAITING])
         present = {job.id for job in waiting}
         for job_id in list(self.tracking):
             if job_id not in present:
                 del self.tracking[job_id]
-        for job in waiting:
-            if not self.is_active(job.id):
-                try:
-                    await self._settle_one(job.id, Path(job.path), bool(job.force))
-                except OSError as err:
-                    # One file's trouble (a folder it cannot search, a name too long for
-                    # its marker) must not stop the loop, nor hold up the other files.
-                    await self._cannot_check(job.id, Path(job.path), job.snapshot, err)
+        jobs = [job for job in waiting if not self.is_active(job.id)]
+        if not jobs:
+            return bool(waiting)
+        looks = await asyncio.to_thread(_look_all, [Path(job.path) for job in jobs])
+        due: list[tuple[int, Path, _Tracked]] = []
+        for job, look in zip(jobs, looks, strict=True):
+            path = Path(job.path)
+            try:
+                if isinstance(look, OSError):
+                    raise look
+                tracked = await self._settle_one(job.id, path, bool(job.force), look)
+            except OSError as err:
+                # One file's trouble (a folder it cannot search, a name too long for
+                # its marker) must not stop the loop, nor hold up the other files.
+                await self._cannot_check(job.id, path, job.snapshot, err)
+                continue
+            if tracked is not None:
+                due.append((job.id, path, tracked))
+        if due:
+            await self._finish(due)
+        return True
 
     async def _cannot_check(self, job_id: int, path: Path, snap: Snap, err: OSError) -> None:
         now = time.monotonic()
         tracked = self.tracking.setdefault(job_id, _Tracked(snap, now, now))
         await self._wait(job_id, path, tracked, f"cannot check the file ({err.strerror or err})")
 
-    async def _settle_one(self, job_id: int, path: Path, force: bool) -> None:
-        current = await asyncio.to_thread(snapshot, path)
+    async def _settle_one(
+        self, job_id: int, path: Path, force: bool, current: FileSnapshot | None
+    ) -> _Tracked | None:
+        """Track one waiting file's latest look; returns its entry when it has settled
+        and is due for the finished checks (:meth:`_finish`), else None."""
         now = time.monotonic()
         if current is None:
             await self.ledger.forget(job_id)
             self.tracking.pop(job_id, None)
             log.info("file.vanished", job_id=job_id, path=str(path))
-            return
+            return None
         snap = as_snap(current)
         tracked = self.tracking.setdefault(job_id, _Tracked(snap, now, now))
         if snap != tracked.snap:
@@ -229,22 +362,58 @@ class Intake:
             self._log_still_changing(job_id, path, tracked, now)
             await self._wait(job_id, path, tracked, "still being written", log_it=False)
         if force:
-            await self._identify(job_id, path, tracked, now, force=True)
-            return
+            pending = _Pending()
+            await self._identify(job_id, path, tracked, now, force=True, pending=pending)
+            await self._queue_all(pending)
+            return None
         if now - tracked.since < self.watch.settle:
-            return
-        reason = "empty file (0 bytes)" if snap[0] == 0 else None
-        if reason is None:
-            reason = await asyncio.to_thread(self.checks.why_not_finished, path, snap[0])
-        if reason is None and self.sidecars:
-            # A sidecar must settle too; wall time, as it is compared with the file's mtime.
-            reason = await asyncio.to_thread(
-                sidecar_wait_reason, path, self.watch.settle, time.time()
-            )
-        if reason is None:
-            await self._identify(job_id, path, tracked, now, force=False)
-        else:
-            await self._wait(job_id, path, tracked, reason)
+            return None
+        return tracked
+
+    async def _finish(self, due: list[tuple[int, Path, _Tracked]]) -> None:
+        """The finished checks (and fingerprints) of the files that settled, in one hop."""
+        now = time.monotonic()
+        files = [(path, tracked.snap[0]) for _job_id, path, tracked in due]
+        verdicts = await asyncio.to_thread(self._judge_all, files, time.time())
+        pending = _Pending()
+        for (job_id, path, tracked), verdict in zip(due, verdicts, strict=True):
+            if verdict.check_error is not None:
+                await self._cannot_check(job_id, path, tracked.snap, verdict.check_error)
+            elif verdict.reason is not None:
+                await self._wait(job_id, path, tracked, verdict.reason)
+            else:
+                await self._identify(
+                    job_id, path, tracked, now, force=False, pending=pending, verdict=verdict
+                )
+                if len(pending.jobs) >= QUEUE_BATCH:
+                    await self._queue_all(pending)
+        await self._queue_all(pending)
+
+    def _judge_all(self, files: list[tuple[Path, int]], wall: float) -> list[_Verdict]:
+        """In a worker thread: why each settled file must still wait, else its fingerprint.
+
+        ``wall`` is ``time.time()``: a sidecar settles by its mtime.
+        """
+        writers = self.checks.writers_of([path for path, size in files if size > 0])
+        verdicts = []
+        for path, size in files:
+            verdict = _Verdict()
+            try:
+                verdict.reason = "empty file (0 bytes)" if size == 0 else None
+                if verdict.reason is None:
+                    verdict.reason = self.checks.why_not_finished(path, size, writers=writers)
+                if verdict.reason is None and self.sidecars:
+                    # A sidecar must settle too; wall time, as it is compared with its mtime.
+                    verdict.reason = sidecar_wait_reason(path, self.watch.settle, wall)
+            except OSError as err:
+                verdict.check_error = err
+            if verdict.reason is None and verdict.check_error is None:
+                try:
+                    verdict.fingerprint = fingerprint(path, size)
+                except OSError as err:
+                    verdict.read_error = err
+            verdicts.append(verdict)
+        return verdicts
 
     async def _wait(
         self, job_id: int, path: Path, tracked: _Tracked, reason: str, *, log_it: bool = True
@@ -258,11 +427,33 @@ class Intake:
             log.info("file.waiting", job_id=job_id, path=str(path), reason=reason)
 
     async def _identify(
-        self, job_id: int, path: Path, tracked: _Tracked, now: float, *, force: bool
+        self,
+        job_id: int,
+        path: Path,
+        tracked: _Tracked,
+        now: float,
+        *,
+        force: bool,
+        pending: _Pending,
+        verdict: _Verdict | None = None,
     ) -> None:
-        """A finished file: skip it if its content is already on the server, else queue it."""
+        """A finished file: skip it if its content is already on the server, else add it
+        to ``pending`` (queued by :meth:`_queue_all`). ``verdict``: the fingerprint (or
+        the error reading it) :meth:`_judge_all` already took."""
         try:
-            print_ = await asyncio.to_thread(fingerprint, path, tracked.snap[0])
+            if verdict is not None and verdict.read_error is not None:
+                raise verdict.read_error
+            if verdict is not None and verdict.fingerprint is not None:
+                print_ = verdict.fingerprint
+            else:
+                print_ = await asyncio.to_thread(fingerprint, path, tracked.snap[0])
+            earlier = None if force else pending.prints.get(print_)
+            if earlier is not None:
+                # Same content as a file this pass queues: that one is "in progress".
+                await self._wait(
+                    job_id, path, tracked, f"same content as job {earlier}, in progress"
+                )
+                return
             twin = None if force else await self.ledger.twin_of(print_, job_id)
             same = twin is not None and twin.state == State.DONE and bool(twin.sha256)
             if twin is not None and same:
@@ -296,7 +487,7 @@ class Intake:
         elif twin is not None and twin.state != State.DONE:
             await self._wait(job_id, path, tracked, f"same content as job {twin.id}, in progress")
         else:
-            await self._queue(job_id, path, tracked, now, print_)
+            pending.add(job_id, path, tracked, now, print_)
 
     def _log_still_changing(self, job_id: int, path: Path, tracked: _Tracked, now: float) -> None:
         if (
@@ -312,35 +503,51 @@ class Intake:
                 changing_for_s=round(now - tracked.first_seen),
             )
 
-    async def _queue(
-        self, job_id: int, path: Path, tracked: _Tracked, now: float, print_: str
-    ) -> None:
-        size, mtime_ns, inode, device = tracked.snap
-        await self.ledger.update(
-            job_id,
-            state=State.QUEUED,
-            fingerprint=print_,
-            size=size,
-            mtime_ns=mtime_ns,
-            inode=inode,
-            device=device,
-            wait_reason=None,
-            next_attempt_at=0,
-        )
-        self.tracking.pop(job_id, None)
-        log.info(
-            "file.ready",
-            job_id=job_id,
-            path=str(path),
-            size=size,
-            waited_s=round(now - tracked.first_seen, 1),
-        )
+    async def _queue_all(self, pending: _Pending) -> None:
+        """Queue the finished files of ``pending``: one transaction, then wake the workers."""
+        if not pending.jobs:
+            return
+        changes = []
+        for job_id, _path, tracked, _now, print_ in pending.jobs:
+            size, mtime_ns, inode, device = tracked.snap
+            changes.append(
+                (
+                    job_id,
+                    {
+                        "state": State.QUEUED,
+                        "fingerprint": print_,
+                        "size": size,
+                        "mtime_ns": mtime_ns,
+                        "inode": inode,
+                        "device": device,
+                        "wait_reason": None,
+                        "next_attempt_at": 0,
+                    },
+                )
+            )
+        await self.ledger.update_many(changes)
+        for job_id, path, tracked, now, _print in pending.jobs:
+            self.tracking.pop(job_id, None)
+            log.info(
+                "file.ready",
+                job_id=job_id,
+                path=str(path),
+                size=tracked.snap[0],
+                waited_s=round(now - tracked.first_seen, 1),
+            )
+        pending.jobs.clear()  # the fingerprints stay: later files of the pass still see them
         self.on_ready()
 
     async def run_settle(self, stop: asyncio.Event) -> None:
+        """Settle passes every tick while files wait; with none, look every IDLE_SETTLE_POLL
+        (another process may set one waiting: ``ingestd retry --force``), or at once when
+        a scan or an event finds one."""
         while not stop.is_set():
-            await self.settle()
-            await _sleep_or(stop, self.tick_interval())
+            self.settle_now.clear()
+            busy = await self.settle()
+            await _wait_any(
+                stop, self.settle_now, self.tick_interval() if busy else IDLE_SETTLE_POLL
+            )
 
     # --- events and rescans ---------------------------------------------------------------------
 
@@ -396,6 +603,16 @@ class Intake:
             finally:
                 self.watcher_alive = False
             await _sleep_or(stop, WATCH_RESTART_DELAY)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    """Sleep until ``stop`` or ``wake`` is set, or ``timeout`` passes."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _log_scan_error(path: Path, err: OSError) -> None:

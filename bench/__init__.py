@@ -1,0 +1,1 @@
+"""``make bench``: ingestd against curl and its own targets, on loopback (see bench/run.py)."""

@@ -1,0 +1,73 @@
+"""``python -m bench.ledger_timing run -c CONFIG``: ``ingestd run`` with timers on the ledger.
+
+Every call aiosqlite hands to its connection thread (execute, fetch, commit) is
+timed inside that thread, so the total is the time the ledger's one
+connection was busy: SQLite work plus fsyncs, without event-loop waits. At
+exit every call's (end time, seconds, committed, statement) goes to the JSON file named by
+``$BENCH_LEDGER_TIMING``.
+Nothing else about the daemon changes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiosqlite.core
+
+# (wall-clock end, seconds busy, 1 if it committed, statement) of every call, for the bench
+# to window (the statement's first words: None for fetches).
+_calls: list[tuple[float, float, int, str | None]] = []
+_lock = threading.Lock()
+_WRITES = ("INSERT", "UPDATE", "DELETE", "COMMIT")
+
+
+def _timed(function: Callable[[], Any], sql: str | None, conn: Any) -> Any:
+    started = time.perf_counter()
+    try:
+        return function()
+    finally:
+        spent = time.perf_counter() - started
+        # A write outside a transaction, or a COMMIT: one durable (fsynced) commit.
+        committed = (
+            sql is not None
+            and sql.lstrip().upper().startswith(_WRITES)
+            and conn is not None
+            and not conn.in_transaction
+        )
+        with _lock:
+            _calls.append((time.time(), spent, 1 if committed else 0, sql and sql[:70]))
+
+
+_original: Any = aiosqlite.core.Connection._execute
+
+
+async def _execute(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    sql = args[0] if args and isinstance(args[0], str) else None
+    inner = functools.partial(fn, *args, **kwargs)
+    return await _original(self, _timed, inner, sql, self._connection)
+
+
+def _dump() -> None:
+    target = os.environ.get("BENCH_LEDGER_TIMING")
+    if target:
+        with open(target, "w", encoding="utf-8") as handle:
+            json.dump(_calls, handle)
+
+
+def main() -> None:
+    aiosqlite.core.Connection._execute = _execute  # type: ignore[method-assign]
+    atexit.register(_dump)
+    from ingestd.cli import main as ingestd_main
+
+    ingestd_main()
+
+
+if __name__ == "__main__":
+    main()
