@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import datetime
 import json
 import os
@@ -21,8 +20,6 @@ SMALL_SETTLE = 1.0
 BACKLOG_COUNT = 100_000
 BACKLOG_RESCAN = 60.0
 DEFAULT_RESCAN = 300.0
-IDLE_WINDOW = 1.0
-IDLE_CPU = 0.02
 LATENCY_SETTLE = 2.0
 LATENCY_SAMPLES = 5
 
@@ -70,7 +67,7 @@ def run_small_files(bench: Bench) -> None:
         ledger = workdir / "ledger.db"
         daemon = Ingestd(workdir, config, ledger_timing=timing)
         try:
-            daemon.wait_event("watcher.rescan", why="startup")
+            daemon.wait_ready()
             cpu_before, server_before = daemon.cpu(), bench.server.cpu()
             dropped = time.time()
             staging.rename(workdir / "export" / "batch")
@@ -109,23 +106,6 @@ def run_small_files(bench: Bench) -> None:
     results.target(">= 150 small files/s end to end", f"{rate:.0f}/s", rate >= 150)
 
 
-def _wait_idle(daemon: Ingestd, timeout: float = 60) -> float:
-    """When ingestd went quiet: the start of the first IDLE_WINDOW in which it used at most
-    IDLE_CPU of one core (sampled every 0.1 s)."""
-    samples: collections.deque[tuple[float, float]] = collections.deque()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now, cpu = time.time(), daemon.cpu()
-        samples.append((now, cpu))
-        while len(samples) > 1 and samples[1][0] <= now - IDLE_WINDOW:
-            samples.popleft()
-        first_at, first_cpu = samples[0]
-        if now - first_at >= IDLE_WINDOW and cpu - first_cpu <= IDLE_CPU * (now - first_at):
-            return first_at
-        time.sleep(0.1)
-    raise TimeoutError("ingestd did not go idle")
-
-
 def _interval_rescans(daemon: Ingestd) -> list[dict[str, Any]]:
     return [
         e
@@ -149,8 +129,7 @@ def run_backlog(bench: Bench) -> None:
         requests_before = server.stats(records=False)["requests"]
         daemon = Ingestd(workdir, config)
         try:
-            daemon.wait_event("watcher.rescan", timeout=120, why="startup")
-            idle_at = _wait_idle(daemon)
+            idle_at = daemon.wait_ready()
             to_idle = idle_at - daemon.started_at
             cpu0, wall0 = daemon.cpu(), time.time()
             # Quiet time before the first periodic rescan: the idle cost without rescans.
@@ -214,7 +193,7 @@ def run_latency(bench: Bench) -> None:
         )
         daemon = Ingestd(workdir, config)
         try:
-            daemon.wait_event("watcher.rescan", why="startup")
+            daemon.wait_ready()
             pool = bench.data.pool
             for number in range(LATENCY_SAMPLES):
                 name = f"latency-{number}"

@@ -106,7 +106,7 @@ def ingestd_upload(bench: Bench, source: Path, name: str, *, workers: int = 2) -
         )  # fmt: skip
         daemon = Ingestd(workdir, config)
         try:
-            daemon.wait_event("watcher.rescan", why="startup")
+            daemon.wait_ready()
             cpu_before = daemon.cpu()
             os.link(source, workdir / "export" / f"{name}{source.suffix}")
             record = wait_record(server, name, size, 600, daemon)
@@ -231,7 +231,7 @@ def _four_at_once(bench: Bench) -> int:
         )  # fmt: skip
         daemon = Ingestd(workdir, config)
         try:
-            daemon.wait_event("watcher.rescan", why="startup")
+            daemon.wait_ready()
             names = [f"mem-4x-{source.stem}" for source in sources]
             for source, name in zip(sources, names, strict=True):
                 os.link(source, staging / f"{name}.ts")

@@ -65,7 +65,7 @@ def run_cap(bench: Bench) -> None:
         )  # fmt: skip
         daemon = Ingestd(workdir, config)
         try:
-            daemon.wait_event("watcher.rescan", why="startup")
+            daemon.wait_ready()
             names = _drop_files(bench, workdir / "export", "bcd", "cap")
             began = _first_bytes(server) + WARMUP
             time.sleep(max(0.0, began - time.time()))
@@ -110,7 +110,7 @@ def run_schedule(bench: Bench) -> None:
         )  # fmt: skip
         daemon = Ingestd(workdir, config)
         try:
-            daemon.wait_event("watcher.rescan", why="startup")
+            daemon.wait_ready()
             _drop_files(bench, workdir / "export", "bcd", "schedule")
             began = _first_bytes(server) + 1.0
             switch_at = boundary.timestamp()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -108,7 +109,8 @@ def write_config(workdir: Path, url: str, folder: Path, **sections: dict[str, An
     """An ingestd config for one bench run; ``sections`` override the defaults below."""
     config: dict[str, Any] = {
         "valt": {"url": url, "username": USERNAME, "timeout": "30s"},
-        "watch": {"paths": [str(folder)], "settle": "0.5s"},
+        # A rescan every 5 s: should a folder event be missed, a file waits seconds, not minutes.
+        "watch": {"paths": [str(folder)], "settle": "0.5s", "rescan_interval": "5s"},
         "upload": {"workers": 2},
         "ledger": {"path": str(workdir / "ledger.db"), "backups": 0},
         "log": {"format": "json", "level": "info"},
@@ -179,6 +181,29 @@ class Ingestd:
 
         result: dict[str, Any] = wait_for(found, timeout, f"ingestd event {name}")
         return result
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        """Wait for the start-up scan, then until ingestd is quiet (its folder watch is set
+        up in that start-up burst: a file dropped earlier could go unnoticed until a
+        rescan). Returns when it went quiet (``time.time()``)."""
+        self.wait_event("watcher.rescan", timeout=timeout, why="startup")
+        return self.wait_quiet()
+
+    def wait_quiet(self, window: float = 1.0, share: float = 0.02, timeout: float = 60) -> float:
+        """The start of the first ``window`` seconds in which ingestd used at most ``share``
+        of one core (sampled every 0.1 s)."""
+        samples: collections.deque[tuple[float, float]] = collections.deque()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now, cpu = time.time(), self.cpu()
+            samples.append((now, cpu))
+            while len(samples) > 1 and samples[1][0] <= now - window:
+                samples.popleft()
+            first_at, first_cpu = samples[0]
+            if now - first_at >= window and cpu - first_cpu <= share * (now - first_at):
+                return first_at
+            time.sleep(0.1)
+        raise TimeoutError(f"ingestd did not go quiet; see {self.log}")
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)

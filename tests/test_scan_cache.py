@@ -1,0 +1,96 @@
+"""Rescans keep done jobs in memory, and a settle pass queues its finished files together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import random_file, write_config
+
+from ingestd import watcher
+from ingestd.config import load_config
+from ingestd.finished import FinishedChecks
+from ingestd.ledger import Ledger, State
+
+
+async def _intake(tmp_path: Path, **watch: Any) -> tuple[watcher.Intake, Ledger]:
+    config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch=watch))
+    ledger = await Ledger.open(config.ledger.path)
+    intake = watcher.Intake(
+        config=config,
+        ledger=ledger,
+        checks=FinishedChecks(check_open_writers=False, check_container=False, done_marker=None),
+        is_active=lambda _job: False,
+        on_ready=lambda: None,
+    )
+    return intake, ledger
+
+
+async def _finish_all(ledger: Ledger) -> None:
+    """As if every live job had been uploaded and confirmed."""
+    for job in await ledger.jobs_in([s for s in State if s not in watcher.SETTLED]):
+        await ledger.update(job.id, state=State.DONE, done_at=1.0)
+
+
+async def test_rescans_read_only_live_jobs_and_still_see_a_replaced_file(
+    tmp_path: Path, export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intake, ledger = await _intake(tmp_path)
+    try:
+        random_file(export / "a.mkv", 1000, seed=1)
+        random_file(export / "b.mkv", 1000, seed=2)
+        assert await intake.scan("startup") == 2
+        await _finish_all(ledger)
+
+        # From now on no scan reads the whole ledger.
+        async def no_full_read() -> None:
+            raise AssertionError("known_snapshots() read the whole ledger again")
+
+        monkeypatch.setattr(ledger, "known_snapshots", no_full_read)
+        assert await intake.scan("interval") == 0  # done and unchanged
+        assert await intake.scan("interval") == 0
+
+        random_file(export / "a.mkv", 2000, seed=3)  # replaced after done: a new job
+        assert await intake.scan("interval") == 1
+        jobs = [job for job in await ledger.jobs_in(list(State)) if job.path.endswith("a.mkv")]
+        assert [job.state for job in jobs] == [State.DONE, State.WAITING]
+        assert jobs[1].size == 2000
+
+        await _finish_all(ledger)  # the new job settles between scans: the cache learns it
+        assert await intake.scan("interval") == 0
+        random_file(export / "c.mkv", 10, seed=4)
+        assert await intake.scan("interval") == 1
+    finally:
+        await ledger.close()
+
+
+async def test_a_forgotten_job_does_not_hide_its_file(tmp_path: Path, export: Path) -> None:
+    intake, ledger = await _intake(tmp_path)
+    try:
+        random_file(export / "a.mkv", 1000, seed=1)
+        assert await intake.scan("startup") == 1
+        [job] = await ledger.jobs_in([State.WAITING])
+        await ledger.forget(job.id)  # its file vanished while waiting...
+        assert await intake.scan("interval") == 1  # ...and came back: a job again
+        assert len(await ledger.jobs_in([State.WAITING])) == 1
+    finally:
+        await ledger.close()
+
+
+async def test_one_pass_queues_one_of_two_identical_files(tmp_path: Path, export: Path) -> None:
+    intake, ledger = await _intake(tmp_path, settle=0)
+    try:
+        for name in ("one.mkv", "two.mkv", "other.mkv"):
+            random_file(export / name, 5000, seed=9 if name != "other.mkv" else 10)
+        assert await intake.scan("startup") == 3
+        await intake.settle()
+        jobs = {Path(job.path).name: job for job in await ledger.jobs_in(list(State))}
+        assert jobs["other.mkv"].state == State.QUEUED
+        states = sorted((jobs["one.mkv"].state, jobs["two.mkv"].state))
+        assert states == [State.QUEUED, State.WAITING]
+        waiting = next(job for job in jobs.values() if job.state == State.WAITING)
+        queued = next(j for n, j in jobs.items() if j.state == State.QUEUED and n != "other.mkv")
+        assert waiting.wait_reason == f"same content as job {queued.id}, in progress"
+    finally:
+        await ledger.close()
