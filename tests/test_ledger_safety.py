@@ -443,6 +443,9 @@ def test_sigkill_at_random_moments_never_damages_the_ledger(
     }
     rng = random.Random(20)
     log = tmp_path / "daemon.log"
+    # Slow answers keep the work going for the whole kill loop, however fast the machine:
+    # a kill must land while the ledger is changing, not on a daemon with nothing left.
+    server.set_faults(slow_rate=1.0, slow_seconds=0.05)
     survived = busy = 0
     started = time.monotonic()
 
@@ -464,6 +467,7 @@ def test_sigkill_at_random_moments_never_damages_the_ledger(
         busy += progress() != before
 
     print(f"\nkill loop done at {time.monotonic() - started:.1f} s")
+    server.set_faults(slow_rate=0.0)
     last = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
     assert last.returncode == 0, last.stderr
     assert Counter(row["state"] for row in ledger_rows(ledger)) == {"done": files}
