@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from ingestd import __version__
@@ -331,7 +330,3 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = 130
     sys.stdout.flush()
     sys.exit(code)
-
-
-def _path_arg(text: str) -> Path:
-    return Path(text)

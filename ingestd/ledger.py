@@ -474,13 +474,6 @@ class Ledger:
         )
         return [Job.from_row(row) for row in await cursor.fetchall()]
 
-    async def live_job_for(self, path: str) -> Job | None:
-        cursor = await self._conn.execute(
-            "SELECT * FROM jobs WHERE path=? AND state NOT IN ('done','skipped')", (path,)
-        )
-        row = await cursor.fetchone()
-        return None if row is None else Job.from_row(row)
-
     async def known_snapshots(self) -> dict[str, Known]:
         """The newest job of every path: its id, file snapshot and state (for scans)."""
         return await self._snapshots(
@@ -943,7 +936,3 @@ def existing_backups(path: Path) -> list[Path]:
 def _is_stamp(text: str) -> bool:
     """``YYYYMMDD-HHMMSS``."""
     return len(text) == 15 and text[8] == "-" and (text[:8] + text[9:]).isdigit()
-
-
-def ledger_exists(path: Path) -> bool:
-    return os.path.exists(path)

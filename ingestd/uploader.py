@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,16 +56,6 @@ Hasher = Any  # hashlib's object has no public type
 
 class _Restart(Exception):
     """The upload was reset in the ledger; the worker returns and the job is re-dispatched."""
-
-
-@dataclass
-class UploadStats:
-    """Counters the daemon reports (status, metrics, the demo's table)."""
-
-    bytes_sent: int = 0
-    chunks_sent: int = 0
-    uploads_completed: int = 0
-    retries: int = 0
 
 
 def _read_hashed(handle: IO[bytes], size: int, hasher: Hasher) -> bytes:
@@ -179,7 +167,6 @@ class Uploader:
         self.namer = namer
         self.stopping = stopping
         self.on_change = on_change
-        self.stats = UploadStats()
         self._warned_chunking: set[int] = set()
         self.after_restore = AfterRestore(ledger=ledger, client=client, namer=namer)
 
@@ -264,7 +251,6 @@ class Uploader:
         await self.ledger.update(
             job.id, attempts=attempts, next_attempt_at=time.time() + delay, fail_detail=detail
         )
-        self.stats.retries += 1
         self.telemetry.retry(reason)
         bound.warning(
             "upload.retry", reason=reason, error=detail, attempt=attempts, delay_s=round(delay, 1)
@@ -446,9 +432,7 @@ class Uploader:
             length=end - start,
             pieces=pieces,
         )
-        self.stats.bytes_sent += end - start
         self.telemetry.chunk_sent(end - start)
-        self.stats.chunks_sent += 1
         if not sendings:  # cannot happen over HTTP/1.1; if it does, send the chunk again
             raise RetryableError("the server answered before taking the chunk", reason="bad_answer")
         return sendings[-1]
@@ -501,7 +485,6 @@ class Uploader:
         )
         if last_chunk:
             failpoint("after_chunk_committed")
-        self.stats.uploads_completed += 1
         seconds = now - (job.upload_started_at or now)
         self.telemetry.upload_completed(job.size, seconds)
         bound.info(
@@ -512,12 +495,3 @@ class Uploader:
             mb_per_s=round(job.size / 1e6 / seconds, 2) if seconds > 0 else None,
         )
         failpoint("in_confirming")
-
-
-def same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_dev) == (
-        b.st_size,
-        b.st_mtime_ns,
-        b.st_ino,
-        b.st_dev,
-    )
