@@ -15,7 +15,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ingestd import valt_rules
 from ingestd.after_restore import AfterRestore
@@ -38,110 +38,20 @@ from ingestd.ledger import Job, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.metadata import RecordNamer
 from ingestd.pacing import Pacer
+from ingestd.pieces import Hasher, Sending, Source, hash_prefix
 from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
 from ingestd.valt import ValtClient
 
 log = get_logger("ingestd.uploader")
 
-# Bytes read, hashed and handed to the socket at a time. bench/: 1 MiB instead of
-# 256 KiB cut ingestd's CPU per GiB by about a fifth (fewer thread hops and writes).
-PIECE_SIZE = 1024 * 1024
 PROGRESS_EVERY = 5.0
 # Delay before a job whose login is blocked is looked at again (not an attempt).
 AUTH_RETRY_DELAY = 5.0
 
-Hasher = Any  # hashlib's object has no public type
-
 
 class _Restart(Exception):
     """The upload was reset in the ledger; the worker returns and the job is re-dispatched."""
-
-
-def _read_hashed(handle: IO[bytes], size: int, hasher: Hasher) -> bytes:
-    data = handle.read(size)
-    hasher.update(data)
-    return data
-
-
-def _open_at(path: Path, start: int) -> IO[bytes]:
-    handle = open(path, "rb")  # noqa: SIM115 - read_pieces closes it
-    try:
-        handle.seek(start)
-    except BaseException:
-        handle.close()
-        raise
-    return handle
-
-
-async def read_pieces(
-    path: Path, start: int, end: int, hasher: Hasher, pacer: Pacer | None = None
-) -> AsyncIterator[bytes]:
-    """Bytes ``[start, end)`` of ``path`` in pieces, fed to ``hasher`` as they go.
-
-    The next piece is read and hashed in a worker thread while the current one
-    is being sent, so disk, hash and socket overlap; memory stays at two pieces
-    whatever the file size. With a ``pacer`` (``upload.bandwidth_limit``) each
-    piece waits for its share of the limit before it is handed on. A file that
-    ends early has changed under us: the request fails and the next attempt's
-    stat check takes it from there.
-    """
-    handle = await asyncio.to_thread(_open_at, path, start)
-    ahead: asyncio.Future[bytes] | None = None
-    try:
-        remaining = end - start
-        if remaining > 0:
-            ahead = _read_ahead(handle, remaining, hasher, pacer)
-        while ahead is not None:
-            data = await ahead
-            if not data:
-                raise SourceChanged(f"the file ended {remaining} bytes early")
-            remaining -= len(data)
-            ahead = _read_ahead(handle, remaining, hasher, pacer) if remaining > 0 else None
-            if pacer is not None:
-                await pacer.take(len(data))
-            yield data
-    finally:
-        _release(handle, ahead)
-
-
-def _release(handle: IO[bytes], ahead: asyncio.Future[bytes] | None) -> None:
-    """Close ``handle``; a read-ahead still running is not waited for on the event loop."""
-    if ahead is None or ahead.done():
-        if ahead is not None and not ahead.cancelled():
-            ahead.exception()  # a failed read-ahead nobody needs is not an error
-        handle.close()
-        return
-    ahead.cancel()
-    try:
-        # close() waits until a read in progress ends (a slow share): let a thread wait.
-        asyncio.get_running_loop().run_in_executor(None, handle.close)
-    except RuntimeError:  # the loop or its executor is shutting down
-        handle.close()
-
-
-def _read_ahead(
-    handle: IO[bytes], remaining: int, hasher: Hasher, pacer: Pacer | None
-) -> asyncio.Future[bytes]:
-    size = min(PIECE_SIZE, remaining)
-    if pacer is not None:
-        size = pacer.piece_size(size)
-    loop = asyncio.get_running_loop()
-    return loop.run_in_executor(None, _read_hashed, handle, size, hasher)
-
-
-def hash_prefix(path: Path, length: int) -> Hasher:
-    """sha256 state over the first ``length`` bytes (to resume the full-content hash)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        remaining = length
-        while remaining > 0:
-            data = handle.read(min(4 * 1024 * 1024, remaining))
-            if not data:
-                raise SourceChanged("the file is shorter than the bytes already sent")
-            hasher.update(data)
-            remaining -= len(data)
-    return hasher
 
 
 class Uploader:
@@ -374,60 +284,74 @@ class Uploader:
         if position:
             bound.info("upload.resumed", offset=position, size=total)
         last_progress = time.monotonic()
-        while position < total or total == 0:
-            if self.stopping.is_set():
-                return  # drain: the job resumes from bytes_acked next time
-            await self._check_source(job)
-            end = min(total, position + chunk_size) if chunk_size else total
-            try:
-                chunk_hasher = await self._send_chunk(job, position, end, hasher)
-            except BodyTooLarge:
-                chunk_size = await self._shrink(job, end - position, bound)
-                continue
-            except ChunkRefused as exc:
-                await self._refused(job, position, first, exc, bound)
-            failpoint("after_chunk_response")
-            hasher, position, first = chunk_hasher, end, False
-            if position >= total:
-                # The last chunk's bytes_acked is committed together with "confirming"
-                # (one commit less a file, still before anything depends on it: a crash
-                # before that commit costs this chunk, sent again as a harmless repeat).
+        source: Source | None = None
+        try:
+            while position < total or total == 0:
+                if self.stopping.is_set():
+                    return  # drain: the job resumes from bytes_acked next time
                 await self._check_source(job)
-                await self._mark_uploaded(job, hasher.hexdigest(), bound, last_chunk=True)
-                return
-            await self.ledger.update(job.id, bytes_acked=end, attempts=0)
-            failpoint("after_chunk_committed")
-            if time.monotonic() - last_progress >= PROGRESS_EVERY and position < total:
-                last_progress = time.monotonic()
-                bound.info(
-                    "upload.progress",
-                    bytes_acked=position,
-                    size=total,
-                    percent=round(100 * position / total, 1),
-                )
-        await self._check_source(job)
-        await self._mark_uploaded(job, hasher.hexdigest(), bound)
+                source = source or await Source.open(path)
+                end = min(total, position + chunk_size) if chunk_size else total
+                next_end = min(total, end + chunk_size) if chunk_size else None
+                try:
+                    chunk_hasher = await self._send_chunk(
+                        job, source, position, end, hasher, next_end
+                    )
+                except BodyTooLarge:
+                    chunk_size = await self._shrink(job, end - position, bound)
+                    continue
+                except ChunkRefused as exc:
+                    await self._refused(job, position, first, exc, bound)
+                failpoint("after_chunk_response")
+                hasher, position, first = chunk_hasher, end, False
+                if position >= total:
+                    # The last chunk's bytes_acked is committed together with "confirming"
+                    # (one commit less a file, still before anything depends on it: a crash
+                    # before that commit costs this chunk, sent again as a harmless repeat).
+                    await self._check_source(job)
+                    await self._mark_uploaded(job, hasher.hexdigest(), bound, last_chunk=True)
+                    return
+                await self.ledger.update(job.id, bytes_acked=end, attempts=0)
+                failpoint("after_chunk_committed")
+                if time.monotonic() - last_progress >= PROGRESS_EVERY and position < total:
+                    last_progress = time.monotonic()
+                    bound.info(
+                        "upload.progress",
+                        bytes_acked=position,
+                        size=total,
+                        percent=round(100 * position / total, 1),
+                    )
+            await self._check_source(job)
+            await self._mark_uploaded(job, hasher.hexdigest(), bound)
+        finally:
+            if source is not None:
+                source.close()
 
-    async def _send_chunk(self, job: Job, start: int, end: int, hasher: Hasher) -> Hasher:
+    async def _send_chunk(
+        self,
+        job: Job,
+        source: Source,
+        start: int,
+        end: int,
+        hasher: Hasher,
+        next_end: int | None,
+    ) -> Hasher:
         """Send bytes ``[start, end)``; returns a copy of ``hasher`` fed with them."""
         assert job.record_id and job.video_id
-        path = Path(job.path)
         if job.size == 0:
             content_range = valt_rules.EMPTY_FILE_RANGE
         else:
             content_range = valt_rules.content_range(start, end, job.size)
-        # The client may send the body more than once (a 401, a fresh login, the same
-        # chunk again): each sending hashes into its own copy, and the last one counts.
-        sendings: list[Hasher] = []
+        sendings: list[Sending] = []
 
-        def pieces() -> AsyncIterator[bytes]:
-            sendings.append(hasher.copy())
-            return read_pieces(path, start, end, sendings[-1], self.pacer)
+        def pieces() -> AsyncIterator[bytes | bytearray]:
+            sendings.append(Sending(hasher))
+            return source.pieces(sendings[-1], start, end, self.pacer, next_end=next_end)
 
         await self.client.upload_chunk(
             job.record_id,
             job.video_id,
-            filename=path.name,
+            filename=source.path.name,
             content_range=content_range,
             length=end - start,
             pieces=pieces,
@@ -435,7 +359,7 @@ class Uploader:
         self.telemetry.chunk_sent(end - start)
         if not sendings:  # cannot happen over HTTP/1.1; if it does, send the chunk again
             raise RetryableError("the server answered before taking the chunk", reason="bad_answer")
-        return sendings[-1]
+        return sendings[-1].hasher
 
     async def _shrink(self, job: Job, refused: int, bound: Any) -> int:
         """A 413: halve the chunk (not below 1 MiB) and remember the size for this job."""

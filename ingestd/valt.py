@@ -39,7 +39,7 @@ MAX_ANSWER_BYTES = 1024 * 1024
 LOGIN_RETRY_FIRST = 60.0
 LOGIN_RETRY_MAX = 900.0
 
-PieceSource = Callable[[], AsyncIterator[bytes]]
+PieceSource = Callable[[], AsyncIterator[bytes | bytearray]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +360,7 @@ class ValtClient:
         boundary = "ingestd" + secrets.token_hex(12)
         head, tail = _multipart_frame(boundary, filename)
 
-        async def framed() -> AsyncIterator[bytes]:
+        async def framed() -> AsyncIterator[bytes | bytearray]:
             yield head
             async for piece in pieces():
                 yield piece
@@ -470,7 +470,9 @@ def _found(raw: object) -> valt_rules.FoundRecord | None:
     return valt_rules.parse_found_record(raw) if isinstance(raw, Mapping) else None
 
 
-async def _guarded(pieces: AsyncIterator[bytes], guard: _StallGuard) -> AsyncIterator[bytes]:
+async def _guarded(
+    pieces: AsyncIterator[bytes | bytearray], guard: _StallGuard
+) -> AsyncIterator[bytes | bytearray]:
     async for piece in pieces:
         guard.progress()
         yield piece

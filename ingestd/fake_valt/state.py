@@ -234,7 +234,7 @@ class PendingAppend:
             self._file = video.path.open("r+b" if video.path.exists() else "w+b")
             self._file.seek(video.received)
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         """Take the next piece of the chunk."""
         self.hasher.update(chunk)
         self.length += len(chunk)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import time
 
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import hdrs, web
 
 from ingestd.fake_valt import bodies
 from ingestd.fake_valt.chunks import Action, ContentRange, Verdict, judge, parse_content_range
 from ingestd.fake_valt.context import STATE_KEY, ServerState
+from ingestd.fake_valt.multipart import MultipartStream, boundary_of
 from ingestd.fake_valt.state import PendingAppend, Record, Video
-
-READ_SIZE = 256 * 1024
-"""Bytes read from the body at a time: the most a chunk costs in memory."""
 
 BAD_RANGE = (
     "Missing or malformed Content-Range: expected 'bytes START-END/TOTAL' with an inclusive END"
@@ -129,18 +127,27 @@ async def _stream_file_part(
     """
     if not request.content_type.startswith("multipart/"):
         return None, None
-    reader = await request.multipart()
+    body = MultipartStream(request.content, boundary_of(request.headers[hdrs.CONTENT_TYPE]))
     length: int | None = None
     filename: str | None = None
-    while (part := await reader.next()) is not None:
-        wanted = isinstance(part, BodyPartReader) and part.name == "file" and part.filename
-        if not isinstance(part, BodyPartReader) or not wanted or length is not None:
-            await part.release()
-            continue
-        length, filename = 0, part.filename
-        while chunk := await part.read_chunk(READ_SIZE):
-            length += len(chunk)
-            state.upload_bytes_received += len(chunk)
-            if pending is not None:
-                pending.write(chunk)
+    first = True
+
+    def take(piece: memoryview) -> None:
+        nonlocal length
+        length = (length or 0) + len(piece)
+        state.upload_bytes_received += len(piece)
+        if pending is not None:
+            pending.write(piece)
+
+    while (part := await body.next_part(first)) is not None:
+        first = False
+        if part.name == "file" and part.filename and length is None:
+            length, filename = 0, part.filename
+            await body.stream(take)
+        else:
+            await body.stream(_ignore)
     return length, filename
+
+
+def _ignore(_piece: memoryview) -> None:
+    pass
