@@ -281,7 +281,9 @@ class Daemon:
         """Hand due jobs to free workers, oldest file first."""
         while not self.stopping.is_set():
             self.heartbeat = time.monotonic()
-            free = self.config.upload.workers - len(self.active)
+            # Each worker has its next job waiting in the queue while it works on one, so
+            # it goes on at once instead of after a ledger round trip (small files: bench 4).
+            free = 2 * self.config.upload.workers - len(self.active)
             blocked = (
                 self.paused
                 or self.ledger_error is not None
@@ -290,11 +292,15 @@ class Daemon:
             )
             wait = DISPATCH_POLL
             if free > 0 and not blocked:
-                for job in await self.ledger.due_jobs(time.time(), free, sorted(self.active)):
+                due = await self.ledger.due_jobs(time.time(), free, sorted(self.active))
+                for job in due:
                     self.active.add(job.id)
                     self.queue.put_nowait(job.id)
-                # A retry due sooner than the next poll is not kept waiting for it.
-                next_due = await self.ledger.next_due(sorted(self.active))
+                # A retry due sooner than the next poll is not kept waiting for it. (With
+                # every slot filled, the next free worker wakes this loop anyway.)
+                next_due = (
+                    None if len(due) == free else await self.ledger.next_due(sorted(self.active))
+                )
                 if next_due is not None:
                     wait = min(wait, max(0.0, next_due - time.time()))
             self.dispatch_wake.clear()
@@ -307,6 +313,9 @@ class Daemon:
             if self.stopping.is_set():
                 self.active.discard(job_id)
                 return
+            if self.paused:  # paused while the job waited in the queue: it stays queued
+                self.active.discard(job_id)
+                continue
             self.worker_jobs[number] = job_id
             try:
                 job = await self.ledger.find_job(job_id)
@@ -366,6 +375,10 @@ class Daemon:
                     self.notifier.status(line)
             await wait_event(stop, interval)
 
+    def uploading(self) -> int:
+        """Jobs in a worker's hands now (not those queued for the next free worker)."""
+        return sum(1 for job_id in self.worker_jobs.values() if job_id is not None)
+
     async def status_line(self) -> str:
         """One line a person reads in ``systemctl status``."""
         if self.client.auth_failed:
@@ -375,7 +388,7 @@ class Daemon:
             return f"paused ({files} files not yet uploaded); `ingestd resume` to go on"
         if not files:
             return "idle: every file is uploaded"
-        busy = len(self.active)
+        busy = self.uploading()
         if not busy:
             return f"{files} files settling or being confirmed, {format_size(left)} to send"
         return f"uploading {busy} of {files} files, {format_size(left)} left"

@@ -30,7 +30,7 @@ from ingestd.aio import wait_event
 from ingestd.alerts import Alerter
 from ingestd.config import Config
 from ingestd.errors import IngestdError, LedgerError
-from ingestd.ledger import DISPATCHABLE, Job, State
+from ingestd.ledger import State, Unsent
 from ingestd.logs import get_logger, redact_text
 from ingestd.metrics import CONTENT_TYPE, Metrics, MetricsTelemetry
 from ingestd.units import format_size
@@ -47,8 +47,6 @@ WATCHER_GRACE = 15.0
 LEDGER_ERROR_WINDOW = 120.0  # a ledger error this recent still makes /healthz fail
 FREE_SPACE_TIMEOUT = 5.0  # statvfs on a hung network mount must not hold the monitor
 SHUTDOWN_TIMEOUT = 2.0
-# Files whose bytes are still on this machine: the backlog whose age is watched.
-NOT_SENT = (State.WAITING, *DISPATCHABLE)
 
 
 @dataclass
@@ -56,11 +54,8 @@ class LedgerView:
     """What the ledger said at the last look (a scrape, a health check or a tick)."""
 
     counts: dict[str, int] = field(default_factory=dict)
-    not_sent: list[Job] = field(default_factory=list)
+    backlog: Unsent = field(default_factory=lambda: Unsent(0, 0, None))
     error: str | None = None
-
-    def oldest(self) -> Job | None:
-        return min(self.not_sent, key=lambda job: job.discovered_at, default=None)
 
 
 class StatusService:
@@ -123,7 +118,7 @@ class StatusService:
         await self._refresh()
         self.free_bytes = await self._probe_free_space()
         self.metrics.set_free_space(self.free_bytes)
-        self.alerter.backlog(len(self.view.not_sent), self.view.oldest())
+        self.alerter.backlog(self.view.backlog.files, self.view.backlog.oldest)
         self.alerter.auth(daemon.client.auth_failed)
         self.metrics.healthy.set(0 if self.problems() else 1)
 
@@ -132,15 +127,14 @@ class StatusService:
         daemon = self._require_daemon()
         try:
             counts = await daemon.ledger.counts()
-            not_sent = await daemon.ledger.jobs_in(NOT_SENT)
+            backlog = await daemon.ledger.unsent(busy=daemon.active)
         except (sqlite3.Error, LedgerError) as exc:
             self.view.error = redact_text(str(exc))
             return
-        self.view = LedgerView(counts, not_sent)
-        oldest = self.view.oldest()
-        queued = [j for j in not_sent if j.state in DISPATCHABLE and j.id not in daemon.active]
+        self.view = LedgerView(counts, backlog)
+        oldest = backlog.oldest
         self.metrics.set_jobs(counts)
-        self.metrics.queue_depth.set(len(queued))
+        self.metrics.queue_depth.set(backlog.queued)
         self.metrics.oldest_waiting_age.set(
             0 if oldest is None else time.time() - oldest.discovered_at
         )
@@ -224,14 +218,14 @@ class StatusService:
         await self._refresh()
         problems = self.problems()
         self.metrics.healthy.set(0 if problems else 1)
-        oldest = self.view.oldest()
+        oldest = self.view.backlog.oldest
         body: dict[str, Any] = {
             "status": "unhealthy" if problems else "ok",
             "problems": problems,
             "mode": "once" if daemon.once else "daemon",
             "paused": daemon.paused,
-            "uploading": len(daemon.active),
-            "backlog": len(self.view.not_sent),
+            "uploading": daemon.uploading(),
+            "backlog": self.view.backlog.files,
             "failed": self.view.counts.get(State.FAILED.value, 0),
             "oldest_waiting_s": None
             if oldest is None

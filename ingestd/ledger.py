@@ -29,7 +29,7 @@ import enum
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED})
 # States a worker takes a job in (the job's phase tells the worker where to resume).
 DISPATCHABLE = (State.QUEUED, State.CREATING, State.UPLOADING)
 LIVE = tuple(s for s in State if s not in (State.DONE, State.SKIPPED))
+# Files whose bytes are still on this machine: the backlog whose age is watched.
+NOT_SENT = (State.WAITING, *DISPATCHABLE)
 _DISPATCHABLE_SQL = ",".join(f"'{s.value}'" for s in DISPATCHABLE)
 # Indexes that speed queries up without changing what the ledger means: made when missing
 # at every open (an older ingestd ignores them), so they need no schema version.
@@ -141,6 +143,16 @@ CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs(fingerprint);
 UPDATE jobs SET after_done=1 WHERE state='done';
 """,
 }
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """The files whose bytes are still on this machine (see :meth:`Ledger.unsent`)."""
+
+    files: int
+    queued: int
+    """Ready to send, and not in a worker's hands."""
+    oldest: Job | None
 
 
 @dataclass(slots=True)
@@ -564,6 +576,31 @@ class Ledger:
         row = await cursor.fetchone()
         return None if row is None else Job.from_row(row)
 
+    async def twins_of(self, prints: Mapping[int, str]) -> dict[int, Job | None]:
+        """:meth:`twin_of` for many jobs (job id -> fingerprint) in one query."""
+        if not prints:
+            return {}
+        wanted = sorted(set(prints.values()))
+        found: dict[str, list[Job]] = {}
+        for first in range(0, len(wanted), _MAX_VARIABLES):
+            part = wanted[first : first + _MAX_VARIABLES]
+            cursor = await self._conn.execute(
+                f"SELECT * FROM jobs WHERE fingerprint IN ({','.join('?' * len(part))}) AND "
+                "state IN ('done','queued','creating','uploading','confirming')",
+                part,
+            )
+            for row in await cursor.fetchall():
+                job = Job.from_row(row)
+                found.setdefault(str(job.fingerprint), []).append(job)
+        return {
+            job_id: max(
+                (job for job in found.get(print_, ()) if job.id != job_id),
+                key=lambda job: (job.state == State.DONE, job.id),
+                default=None,
+            )
+            for job_id, print_ in prints.items()
+        }
+
     async def pending_after_actions(self) -> list[Job]:
         """Done jobs whose after-upload action has not run (a crash came between)."""
         cursor = await self._conn.execute(
@@ -606,6 +643,34 @@ class Ledger:
         )
         row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
+
+    async def unsent(self, busy: Iterable[int] = ()) -> Unsent:
+        """The files not yet sent: how many, how many wait for a worker (not ``busy``), and
+        the oldest. Counted in SQLite: a backlog of 100,000 files costs no Job objects."""
+        not_sent = [s.value for s in NOT_SENT]
+        marks = ",".join("?" * len(not_sent))
+        cursor = await self._conn.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", not_sent
+        )
+        row = await cursor.fetchone()
+        files = int(row[0]) if row else 0
+        if not files:
+            return Unsent(0, 0, None)
+        ready = [s.value for s in DISPATCHABLE]
+        busy_ids = sorted(set(busy))
+        cursor = await self._conn.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(ready))}) "
+            f"AND id NOT IN ({','.join('?' * len(busy_ids))})",
+            [*ready, *busy_ids],
+        )
+        row = await cursor.fetchone()
+        queued = int(row[0]) if row else 0
+        cursor = await self._conn.execute(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY discovered_at, id LIMIT 1",
+            not_sent,
+        )
+        row = await cursor.fetchone()
+        return Unsent(files, queued, Job.from_row(row) if row else None)
 
     async def counts(self) -> dict[str, int]:
         """Jobs per state. Counting reads every row (100,000 done files: ~10 ms), and the

@@ -14,7 +14,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from ingestd.config import Config
 from ingestd.errors import LedgerUnwritable
 from ingestd.fingerprint import fingerprint, full_sha256
 from ingestd.finished import FileSnapshot, FinishedChecks, snapshot
-from ingestd.ledger import Known, Ledger, State
+from ingestd.ledger import Job, Known, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.matching import PathFilter, iter_file_entries
 from ingestd.sidecar import sidecar_wait_reason
@@ -308,9 +308,9 @@ class Intake:
 
         A pass costs a few thread hops, not a few per file: all its stats in one,
         the finished checks and fingerprints of the files that settled in another
-        (with one look at ``/proc`` for all of them), and the files found finished
-        are queued in one transaction. A drop of thousands of files at once then
-        costs milliseconds a file.
+        (with one look at ``/proc`` for each batch of them), and the files found
+        finished are queued a batch a transaction. A drop of thousands of files at
+        once then costs milliseconds a file.
         """
         waiting = await self.ledger.jobs_in([State.WAITING])
         present = {job.id for job in waiting}
@@ -371,10 +371,24 @@ class Intake:
         return tracked
 
     async def _finish(self, due: list[tuple[int, Path, _Tracked]]) -> None:
-        """The finished checks (and fingerprints) of the files that settled, in one hop."""
+        """The finished checks (and fingerprints) of the files that settled, a thread hop
+        and a transaction per QUEUE_BATCH files: of thousands that settled together, the
+        first are uploading while the rest are still being checked."""
+        for first in range(0, len(due), QUEUE_BATCH):
+            await self._finish_batch(due[first : first + QUEUE_BATCH])
+
+    async def _finish_batch(self, due: list[tuple[int, Path, _Tracked]]) -> None:
         now = time.monotonic()
         files = [(path, tracked.snap[0]) for _job_id, path, tracked in due]
         verdicts = await asyncio.to_thread(self._judge_all, files, time.time())
+        # Earlier jobs of the same content, for the whole batch in one query.
+        twins = await self.ledger.twins_of(
+            {
+                job_id: verdict.fingerprint
+                for (job_id, _path, _tracked), verdict in zip(due, verdicts, strict=True)
+                if verdict.fingerprint is not None and verdict.reason is None
+            }
+        )
         pending = _Pending()
         for (job_id, path, tracked), verdict in zip(due, verdicts, strict=True):
             if verdict.check_error is not None:
@@ -383,10 +397,15 @@ class Intake:
                 await self._wait(job_id, path, tracked, verdict.reason)
             else:
                 await self._identify(
-                    job_id, path, tracked, now, force=False, pending=pending, verdict=verdict
+                    job_id,
+                    path,
+                    tracked,
+                    now,
+                    force=False,
+                    pending=pending,
+                    verdict=verdict,
+                    twins=twins,
                 )
-                if len(pending.jobs) >= QUEUE_BATCH:
-                    await self._queue_all(pending)
         await self._queue_all(pending)
 
     def _judge_all(self, files: list[tuple[Path, int]], wall: float) -> list[_Verdict]:
@@ -436,10 +455,12 @@ class Intake:
         force: bool,
         pending: _Pending,
         verdict: _Verdict | None = None,
+        twins: Mapping[int, Job | None] | None = None,
     ) -> None:
         """A finished file: skip it if its content is already on the server, else add it
         to ``pending`` (queued by :meth:`_queue_all`). ``verdict``: the fingerprint (or
-        the error reading it) :meth:`_judge_all` already took."""
+        the error reading it) :meth:`_judge_all` already took; ``twins``: the earlier
+        jobs of the same content, looked up for a batch (:meth:`Ledger.twins_of`)."""
         try:
             if verdict is not None and verdict.read_error is not None:
                 raise verdict.read_error
@@ -454,7 +475,12 @@ class Intake:
                     job_id, path, tracked, f"same content as job {earlier}, in progress"
                 )
                 return
-            twin = None if force else await self.ledger.twin_of(print_, job_id)
+            if force:
+                twin = None
+            elif twins is not None and job_id in twins:
+                twin = twins[job_id]
+            else:
+                twin = await self.ledger.twin_of(print_, job_id)
             same = twin is not None and twin.state == State.DONE and bool(twin.sha256)
             if twin is not None and same:
                 same = await asyncio.to_thread(full_sha256, path) == twin.sha256
