@@ -140,7 +140,13 @@ class Confirmer:
         )
 
     async def _done(self, job: Job, bound: Any) -> None:
-        if not await self.ledger.update_current(job, state=State.DONE, done_at=time.time()):
+        # "keep" leaves the file where it is: its after-upload action is done with "done"
+        # itself, one commit instead of two.
+        kept = self.config.after_upload.action == "keep"
+        settled: dict[str, Any] = {"after_done": 1, "final_path": job.path} if kept else {}
+        if not await self.ledger.update_current(
+            job, state=State.DONE, done_at=time.time(), **settled
+        ):
             bound.info("confirm.stale", answer="ready")
             return
         log.info(
@@ -148,7 +154,8 @@ class Confirmer:
         )
         self.telemetry.job_done(job.id, job.path, job.record_id)
         failpoint("before_after_action")
-        await self.after_done(job)
+        if not kept:
+            await self.after_done(job)
 
 
 class PartialSweeper:

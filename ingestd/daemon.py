@@ -317,6 +317,7 @@ class Daemon:
                 self.active.discard(job_id)
                 continue
             self.worker_jobs[number] = job_id
+            queued_deletions = self.ledger.deletions_queued
             try:
                 job = await self.ledger.find_job(job_id)
                 if job is not None and job.state in (State.QUEUED, State.CREATING, State.UPLOADING):
@@ -332,7 +333,8 @@ class Daemon:
                 self.worker_jobs[number] = None
                 self.active.discard(job_id)
                 self.confirmer.wake.set()
-                self.sweeper.wake.set()
+                if self.ledger.deletions_queued != queued_deletions:
+                    self.sweeper.wake.set()
                 self.dispatch_wake.set()
 
     def _on_ledger_problem(self, problem: str | None) -> None:

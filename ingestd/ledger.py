@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -207,6 +207,17 @@ class Job:
 
 
 JOB_COLUMNS = frozenset(f.name for f in fields(Job))
+
+
+class Waiting(NamedTuple):
+    """What a settle pass needs of a ``waiting`` job (no whole Job: passes are frequent)."""
+
+    id: int
+    path: str
+    force: bool
+    snapshot: tuple[int, int, int, int]
+
+
 # What scans compare a file with: the newest job of its path (id, snapshot, state).
 Known = tuple[int, tuple[int, int, int, int], State]
 # SQLite's smallest default limit on ``?`` placeholders in one statement is 999.
@@ -240,6 +251,9 @@ class Ledger:
         self.write_failed = asyncio.Event()  # set at a failure; the ledger watch clears it
         self._dispatch_index = False  # jobs_dispatch exists (see _INDEXES)
         self._counts: tuple[tuple[int, int], dict[str, int]] | None = None  # see counts()
+        # Partial records queued for deletion through this connection: a worker wakes the
+        # sweeper only when its job queued one.
+        self.deletions_queued = 0
         self._conn = _Guarded(self, conn)
 
     # --- opening ----------------------------------------------------------------
@@ -306,23 +320,21 @@ class Ledger:
             )
         with contextlib.suppress(LedgerUnwritable):  # read-only: the queries do without
             await self._conn.executescript(_INDEXES)
-        cursor = await self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='index' AND name='jobs_dispatch'"
-        )
-        self._dispatch_index = await cursor.fetchone() is not None
+        index = "SELECT 1 FROM sqlite_master WHERE type='index' AND name='jobs_dispatch'"
+        self._dispatch_index = await self._conn.fetchone(index) is not None
         max_pages = os.environ.get(MAX_PAGES_ENV)
         if max_pages:  # the test hook above
             await self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
 
     async def _check_integrity(self) -> None:
         """``PRAGMA quick_check`` (O(size), no index cross-check), and is the file ours at all?"""
-        cursor = await self._conn.execute("PRAGMA quick_check")
-        problems = [" ".join(str(row[0]).split()) for row in await cursor.fetchall()]
+        rows = await self._conn.fetchall("PRAGMA quick_check")
+        problems = [" ".join(str(row[0]).split()) for row in rows]
         if problems != ["ok"]:  # the message stays one line
             shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
             raise LedgerDamaged(self.path, f"quick_check: {shown}")
-        cursor = await self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        tables = {str(row[0]) for row in await cursor.fetchall()}
+        rows = await self._conn.fetchall("SELECT name FROM sqlite_master WHERE type='table'")
+        tables = {str(row[0]) for row in rows}
         foreign = sorted(t for t in tables - _OWN_TABLES if not t.startswith("sqlite_"))
         if foreign and "meta" not in tables:
             raise LedgerDamaged(
@@ -354,10 +366,8 @@ class Ledger:
         self.write_failed.set()
 
     async def _schema_version(self) -> int:
-        cursor = await self._conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
-        )
-        if await cursor.fetchone() is None:
+        meta = "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
+        if await self._conn.fetchone(meta) is None:
             return 0
         value = await self.get_meta("schema_version")
         return int(value) if value else 0
@@ -368,8 +378,7 @@ class Ledger:
     # --- meta -----------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
-        cursor = await self._conn.execute("SELECT value FROM meta WHERE key=?", (key,))
-        row = await cursor.fetchone()
+        row = await self._conn.fetchone("SELECT value FROM meta WHERE key=?", (key,))
         return None if row is None else str(row[0])
 
     async def _set_meta(self, key: str, value: str) -> None:
@@ -413,28 +422,25 @@ class Ledger:
         now = time.time()
         rows = [(path, root, state.value, *snap, now, now) for path, snap in files]
         async with self.transaction():
-            cursor = await self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs")
-            row = await cursor.fetchone()
+            row = await self._conn.fetchone("SELECT COALESCE(MAX(id), 0) FROM jobs")
             before = int(row[0]) if row else 0
             await self._conn.executemany(
                 "INSERT INTO jobs(path, root, state, size, mtime_ns, inode, device, "
                 "discovered_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-            cursor = await self._conn.execute("SELECT id, path FROM jobs WHERE id>?", (before,))
-            added = {str(path): int(job_id) for job_id, path in await cursor.fetchall()}
+            new = await self._conn.fetchall("SELECT id, path FROM jobs WHERE id>?", (before,))
+            added = {str(path): int(job_id) for job_id, path in new}
         return added
 
     async def get_job(self, job_id: int) -> Job:
-        cursor = await self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
-        row = await cursor.fetchone()
+        row = await self._conn.fetchone("SELECT * FROM jobs WHERE id=?", (job_id,))
         if row is None:
             raise LedgerError(f"no job {job_id} in the ledger")
         return Job.from_row(row)
 
     async def find_job(self, job_id: int) -> Job | None:
-        cursor = await self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
-        row = await cursor.fetchone()
+        row = await self._conn.fetchone("SELECT * FROM jobs WHERE id=?", (job_id,))
         return None if row is None else Job.from_row(row)
 
     async def update(self, job_id: int, **changes: Any) -> None:
@@ -481,10 +487,18 @@ class Ledger:
     async def jobs_in(self, states: Iterable[State], *, order: str = "id") -> list[Job]:
         names = [s.value for s in states]
         marks = ",".join("?" * len(names))
-        cursor = await self._conn.execute(
+        rows = await self._conn.fetchall(
             f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY {order}", names
         )
-        return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [Job.from_row(row) for row in rows]
+
+    async def waiting(self) -> list[Waiting]:
+        """The ``waiting`` jobs, oldest first."""
+        rows = await self._conn.fetchall(
+            "SELECT id, path, force, size, mtime_ns, inode, device FROM jobs "
+            "WHERE state='waiting' ORDER BY id"
+        )
+        return [Waiting(r[0], r[1], bool(r[2]), (r[3], r[4], r[5], r[6])) for r in rows]
 
     async def known_snapshots(self) -> dict[str, Known]:
         """The newest job of every path: its id, file snapshot and state (for scans)."""
@@ -522,22 +536,21 @@ class Ledger:
         return found
 
     async def _snapshots(self, query: str, parameters: Sequence[Any] = ()) -> dict[str, Known]:
-        # One fetchall: iterating the cursor would cost a thread hop every 64 rows.
-        cursor = await self._conn.execute(query + " ORDER BY id", parameters)
+        # One fetchall: iterating a cursor would cost a thread hop every 64 rows.
+        rows = await self._conn.fetchall(query + " ORDER BY id", parameters)
         known: dict[str, Known] = {}
         states = _STATES
-        for row in await cursor.fetchall():
+        for row in rows:
             known[row[1]] = (row[0], (row[2], row[3], row[4], row[5]), states[row[6]])
         return known
 
     async def known_snapshots_for(self, path: str) -> Known | None:
         """The newest job of one path, as :meth:`known_snapshots` gives it."""
-        cursor = await self._conn.execute(
+        row = await self._conn.fetchone(
             "SELECT id, size, mtime_ns, inode, device, state FROM jobs WHERE path=? "
             "ORDER BY id DESC LIMIT 1",
             (path,),
         )
-        row = await cursor.fetchone()
         if row is None:
             return None
         return (row[0], (row[1], row[2], row[3], row[4]), State(row[5]))
@@ -549,31 +562,29 @@ class Ledger:
         # The states literally, as the partial index jobs_dispatch has them: else SQLite
         # cannot tell that the index holds every row the query wants.
         index = "INDEXED BY jobs_dispatch " if self._dispatch_index else ""
-        cursor = await self._conn.execute(
+        rows = await self._conn.fetchall(
             f"SELECT * FROM jobs {index}WHERE state IN ({_DISPATCHABLE_SQL}) "
             f"AND next_attempt_at<=? {skip}ORDER BY mtime_ns, id LIMIT ?",
             (now, *exclude, limit),
         )
-        return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [Job.from_row(row) for row in rows]
 
     async def backlog(self) -> tuple[int, int]:
         """Files not yet uploaded (waiting to confirming) and the bytes they still need to send."""
-        cursor = await self._conn.execute(
+        row = await self._conn.fetchone(
             "SELECT COUNT(*), COALESCE(SUM(size - bytes_acked), 0) FROM jobs "
             "WHERE state IN ('waiting','queued','creating','uploading','confirming')"
         )
-        row = await cursor.fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def twin_of(self, fingerprint: str, job_id: int) -> Job | None:
         """Another job with the same content fingerprint: a done one first, else one in flight."""
-        cursor = await self._conn.execute(
+        row = await self._conn.fetchone(
             "SELECT * FROM jobs WHERE fingerprint=? AND id<>? AND state IN "
             "('done','queued','creating','uploading','confirming') "
             "ORDER BY state='done' DESC, id DESC LIMIT 1",
             (fingerprint, job_id),
         )
-        row = await cursor.fetchone()
         return None if row is None else Job.from_row(row)
 
     async def twins_of(self, prints: Mapping[int, str]) -> dict[int, Job | None]:
@@ -584,12 +595,11 @@ class Ledger:
         found: dict[str, list[Job]] = {}
         for first in range(0, len(wanted), _MAX_VARIABLES):
             part = wanted[first : first + _MAX_VARIABLES]
-            cursor = await self._conn.execute(
+            for row in await self._conn.fetchall(
                 f"SELECT * FROM jobs WHERE fingerprint IN ({','.join('?' * len(part))}) AND "
                 "state IN ('done','queued','creating','uploading','confirming')",
                 part,
-            )
-            for row in await cursor.fetchall():
+            ):
                 job = Job.from_row(row)
                 found.setdefault(str(job.fingerprint), []).append(job)
         return {
@@ -603,45 +613,43 @@ class Ledger:
 
     async def pending_after_actions(self) -> list[Job]:
         """Done jobs whose after-upload action has not run (a crash came between)."""
-        cursor = await self._conn.execute(
+        rows = await self._conn.fetchall(
             "SELECT * FROM jobs WHERE state='done' AND after_done=0 ORDER BY id"
         )
-        return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [Job.from_row(row) for row in rows]
 
     async def expired_keeps(self, before: float) -> list[Job]:
         """Done jobs whose kept source (or moved copy) is due for deletion (``keep_for``)."""
-        cursor = await self._conn.execute(
+        rows = await self._conn.fetchall(
             "SELECT * FROM jobs WHERE state='done' AND after_done=1 AND cleaned_at IS NULL "
             "AND done_at<=? ORDER BY id",
             (before,),
         )
-        return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [Job.from_row(row) for row in rows]
 
     async def next_due(self, exclude: Sequence[int]) -> float | None:
         """When the next job a worker could take becomes due (None: none is waiting)."""
         skip = f"AND id NOT IN ({','.join('?' * len(exclude))}) " if exclude else ""
-        cursor = await self._conn.execute(
+        row = await self._conn.fetchone(
             f"SELECT MIN(next_attempt_at) FROM jobs WHERE state IN (?,?,?) {skip}",
             (*[s.value for s in DISPATCHABLE], *exclude),
         )
-        row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     async def due_in(self, state: State, now: float) -> list[Job]:
         """The jobs in ``state`` whose ``next_attempt_at`` has come, soonest first (index
         lookups: the confirmer asks at every upload's end, with many jobs not yet due)."""
-        cursor = await self._conn.execute(
+        rows = await self._conn.fetchall(
             "SELECT * FROM jobs WHERE state=? AND next_attempt_at<=? ORDER BY next_attempt_at",
             (state.value, now),
         )
-        return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [Job.from_row(row) for row in rows]
 
     async def next_due_in(self, state: State) -> float | None:
         """The earliest ``next_attempt_at`` of the jobs in ``state`` (None: there are none)."""
-        cursor = await self._conn.execute(
+        row = await self._conn.fetchone(
             "SELECT MIN(next_attempt_at) FROM jobs WHERE state=?", (state.value,)
         )
-        row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     async def unsent(self, busy: Iterable[int] = ()) -> Unsent:
@@ -649,27 +657,24 @@ class Ledger:
         the oldest. Counted in SQLite: a backlog of 100,000 files costs no Job objects."""
         not_sent = [s.value for s in NOT_SENT]
         marks = ",".join("?" * len(not_sent))
-        cursor = await self._conn.execute(
+        row = await self._conn.fetchone(
             f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", not_sent
         )
-        row = await cursor.fetchone()
         files = int(row[0]) if row else 0
         if not files:
             return Unsent(0, 0, None)
         ready = [s.value for s in DISPATCHABLE]
         busy_ids = sorted(set(busy))
-        cursor = await self._conn.execute(
+        row = await self._conn.fetchone(
             f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(ready))}) "
             f"AND id NOT IN ({','.join('?' * len(busy_ids))})",
             [*ready, *busy_ids],
         )
-        row = await cursor.fetchone()
         queued = int(row[0]) if row else 0
-        cursor = await self._conn.execute(
+        row = await self._conn.fetchone(
             f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY discovered_at, id LIMIT 1",
             not_sent,
         )
-        row = await cursor.fetchone()
         return Unsent(files, queued, Job.from_row(row) if row else None)
 
     async def counts(self) -> dict[str, int]:
@@ -677,12 +682,11 @@ class Ledger:
         health check asks every few seconds: while nothing was written, neither through
         this connection nor by another process (``PRAGMA data_version``), the last
         answer still holds and is given again."""
-        cursor = await self._conn.execute("PRAGMA data_version")
-        row = await cursor.fetchone()
+        row = await self._conn.fetchone("PRAGMA data_version")
         key = (self._conn.writes, int(row[0]) if row else -1)
         if self._counts is None or self._counts[0] != key:
-            cursor = await self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-            found = {str(row[0]): int(row[1]) for row in await cursor.fetchall()}
+            rows = await self._conn.fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            found = {str(row[0]): int(row[1]) for row in rows}
             self._counts = (key, {s.value: found.get(s.value, 0) for s in State})
         return dict(self._counts[1])
 
@@ -768,8 +772,8 @@ class Ledger:
         now = time.time()
         retried: list[int] = []
         async with self.transaction():
-            cursor = await self._conn.execute(query, args)
-            for job_id, current, record_id, create_started_at in await cursor.fetchall():
+            rows = await self._conn.fetchall(query, args)
+            for job_id, current, record_id, create_started_at in rows:
                 state = (
                     "uploading" if record_id else ("creating" if create_started_at else "queued")
                 )
@@ -788,6 +792,7 @@ class Ledger:
     async def _queue_deletion(
         self, record_id: str, job_id: int | None, reason: str, now: float
     ) -> None:
+        self.deletions_queued += 1
         await self._conn.execute(
             "INSERT OR IGNORE INTO deletions(record_id, job_id, reason, created_at) "
             "VALUES(?,?,?,?)",
@@ -798,25 +803,20 @@ class Ledger:
         await self._queue_deletion(record_id, job_id, reason, time.time())
 
     async def due_deletions(self, now: float) -> list[Deletion]:
-        cursor = await self._conn.execute(
+        rows = await self._conn.fetchall(
             "SELECT * FROM deletions WHERE next_attempt_at<=? ORDER BY id", (now,)
         )
-        return [
-            Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in await cursor.fetchall()
-        ]
+        return [Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in rows]
 
     async def deletions_for(self, job_id: int) -> list[Deletion]:
         """One job's partial records still to delete (its next record must wait for them)."""
-        cursor = await self._conn.execute(
+        rows = await self._conn.fetchall(
             "SELECT * FROM deletions WHERE job_id=? ORDER BY id", (job_id,)
         )
-        return [
-            Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in await cursor.fetchall()
-        ]
+        return [Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in rows]
 
     async def pending_deletions(self) -> int:
-        cursor = await self._conn.execute("SELECT COUNT(*) FROM deletions")
-        row = await cursor.fetchone()
+        row = await self._conn.fetchone("SELECT COUNT(*) FROM deletions")
         return int(row[0]) if row else 0
 
     async def deletion_done(self, deletion_id: int) -> None:
@@ -917,6 +917,28 @@ class _Guarded:
             return await self._execute(sql, parameters)
         async with self._lock:
             return await self._execute(sql, parameters)
+
+    async def fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """The rows of a query in one hop to the connection's thread (execute and fetch
+        separately would take two)."""
+        if self._owner is not None and self._owner is asyncio.current_task():
+            return await self._fetchall(sql, parameters)
+        async with self._lock:
+            return await self._fetchall(sql, parameters)
+
+    async def fetchone(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Row | None:
+        """The first row of a query that gives one row at most (an id, a count, LIMIT 1)."""
+        rows = await self.fetchall(sql, parameters)
+        return rows[0] if rows else None
+
+    async def _fetchall(self, sql: str, parameters: Sequence[Any]) -> list[sqlite3.Row]:
+        try:
+            return list(await self._conn.execute_fetchall(sql, parameters))
+        except sqlite3.Error as exc:
+            translated = self._translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> aiosqlite.Cursor:
         if self._owner is not None and self._owner is asyncio.current_task():

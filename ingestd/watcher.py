@@ -83,12 +83,12 @@ class _Pending:
         self.prints.setdefault(print_, job_id)
 
 
-def _look_all(paths: list[Path]) -> list[FileSnapshot | OSError | None]:
+def _look_all(paths: list[str]) -> list[FileSnapshot | OSError | None]:
     """:func:`snapshot` of each path (its OSError in its place), in one worker thread."""
     looks: list[FileSnapshot | OSError | None] = []
     for path in paths:
         try:
-            looks.append(snapshot(path))
+            looks.append(snapshot(Path(path)))
         except OSError as err:
             looks.append(err)
     return looks
@@ -312,7 +312,7 @@ class Intake:
         finished are queued a batch a transaction. A drop of thousands of files at
         once then costs milliseconds a file.
         """
-        waiting = await self.ledger.jobs_in([State.WAITING])
+        waiting = await self.ledger.waiting()
         present = {job.id for job in waiting}
         for job_id in list(self.tracking):
             if job_id not in present:
@@ -320,14 +320,14 @@ class Intake:
         jobs = [job for job in waiting if not self.is_active(job.id)]
         if not jobs:
             return bool(waiting)
-        looks = await asyncio.to_thread(_look_all, [Path(job.path) for job in jobs])
+        looks = await asyncio.to_thread(_look_all, [job.path for job in jobs])
         due: list[tuple[int, Path, _Tracked]] = []
         for job, look in zip(jobs, looks, strict=True):
             path = Path(job.path)
             try:
                 if isinstance(look, OSError):
                     raise look
-                tracked = await self._settle_one(job.id, path, bool(job.force), look)
+                tracked = await self._settle_one(job.id, path, job.force, look)
             except OSError as err:
                 # One file's trouble (a folder it cannot search, a name too long for
                 # its marker) must not stop the loop, nor hold up the other files.

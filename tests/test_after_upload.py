@@ -145,3 +145,22 @@ def test_a_crash_between_done_and_the_action_only_delays_it(
     assert _once(config) == 0
     assert not (export / "clip.mp4").exists()
     assert len(server.snapshot()["records"]) == 1
+
+
+def test_keep_is_settled_in_the_same_commit_as_done(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    """ "keep" moves nothing: "done" and "after-upload action done" are one commit, so a
+    crash right after it leaves nothing for housekeeping and the file where it was."""
+    random_file(export / "clip.mp4", 1000)
+    config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})  # action: keep
+    assert _once(config, INGESTD_FAILPOINTS="before_after_action") == -signal.SIGKILL
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert (row["state"], row["after_done"], row["final_path"]) == (
+        "done",
+        1,
+        str(export / "clip.mp4"),
+    )
+    assert _once(config) == 0
+    assert (export / "clip.mp4").exists()
+    assert len(server.snapshot()["records"]) == 1

@@ -58,3 +58,23 @@ async def test_twins_of_a_batch_are_what_twin_of_finds_one_by_one(tmp_path: Path
         assert await ledger.twins_of({}) == {}
     finally:
         await ledger.close()
+
+
+async def test_waiting_gives_what_a_settle_pass_needs(tmp_path: Path) -> None:
+    ledger = await Ledger.open(tmp_path / "ledger.db")
+    try:
+        first = await ledger.add_job(
+            path="/x/a.ts", root="/x", snapshot=(10, 20, 30, 40), state=State.WAITING
+        )
+        await ledger.add_job(path="/x/b.ts", root="/x", snapshot=(1, 2, 3, 4), state=State.QUEUED)
+        forced = await ledger.add_job(
+            path="/x/c.ts", root="/x", snapshot=(5, 6, 7, 8), state=State.WAITING
+        )
+        await ledger.update(forced.id, force=1)
+        waiting = await ledger.waiting()
+        assert [(w.id, w.path, w.force, w.snapshot) for w in waiting] == [
+            (first.id, "/x/a.ts", False, (10, 20, 30, 40)),
+            (forced.id, "/x/c.ts", True, (5, 6, 7, 8)),
+        ]
+    finally:
+        await ledger.close()
