@@ -254,6 +254,9 @@ class Ledger:
         # Partial records queued for deletion through this connection: a worker wakes the
         # sweeper only when its job queued one.
         self.deletions_queued = 0
+        # At least the rows in ``deletions`` (counted at open; only this process adds any,
+        # under the daemon lock): while 0, deletions_for() needs no query.
+        self._deletions_at_most = 0
         self._conn = _Guarded(self, conn)
 
     # --- opening ----------------------------------------------------------------
@@ -283,6 +286,7 @@ class Ledger:
         ledger = cls(path, conn)
         try:
             await ledger._prepare(readonly)
+            ledger._deletions_at_most = await ledger.pending_deletions()
         except LedgerError:
             await conn.close()
             raise
@@ -477,12 +481,22 @@ class Ledger:
         return bool(cursor.rowcount)
 
     async def update_many(self, changes: Sequence[tuple[int, dict[str, Any]]]) -> None:
-        """:meth:`update` for several jobs, committed together in one transaction."""
+        """:meth:`update` for several jobs, committed together in one transaction: one
+        statement (one trip to the ledger's thread) for all jobs changing the same fields."""
         if not changes:
             return
+        now = time.time()
+        shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for job_id, fields_ in changes:
+            unknown = set(fields_) - JOB_COLUMNS
+            if unknown:
+                raise LedgerError(f"unknown job fields: {sorted(unknown)}")
+            values = [v.value if isinstance(v, State) else v for v in fields_.values()]
+            shapes.setdefault(tuple(fields_), []).append((*values, now, job_id))
         async with self.transaction():
-            for job_id, fields_ in changes:
-                await self.update(job_id, **fields_)
+            for keys, rows in shapes.items():
+                assignments = ", ".join(f"{key}=?" for key in (*keys, "updated_at"))
+                await self._conn.executemany(f"UPDATE jobs SET {assignments} WHERE id=?", rows)
 
     async def jobs_in(self, states: Iterable[State], *, order: str = "id") -> list[Job]:
         names = [s.value for s in states]
@@ -793,6 +807,7 @@ class Ledger:
         self, record_id: str, job_id: int | None, reason: str, now: float
     ) -> None:
         self.deletions_queued += 1
+        self._deletions_at_most += 1  # counted before the INSERT: never too few
         await self._conn.execute(
             "INSERT OR IGNORE INTO deletions(record_id, job_id, reason, created_at) "
             "VALUES(?,?,?,?)",
@@ -810,6 +825,8 @@ class Ledger:
 
     async def deletions_for(self, job_id: int) -> list[Deletion]:
         """One job's partial records still to delete (its next record must wait for them)."""
+        if not self._deletions_at_most:
+            return []
         rows = await self._conn.fetchall(
             "SELECT * FROM deletions WHERE job_id=? ORDER BY id", (job_id,)
         )
@@ -820,7 +837,8 @@ class Ledger:
         return int(row[0]) if row else 0
 
     async def deletion_done(self, deletion_id: int) -> None:
-        await self._conn.execute("DELETE FROM deletions WHERE id=?", (deletion_id,))
+        cursor = await self._conn.execute("DELETE FROM deletions WHERE id=?", (deletion_id,))
+        self._deletions_at_most = max(0, self._deletions_at_most - cursor.rowcount)
 
     async def deletion_failed(self, deletion_id: int, next_at: float, error: str) -> None:
         await self._conn.execute(

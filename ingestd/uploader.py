@@ -11,6 +11,7 @@ whole file.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -194,19 +195,28 @@ class Uploader:
         failpoint("before_create")
         created = await self.client.create_upload(meta.name, meta.template, meta.share)
         failpoint("after_create_response")
-        await self.ledger.update(
-            job.id,
-            state=State.UPLOADING,
-            record_id=created.record_id,
-            video_id=created.video_id,
-            bytes_acked=0,
+        changes: dict[str, Any] = {
+            "state": State.UPLOADING,
+            "record_id": created.record_id,
+            "video_id": created.video_id,
+            "bytes_acked": 0,
             # Pinned with the record: a resume must cut the chunks where the server
             # may already hold one, even if upload.chunk_size changed meanwhile.
-            chunk_size=self.config.upload.chunk_size if job.chunk_size is None else job.chunk_size,
-        )
+            "chunk_size": self.config.upload.chunk_size
+            if job.chunk_size is None
+            else job.chunk_size,
+        }
+        await self.ledger.update(job.id, **changes)
         bound.info("record.created", record_id=created.record_id, name=meta.name)
         failpoint("after_record_committed")
-        return await self.ledger.get_job(job.id)
+        # The job as the two commits above left it (one trip to the ledger less a file).
+        return dataclasses.replace(
+            job,
+            **changes,
+            record_name=meta.name,
+            create_started_at=job.create_started_at or started,
+            upload_started_at=job.upload_started_at or started,
+        )
 
     async def _delete_partials(self, job: Job, bound: Any) -> None:
         """A partial record of this job that cannot be resumed goes before a new one is made.

@@ -78,3 +78,31 @@ async def test_waiting_gives_what_a_settle_pass_needs(tmp_path: Path) -> None:
         ]
     finally:
         await ledger.close()
+
+
+async def test_update_many_commits_every_change_in_one_transaction(tmp_path: Path) -> None:
+    ledger = await Ledger.open(tmp_path / "ledger.db")
+    try:
+        jobs = [
+            await ledger.add_job(
+                path=f"/x/{n}.ts", root="/x", snapshot=(n, n, n, n), state=State.WAITING
+            )
+            for n in range(4)
+        ]
+        await ledger.update_many(
+            [
+                (jobs[0].id, {"state": State.QUEUED, "fingerprint": "f0"}),
+                (jobs[1].id, {"wait_reason": "still being written"}),
+                (jobs[2].id, {"state": State.QUEUED, "fingerprint": "f2"}),
+            ]
+        )
+        after = [await ledger.get_job(job.id) for job in jobs]
+        assert [(j.state, j.fingerprint, j.wait_reason) for j in after] == [
+            (State.QUEUED, "f0", None),
+            (State.WAITING, None, "still being written"),
+            (State.QUEUED, "f2", None),
+            (State.WAITING, None, None),
+        ]
+        assert after[0].updated_at >= jobs[0].updated_at
+    finally:
+        await ledger.close()
