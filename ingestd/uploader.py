@@ -354,7 +354,7 @@ class Uploader:
             content_range = valt_rules.content_range(start, end, job.size)
         sendings: list[Sending] = []
 
-        def pieces() -> AsyncIterator[bytes | bytearray]:
+        def pieces() -> AsyncIterator[memoryview]:
             sendings.append(Sending(hasher))
             return source.pieces(sendings[-1], start, end, self.pacer, next_end=next_end)
 

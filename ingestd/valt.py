@@ -39,7 +39,7 @@ MAX_ANSWER_BYTES = 1024 * 1024
 LOGIN_RETRY_FIRST = 60.0
 LOGIN_RETRY_MAX = 900.0
 
-PieceSource = Callable[[], AsyncIterator[bytes | bytearray]]
+PieceSource = Callable[[], AsyncIterator[bytes | memoryview]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +360,7 @@ class ValtClient:
         boundary = "ingestd" + secrets.token_hex(12)
         head, tail = _multipart_frame(boundary, filename)
 
-        async def framed() -> AsyncIterator[bytes | bytearray]:
+        async def framed() -> AsyncIterator[bytes | memoryview]:
             yield head
             async for piece in pieces():
                 yield piece
@@ -471,8 +471,8 @@ def _found(raw: object) -> valt_rules.FoundRecord | None:
 
 
 async def _guarded(
-    pieces: AsyncIterator[bytes | bytearray], guard: _StallGuard
-) -> AsyncIterator[bytes | bytearray]:
+    pieces: AsyncIterator[bytes | memoryview], guard: _StallGuard
+) -> AsyncIterator[bytes | memoryview]:
     async for piece in pieces:
         guard.progress()
         yield piece
