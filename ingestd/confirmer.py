@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingestd import valt_rules
+from ingestd.aio import wait_any
 from ingestd.backoff import backoff_delay
 from ingestd.config import Config
 from ingestd.errors import AuthFailed, PermanentError, RetryableError
@@ -61,7 +62,7 @@ class Confirmer:
             next_due = await self.poll_due()
             self.wake.clear()
             wait = IDLE_POLL if next_due is None else max(0.0, next_due - time.time())
-            await _wait_any(stop, self.wake, min(IDLE_POLL, wait))
+            await wait_any(stop, self.wake, min(IDLE_POLL, wait))
 
     async def poll_due(self) -> float | None:
         """Poll every record that is due; returns when the next one will be (None: none)."""
@@ -171,7 +172,7 @@ class PartialSweeper:
         while not stop.is_set():
             await self.sweep()
             self.wake.clear()
-            await _wait_any(stop, self.wake, 2.0)
+            await wait_any(stop, self.wake, 2.0)
 
     async def sweep(self) -> int:
         """Try every due deletion once; return how many are left."""
@@ -197,13 +198,3 @@ class PartialSweeper:
                 existed=existed,
             )
         return await self.ledger.pending_deletions()
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    """Sleep until ``stop`` or ``wake`` is set, or ``timeout`` passes."""
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable
 
+from ingestd.aio import wait_any
 from ingestd.backup import BACKUP_EVERY, make_backup, next_backup_due
 from ingestd.config import LedgerConfig
 from ingestd.errors import LedgerError
@@ -63,7 +64,7 @@ class LedgerWatch:
             wait = CHECK_EVERY
             if next_backup is not None:
                 wait = max(0.0, min(wait, next_backup - time.time()))
-            await _wait_any(stop, self.ledger.write_failed, wait)
+            await wait_any(stop, self.ledger.write_failed, wait)
 
     async def check(self) -> None:
         """Find out whether the ledger takes writes; report a change once."""
@@ -104,14 +105,4 @@ class LedgerWatch:
 async def wait_writable(ledger: Ledger, stop: asyncio.Event) -> None:
     """Until the ledger takes writes again (the watch's probe says so) or ``stop``."""
     while not stop.is_set() and not ledger.writable.is_set():
-        await _wait_any(stop, ledger.writable, CHECK_EVERY)
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    """Sleep until ``stop`` or ``wake`` is set, or ``timeout`` passes."""
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+        await wait_any(stop, ledger.writable, CHECK_EVERY)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import watchfiles
 
-from ingestd.aio import wait_event
+from ingestd.aio import wait_any, wait_event
 from ingestd.config import Config
 from ingestd.errors import LedgerUnwritable
 from ingestd.fingerprint import fingerprint, full_sha256
@@ -571,7 +571,7 @@ class Intake:
         while not stop.is_set():
             self.settle_now.clear()
             busy = await self.settle()
-            await _wait_any(
+            await wait_any(
                 stop, self.settle_now, self.tick_interval() if busy else IDLE_SETTLE_POLL
             )
 
@@ -603,7 +603,7 @@ class Intake:
         while not stop.is_set():
             roots = [str(r) for r in self.roots if r.is_dir()]
             if not roots:
-                await _sleep_or(stop, WATCH_RESTART_DELAY)
+                await wait_event(stop, WATCH_RESTART_DELAY)
                 continue
             try:
                 self.watcher_alive = True
@@ -628,22 +628,8 @@ class Intake:
                 log.exception("watcher.failed", retry_in_s=WATCH_RESTART_DELAY)
             finally:
                 self.watcher_alive = False
-            await _sleep_or(stop, WATCH_RESTART_DELAY)
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    """Sleep until ``stop`` or ``wake`` is set, or ``timeout`` passes."""
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+            await wait_event(stop, WATCH_RESTART_DELAY)
 
 
 def _log_scan_error(path: Path, err: OSError) -> None:
     log.warning("watcher.unreadable", path=str(path), error=err.strerror or str(err))
-
-
-async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
-    await wait_event(stop, seconds)
