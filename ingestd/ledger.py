@@ -29,7 +29,7 @@ import enum
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,6 +71,8 @@ LIVE = tuple(s for s in State if s not in (State.DONE, State.SKIPPED))
 # Files whose bytes are still on this machine: the backlog whose age is watched.
 NOT_SENT = (State.WAITING, *DISPATCHABLE)
 _DISPATCHABLE_SQL = ",".join(f"'{s.value}'" for s in DISPATCHABLE)
+# A file's content twin counts once it is done or on its way (not waiting, failed, skipped).
+_TWIN_STATES_SQL = ",".join(f"'{s.value}'" for s in (State.DONE, *DISPATCHABLE, State.CONFIRMING))
 # Indexes that speed queries up without changing what the ledger means: made when missing
 # at every open (an older ingestd ignores them), so they need no schema version.
 # jobs_dispatch: due_jobs walks the dispatchable jobs oldest file first and stops at its
@@ -209,6 +211,16 @@ class Job:
 JOB_COLUMNS = frozenset(f.name for f in fields(Job))
 
 
+def _set_clause(changes: Mapping[str, Any], now: float) -> tuple[str, list[Any]]:
+    """``col=?, ...`` for an UPDATE of ``changes`` (stamped ``updated_at``), and its values."""
+    unknown = set(changes) - JOB_COLUMNS
+    if unknown:
+        raise LedgerError(f"unknown job fields: {sorted(unknown)}")
+    stamped = {**changes, "updated_at": now}
+    values = [v.value if isinstance(v, State) else v for v in stamped.values()]
+    return ", ".join(f"{key}=?" for key in stamped), values
+
+
 class Waiting(NamedTuple):
     """What a settle pass needs of a ``waiting`` job (no whole Job: passes are frequent)."""
 
@@ -234,6 +246,10 @@ class Deletion:
     next_attempt_at: float
     last_error: str | None
     created_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Deletion:
+        return cls(**dict(zip(row.keys(), tuple(row), strict=True)))
 
 
 class Ledger:
@@ -449,17 +465,8 @@ class Ledger:
 
     async def update(self, job_id: int, **changes: Any) -> None:
         """Commit ``changes`` to one job (a single autocommitted, fsynced statement)."""
-        unknown = set(changes) - JOB_COLUMNS
-        if unknown:
-            raise LedgerError(f"unknown job fields: {sorted(unknown)}")
-        changes["updated_at"] = time.time()
-        for key, value in changes.items():
-            if isinstance(value, State):
-                changes[key] = value.value
-        assignments = ", ".join(f"{key}=?" for key in changes)
-        await self._conn.execute(
-            f"UPDATE jobs SET {assignments} WHERE id=?", (*changes.values(), job_id)
-        )
+        assignments, values = _set_clause(changes, time.time())
+        await self._conn.execute(f"UPDATE jobs SET {assignments} WHERE id=?", (*values, job_id))
 
     async def update_current(self, job: Job, **changes: Any) -> bool:
         """:meth:`update`, only while the job is still in ``job``'s state with ``job``'s record.
@@ -468,12 +475,7 @@ class Ledger:
         and it went back to ``waiting``, with another record since), nothing is written
         and the answer, which is about the old record, is dropped: returns False.
         """
-        unknown = set(changes) - JOB_COLUMNS
-        if unknown:
-            raise LedgerError(f"unknown job fields: {sorted(unknown)}")
-        changes["updated_at"] = time.time()
-        values = [v.value if isinstance(v, State) else v for v in changes.values()]
-        assignments = ", ".join(f"{key}=?" for key in changes)
+        assignments, values = _set_clause(changes, time.time())
         cursor = await self._conn.execute(
             f"UPDATE jobs SET {assignments} WHERE id=? AND state=? AND record_id IS ?",
             (*values, job.id, job.state.value, job.record_id),
@@ -486,16 +488,12 @@ class Ledger:
         if not changes:
             return
         now = time.time()
-        shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        shapes: dict[str, list[tuple[Any, ...]]] = {}
         for job_id, fields_ in changes:
-            unknown = set(fields_) - JOB_COLUMNS
-            if unknown:
-                raise LedgerError(f"unknown job fields: {sorted(unknown)}")
-            values = [v.value if isinstance(v, State) else v for v in fields_.values()]
-            shapes.setdefault(tuple(fields_), []).append((*values, now, job_id))
+            assignments, values = _set_clause(fields_, now)
+            shapes.setdefault(assignments, []).append((*values, job_id))
         async with self.transaction():
-            for keys, rows in shapes.items():
-                assignments = ", ".join(f"{key}=?" for key in (*keys, "updated_at"))
+            for assignments, rows in shapes.items():
                 await self._conn.executemany(f"UPDATE jobs SET {assignments} WHERE id=?", rows)
 
     async def jobs_in(self, states: Iterable[State], *, order: str = "id") -> list[Job]:
@@ -594,8 +592,7 @@ class Ledger:
     async def twin_of(self, fingerprint: str, job_id: int) -> Job | None:
         """Another job with the same content fingerprint: a done one first, else one in flight."""
         row = await self._conn.fetchone(
-            "SELECT * FROM jobs WHERE fingerprint=? AND id<>? AND state IN "
-            "('done','queued','creating','uploading','confirming') "
+            f"SELECT * FROM jobs WHERE fingerprint=? AND id<>? AND state IN ({_TWIN_STATES_SQL}) "
             "ORDER BY state='done' DESC, id DESC LIMIT 1",
             (fingerprint, job_id),
         )
@@ -611,7 +608,7 @@ class Ledger:
             part = wanted[first : first + _MAX_VARIABLES]
             for row in await self._conn.fetchall(
                 f"SELECT * FROM jobs WHERE fingerprint IN ({','.join('?' * len(part))}) AND "
-                "state IN ('done','queued','creating','uploading','confirming')",
+                f"state IN ({_TWIN_STATES_SQL})",
                 part,
             ):
                 job = Job.from_row(row)
@@ -821,7 +818,7 @@ class Ledger:
         rows = await self._conn.fetchall(
             "SELECT * FROM deletions WHERE next_attempt_at<=? ORDER BY id", (now,)
         )
-        return [Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in rows]
+        return [Deletion.from_row(row) for row in rows]
 
     async def deletions_for(self, job_id: int) -> list[Deletion]:
         """One job's partial records still to delete (its next record must wait for them)."""
@@ -830,7 +827,7 @@ class Ledger:
         rows = await self._conn.fetchall(
             "SELECT * FROM deletions WHERE job_id=? ORDER BY id", (job_id,)
         )
-        return [Deletion(**dict(zip(r.keys(), tuple(r), strict=True))) for r in rows]
+        return [Deletion.from_row(row) for row in rows]
 
     async def pending_deletions(self) -> int:
         row = await self._conn.fetchone("SELECT COUNT(*) FROM deletions")
@@ -930,63 +927,59 @@ class _Guarded:
         self._owner = None
         self._lock.release()
 
-    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> aiosqlite.Cursor:
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """The connection: at once inside the caller's own transaction, else after others'."""
         if self._owner is not None and self._owner is asyncio.current_task():
-            return await self._execute(sql, parameters)
+            yield
+            return
         async with self._lock:
+            yield
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """SQLite's errors as the ledger's own, where it has one (see :meth:`_translate`)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            translated = self._translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        async with self._turn():
             return await self._execute(sql, parameters)
 
     async def fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """The rows of a query in one hop to the connection's thread (execute and fetch
         separately would take two)."""
-        if self._owner is not None and self._owner is asyncio.current_task():
-            return await self._fetchall(sql, parameters)
-        async with self._lock:
-            return await self._fetchall(sql, parameters)
+        async with self._turn():
+            with self._translated():
+                return list(await self._conn.execute_fetchall(sql, parameters))
 
     async def fetchone(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Row | None:
         """The first row of a query that gives one row at most (an id, a count, LIMIT 1)."""
         rows = await self.fetchall(sql, parameters)
         return rows[0] if rows else None
 
-    async def _fetchall(self, sql: str, parameters: Sequence[Any]) -> list[sqlite3.Row]:
-        try:
-            return list(await self._conn.execute_fetchall(sql, parameters))
-        except sqlite3.Error as exc:
-            translated = self._translate(exc)
-            if translated is None:
-                raise
-            raise translated from exc
-
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> aiosqlite.Cursor:
-        if self._owner is not None and self._owner is asyncio.current_task():
-            return await self._execute(sql, rows, many=True)
-        async with self._lock:
+        async with self._turn():
             return await self._execute(sql, rows, many=True)
 
     async def _execute(self, sql: str, parameters: Any, *, many: bool = False) -> aiosqlite.Cursor:
         if not sql.lstrip()[:6].upper().startswith(("SELECT", "PRAGMA")):
             self.writes += 1
-        try:
+        with self._translated():
             if many:
                 return await self._conn.executemany(sql, parameters)
             return await self._conn.execute(sql, parameters)
-        except sqlite3.Error as exc:
-            translated = self._translate(exc)
-            if translated is None:
-                raise
-            raise translated from exc
 
     async def executescript(self, script: str) -> aiosqlite.Cursor:
         self.writes += 1
-        try:
+        with self._translated():
             async with self._lock:
                 return await self._conn.executescript(script)
-        except sqlite3.Error as exc:
-            translated = self._translate(exc)
-            if translated is None:
-                raise
-            raise translated from exc
 
     async def close(self) -> None:
         await self._conn.close()
