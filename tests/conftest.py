@@ -83,6 +83,29 @@ def ingestd_env(**extra: str) -> dict[str, str]:
     return env
 
 
+NOBODY = 65534  # root ignores file permissions: where they are the point, run as nobody
+
+
+def start_as_nobody(config: Path, log_file: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``ingestd run`` as uid/gid 65534 without groups: root reads any file, nobody does not."""
+    command = [
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        sys.executable,
+        "-m",
+        "ingestd",
+        "run",
+        "-c",
+        str(config),
+    ]
+    with open(log_file, "ab") as handle:
+        return subprocess.Popen(
+            command, env=ingestd_env(**env), stdout=handle, stderr=subprocess.STDOUT, cwd=REPO
+        )
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:

@@ -50,7 +50,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -61,17 +60,17 @@ from typing import Any
 
 import pytest
 from conftest import (
-    REPO,
+    NOBODY,
     KiB,
     MiB,
     free_port,
-    ingestd_env,
     ledger_rows,
     log_events,
     random_file,
     run_cli,
     server_videos,
     sha256_file,
+    start_as_nobody,
     start_daemon,
     stop_process,
     wait_for,
@@ -80,7 +79,6 @@ from conftest import (
 
 from ingestd.fake_valt import FakeValtThread
 
-NOBODY = 65534
 LONG_ASCII = "x" * 251 + ".mp4"  # 255 bytes, the longest name ext4 allows
 LONG_UTF8 = "é" * 125 + "a.mp4"  # 255 bytes, 131 characters
 ODD_NAMES = [
@@ -143,26 +141,6 @@ def wait_alive(
 
 def tail(log: Path, lines: int = 30) -> str:
     return "\n".join(line[:400] for line in log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def start_as_nobody(config: Path, log_file: Path) -> subprocess.Popen[bytes]:
-    """``ingestd run`` as uid/gid 65534 without groups: root reads any file, nobody does not."""
-    command = [
-        "setpriv",
-        f"--reuid={NOBODY}",
-        f"--regid={NOBODY}",
-        "--clear-groups",
-        sys.executable,
-        "-m",
-        "ingestd",
-        "run",
-        "-c",
-        str(config),
-    ]
-    with open(log_file, "ab") as handle:
-        return subprocess.Popen(
-            command, env=ingestd_env(), stdout=handle, stderr=subprocess.STDOUT, cwd=REPO
-        )
 
 
 @pytest.fixture

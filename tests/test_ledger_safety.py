@@ -22,7 +22,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -33,7 +32,7 @@ from typing import Any
 
 import pytest
 from conftest import (
-    REPO,
+    NOBODY,
     KiB,
     free_port,
     ingestd_env,
@@ -42,6 +41,7 @@ from conftest import (
     random_file,
     run_cli,
     server_videos,
+    start_as_nobody,
     start_daemon,
     stop_process,
     wait_for,
@@ -49,8 +49,6 @@ from conftest import (
 )
 
 from ingestd.fake_valt import FakeValtThread
-
-NOBODY = 65534
 
 
 def _once(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -344,29 +342,6 @@ def nobody_dir() -> Any:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _as_nobody(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``ingestd run`` as uid 65534: root ignores file permissions, so it cannot test them."""
-    with open(log, "ab") as handle:
-        return subprocess.Popen(
-            [
-                "setpriv",
-                f"--reuid={NOBODY}",
-                f"--regid={NOBODY}",
-                "--clear-groups",
-                sys.executable,
-                "-m",
-                "ingestd",
-                "run",
-                "-c",
-                str(config),
-            ],
-            env={**ingestd_env(), "PYTHONDONTWRITEBYTECODE": "1"},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root+setpriv")
 def test_a_read_only_ledger_folder_stops_new_work_until_it_is_writable(
     nobody_dir: Path, server: FakeValtThread
@@ -384,7 +359,7 @@ def test_a_read_only_ledger_folder_stops_new_work_until_it_is_writable(
         path.chmod(0o644)
     log = nobody_dir / "daemon.log"
 
-    daemon = _as_nobody(config, log)
+    daemon = start_as_nobody(config, log, PYTHONDONTWRITEBYTECODE="1")
     try:
         wait_for(lambda: [r["state"] for r in ledger_rows(ledger)] == ["done"] * 2, timeout=30)
         state.chmod(0o555)
@@ -408,7 +383,7 @@ def test_a_read_only_ledger_folder_stops_new_work_until_it_is_writable(
     # A start with the folder read-only: a clear error, nothing touched.
     state.chmod(0o555)
     again = nobody_dir / "again.log"
-    assert _as_nobody(config, again).wait(30) == 1
+    assert start_as_nobody(config, again, PYTHONDONTWRITEBYTECODE="1").wait(30) == 1
     assert "ledger error: the ledger is read-only" in again.read_text()
     assert str(ledger) in again.read_text()
     state.chmod(0o755)
