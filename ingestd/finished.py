@@ -131,15 +131,9 @@ def _files_written_by(pid: int, wanted: Iterable[tuple[int, int]]) -> set[tuple[
     """Which of the files ``wanted`` (dev, ino) ``pid`` has open with write access."""
     keys = set(wanted)
     written: set[tuple[int, int]] = set()
-    with os.scandir(f"{_PROC}/{pid}/fd") as entries:
-        for entry in entries:
-            try:
-                info = os.stat(entry.path)
-            except OSError:
-                continue  # closed meanwhile, or an anonymous inode we cannot stat
-            key = (info.st_dev, info.st_ino)
-            if key in keys and key not in written and _fd_writes(pid, entry.name):
-                written.add(key)
+    for fd, key in _open_files(pid):
+        if key in keys and key not in written and _fd_writes(pid, fd):
+            written.add(key)
     return written
 
 
@@ -159,6 +153,11 @@ def _writes_to(pid: int, wanted: tuple[int, int]) -> bool:
 
 def _fds_open_on(pid: int, wanted: tuple[int, int]) -> Iterator[str]:
     """The descriptor numbers of ``pid`` that refer to the file ``wanted`` = (dev, ino)."""
+    return (fd for fd, key in _open_files(pid) if key == wanted)
+
+
+def _open_files(pid: int) -> Iterator[tuple[str, tuple[int, int]]]:
+    """Each descriptor number of ``pid`` with the (dev, ino) of the file it refers to."""
     with os.scandir(f"{_PROC}/{pid}/fd") as entries:
         for entry in entries:
             try:
@@ -166,8 +165,7 @@ def _fds_open_on(pid: int, wanted: tuple[int, int]) -> Iterator[str]:
                 info = os.stat(entry.path)
             except OSError:
                 continue  # closed meanwhile, or an anonymous inode we cannot stat
-            if (info.st_dev, info.st_ino) == wanted:
-                yield entry.name
+            yield entry.name, (info.st_dev, info.st_ino)
 
 
 def _fd_writes(pid: int, fd: str) -> bool:
