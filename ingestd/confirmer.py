@@ -20,7 +20,7 @@ from ingestd.backoff import backoff_delay
 from ingestd.config import Config
 from ingestd.errors import AuthFailed, PermanentError, RetryableError
 from ingestd.failpoints import failpoint
-from ingestd.ledger import Job, Ledger, State
+from ingestd.ledger import Deletion, Job, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.telemetry import Telemetry
 from ingestd.valt import ValtClient
@@ -188,13 +188,18 @@ class PartialSweeper:
                 delay = backoff_delay(item.attempts + 1, upload.backoff_initial, upload.backoff_max)
                 await self.ledger.deletion_failed(item.id, time.time() + delay, str(exc))
                 continue
-            failpoint("after_delete_response")
-            await self.ledger.deletion_done(item.id)
-            log.info(
-                "record.deleted",
-                record_id=item.record_id,
-                job_id=item.job_id,
-                reason=item.reason,
-                existed=existed,
-            )
+            await deletion_done(self.ledger, item, existed, log)
         return await self.ledger.pending_deletions()
+
+
+async def deletion_done(ledger: Ledger, item: Deletion, existed: bool, logger: Any) -> None:
+    """The server took a queued partial record's delete: take it off the queue, say so."""
+    failpoint("after_delete_response")
+    await ledger.deletion_done(item.id)
+    logger.info(
+        "record.deleted",
+        record_id=item.record_id,
+        job_id=item.job_id,
+        reason=item.reason,
+        existed=existed,
+    )

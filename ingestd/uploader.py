@@ -23,6 +23,7 @@ from ingestd.after_restore import AfterRestore
 from ingestd.after_upload import move_failed
 from ingestd.backoff import backoff_delay
 from ingestd.config import Config
+from ingestd.confirmer import deletion_done
 from ingestd.errors import (
     AuthFailed,
     BodyTooLarge,
@@ -231,11 +232,7 @@ class Uploader:
             except PermanentError as exc:
                 bound.warning("record.delete_refused", record_id=item.record_id, error=str(exc))
                 continue
-            failpoint("after_delete_response")
-            await self.ledger.deletion_done(item.id)
-            bound.info(
-                "record.deleted", record_id=item.record_id, reason=item.reason, existed=existed
-            )
+            await deletion_done(self.ledger, item, existed, bound)
 
     async def _reconcile(self, job: Job, name: str, bound: Any) -> None:
         """A create-upload of ours may have reached the server: find and settle it.
