@@ -377,9 +377,9 @@ class Daemon:
                     self.notifier.status(line)
             await wait_event(stop, interval)
 
-    def uploading(self) -> int:
-        """Jobs in a worker's hands now (not those queued for the next free worker)."""
-        return sum(1 for job_id in self.worker_jobs.values() if job_id is not None)
+    def in_workers(self) -> set[int]:
+        """The jobs in a worker's hands now (not those queued for the next free worker)."""
+        return {job_id for job_id in self.worker_jobs.values() if job_id is not None}
 
     async def status_line(self) -> str:
         """One line a person reads in ``systemctl status``."""
@@ -390,7 +390,7 @@ class Daemon:
             return f"paused ({files} files not yet uploaded); `ingestd resume` to go on"
         if not files:
             return "idle: every file is uploaded"
-        busy = self.uploading()
+        busy = len(self.in_workers())
         if not busy:
             return f"{files} files settling or being confirmed, {format_size(left)} to send"
         return f"uploading {busy} of {files} files, {format_size(left)} left"

@@ -127,7 +127,7 @@ class StatusService:
         daemon = self._require_daemon()
         try:
             counts = await daemon.ledger.counts()
-            backlog = await daemon.ledger.unsent(busy=daemon.active)
+            backlog = await daemon.ledger.unsent(busy=daemon.in_workers())
         except (sqlite3.Error, LedgerError) as exc:
             self.view.error = redact_text(str(exc))
             return
@@ -224,7 +224,7 @@ class StatusService:
             "problems": problems,
             "mode": "once" if daemon.once else "daemon",
             "paused": daemon.paused,
-            "uploading": daemon.uploading(),
+            "uploading": len(daemon.in_workers()),
             "backlog": self.view.backlog.files,
             "failed": self.view.counts.get(State.FAILED.value, 0),
             "oldest_waiting_s": None
