@@ -44,9 +44,7 @@ async def read_all(raw: bytes, cuts: list[int]) -> list[tuple[PartHeaders, bytes
     reader.feed_eof()
     stream = MultipartStream(reader, BOUNDARY)
     parts = []
-    first = True
-    while (part := await stream.next_part(first)) is not None:
-        first = False
+    while (part := await stream.next_part()) is not None:
         pieces = bytearray()
         await stream.stream(pieces.extend)
         parts.append((part, bytes(pieces)))

@@ -56,14 +56,17 @@ class MultipartStream:
         # The body starts with the delimiter line itself, without the CRLF that
         # precedes every later one: supply it, so one search finds them all.
         self._rest: bytes | memoryview = b"\r\n"
+        self._started = False
         self._done = False
 
-    async def next_part(self, first: bool) -> PartHeaders | None:
-        """Skip to the next part (the preamble first, or the rest of the current
-        part); returns its headers, or None after the closing delimiter."""
+    async def next_part(self) -> PartHeaders | None:
+        """The next part's headers (the preamble is skipped first), or None after the
+        closing delimiter. Each part's bytes must be read with :meth:`stream` before
+        the next part is asked for."""
         if self._done:
             return None
-        if first:
+        if not self._started:
+            self._started = True
             await self.stream(lambda _: None)
         after = await self._exactly(2)
         if after == b"--":
@@ -104,11 +107,6 @@ class MultipartStream:
             if carry:
                 sink(carry)
             carry = memoryview(piece)
-
-    async def drain(self) -> None:
-        """Read the rest of the body (the epilogue, or parts nobody wants)."""
-        while await self._content.readany():
-            pass
 
     async def _exactly(self, count: int) -> bytes:
         data = bytes(self._rest)

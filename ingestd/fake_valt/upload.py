@@ -130,7 +130,6 @@ async def _stream_file_part(
     body = MultipartStream(request.content, boundary_of(request.headers[hdrs.CONTENT_TYPE]))
     length: int | None = None
     filename: str | None = None
-    first = True
 
     def take(piece: memoryview) -> None:
         nonlocal length
@@ -139,8 +138,7 @@ async def _stream_file_part(
         if pending is not None:
             pending.write(piece)
 
-    while (part := await body.next_part(first)) is not None:
-        first = False
+    while (part := await body.next_part()) is not None:
         if part.name == "file" and part.filename and length is None:
             length, filename = 0, part.filename
             await body.stream(take)
