@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,11 @@ def is_restore_candidate(
     """Could this record be an upload of ours the restored ledger forgot?
 
     Exact name, created in the window (both ends widened by the clock
-    margin), with video content, by our account where the server says so.
+    margin), with video content (or videos not shown: the record itself is
+    asked), by our account where the search says so.
     """
-    if record.name != name or not record.video_ids or record.created is None:
+    has_content = record.video_ids or not record.videos_shown
+    if record.name != name or not has_content or record.created is None:
         return False
     if not since - MARGIN <= record.created <= until + MARGIN:
         return False
@@ -141,27 +144,16 @@ class AfterRestore:
             )
             job = await self.ledger.get_job(job.id)
         start = window.start(job)
-        found = await self.client.search_records(name, start - MARGIN)
-        mine = [
-            record
-            for record in found
-            if is_restore_candidate(
-                record,
-                name=name,
-                since=start,
-                until=window.restored_at,
-                username=self.client.username,
-            )
-        ]
+        mine = await self._uploads_named(name, start, window.restored_at)
         if len(mine) > 1:
-            ids = ", ".join(r.record_id for r in mine)
+            ids = ", ".join(r.record_id for r, _data in mine)
             raise PermanentError(
                 f"after the ledger's restore, {len(mine)} records named {name!r} with video "
                 f"content were found ({ids}); keep one on the server, then "
                 f"`ingestd retry {job.id}`",
                 reason="ambiguous_record",
             )
-        if mine and await self._adopt_found(job, mine[0], name, bound):
+        if mine and await self._adopt_found(job, *mine[0], name, bound):
             return None
         if job.state != State.CREATING or (job.create_started_at or 0) > start:
             await self.ledger.update(
@@ -169,19 +161,41 @@ class AfterRestore:
             )
         return await self.ledger.get_job(job.id)
 
+    async def _uploads_named(
+        self, name: str, since: float, until: float
+    ) -> list[tuple[valt_rules.FoundRecord, Mapping[str, Any]]]:
+        """Records of ours named ``name`` with video content, created in the window."""
+        found = await self.client.search_records(name, since - MARGIN)
+        mine: list[tuple[valt_rules.FoundRecord, Mapping[str, Any]]] = []
+        for record in found:
+            username = self.client.username
+            if not is_restore_candidate(
+                record, name=name, since=since, until=until, username=username
+            ):
+                continue
+            # The search need not show videos or the author: the record itself does.
+            data = await self.client.get_record(record.record_id)
+            if data is None or not valt_rules.parse_video_ids(data.get("videos")):
+                continue
+            author = valt_rules.author_of(data)
+            if author is None or author == username:
+                mine.append((record, data))
+        return mine
+
     async def _adopt_found(
-        self, job: Job, record: valt_rules.FoundRecord, name: str, bound: Any
+        self,
+        job: Job,
+        record: valt_rules.FoundRecord,
+        data: Mapping[str, Any],
+        name: str,
+        bound: Any,
     ) -> bool:
-        assert record.video_ids
-        video_id = record.video_ids[0]
-        data = await self.client.get_record(record.record_id)
-        state = (
-            valt_rules.VideoState.MISSING
-            if data is None
-            else (valt_rules.video_state(data, video_id))
-        )
+        video_ids = valt_rules.parse_video_ids(data.get("videos"))
+        assert video_ids
+        video_id = video_ids[0]
+        state = valt_rules.video_state(data, video_id)
         if state is valt_rules.VideoState.MISSING:
-            return False  # gone, or its bytes were lost: nothing to adopt
+            return False  # its bytes were lost: nothing to adopt
         target = State.DONE if state is valt_rules.VideoState.READY else State.CONFIRMING
         await self._adopt(job, record.record_id, video_id, name, target, bound)
         return True

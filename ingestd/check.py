@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestd.config import Config, RecordConfig
-from ingestd.errors import AuthFailed, ShareNameError, ValtError
+from ingestd.errors import AuthFailed, Redirected, ShareNameError, ValtError
 from ingestd.logs import redact_url
 from ingestd.probe import probe_upload
 from ingestd.sharing import KINDS, ShareDirectory, configured_names
@@ -115,6 +115,9 @@ async def _check_server(
     ) as client:
         try:
             await client.login()
+        except Redirected as exc:
+            report.fail(f"server: {exc}")
+            return
         except AuthFailed:
             report.fail(
                 f"credentials: {where} refused user {config.valt.username!r} "

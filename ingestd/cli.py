@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
@@ -19,7 +21,7 @@ from ingestd import __version__
 from ingestd.config import Config, config_path_from, load_config, resolve_password
 from ingestd.errors import ConfigError, IngestdError, LedgerDamaged, LedgerError, UsageError
 from ingestd.failpoints import load_failpoints
-from ingestd.logs import configure_logging, register_secret
+from ingestd.logs import configure_logging, redact_text, register_secret
 from ingestd.units import parse_duration
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -309,6 +311,16 @@ def dispatch(args: argparse.Namespace) -> int:
     return cmd_demo(args)
 
 
+def _unexpected(exc: Exception) -> None:
+    """An error nobody planned for: one scrubbed line; the traceback, scrubbed, at debug level."""
+    text = redact_text(" ".join(str(exc).split()))[:500]
+    debug = logging.getLogger().isEnabledFor(logging.DEBUG)  # log.level: debug, once configured
+    hint = "" if debug else " (log.level: debug shows where)"
+    print(f"ingestd: unexpected error: {type(exc).__name__}: {text}{hint}", file=sys.stderr)
+    if debug:
+        print(redact_text(traceback.format_exc()), end="", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: run the command, turn every expected error into one line and an exit code."""
     try:
@@ -328,5 +340,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = EXIT_PROBLEM
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:  # a bug: one line, never a raw traceback that may quote a secret
+        _unexpected(exc)
+        code = EXIT_PROBLEM
     sys.stdout.flush()
     sys.exit(code)

@@ -385,6 +385,8 @@ class Daemon:
         """One line a person reads in ``systemctl status``."""
         if self.client.auth_failed:
             return "credentials refused by the server: check valt.username and the password"
+        if self.client.redirect is not None:
+            return self.client.redirect
         files, left = await self.ledger.backlog()
         if self.paused:
             return f"paused ({files} files not yet uploaded); `ingestd resume` to go on"
@@ -409,6 +411,9 @@ class Daemon:
             live = [job for job in jobs if job.state not in TERMINAL]
             if self.client.auth_failed:
                 self.result = RunResult(1, live, "the server refused the credentials")
+                break
+            if self.client.redirect is not None:
+                self.result = RunResult(1, live, self.client.redirect)
                 break
             only_waiting = all(job.state == State.WAITING for job in live)
             if not live or (only_waiting and time.monotonic() >= deadline):

@@ -1,14 +1,22 @@
-"""Exceptions shared by every layer. Imports nothing else from ingestd, so no cycles.
+"""Exceptions shared by every layer. Imports only the shared ground below it (logs), so no cycles.
 
-Messages never carry a URL with its query string, a token or a password:
-whoever builds one of these passes already-redacted text.
+Messages never carry a URL with its query string, a token or a password. A
+message may quote what a server said (which can quote the request URL, token
+and all): :class:`IngestdError` scrubs every text it is given, here, once, so
+that no output path (the ledger, ``status``, ``NAME.error.txt``, the terminal)
+can forget to.
 """
 
 from __future__ import annotations
 
+from ingestd.logs import redact_text
+
 
 class IngestdError(Exception):
-    """Base of every error ingestd raises on purpose."""
+    """Base of every error ingestd raises on purpose; its text arguments are scrubbed."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_text(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class ConfigError(IngestdError):
@@ -91,6 +99,15 @@ class AuthFailed(ValtError):
     """``login`` itself was refused: the credentials are wrong.
 
     Not a job failure: the daemon stops server work and retries login rarely.
+    """
+
+
+class Redirected(AuthFailed):
+    """The server answered a redirect (3xx), which is never followed.
+
+    Following one would send the password (and the token in the query string)
+    to wherever the server points. Handled like refused credentials: server
+    work waits, no job's attempts count, until ``valt.url`` is corrected.
     """
 
 

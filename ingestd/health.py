@@ -2,7 +2,7 @@
 
 ``/healthz`` answers 200 with a small JSON body when all is well, 503 with
 the list of problems otherwise: the folder watcher is dead, the ledger is not
-writable, the server refuses the credentials, the last attempt to reach the
+writable, the server refuses the credentials or redirects, the last attempt to reach the
 server failed, or a watched volume has less than ``watch.min_free`` free.
 Being idle is healthy: nothing here ever sends a request to Valt, so health
 reflects the last real contact only.
@@ -160,6 +160,8 @@ class StatusService:
         ]
         if daemon.client.auth_failed:
             found.append("credentials refused by the server: check valt.username and the password")
+        if daemon.client.redirect is not None:
+            found.append(daemon.client.redirect)
         if daemon.client.last_contact_ok is False:
             found.append(
                 "the last attempt to reach the Valt server failed "

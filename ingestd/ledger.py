@@ -38,7 +38,7 @@ import aiosqlite
 
 from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 # Test hook, not a setting: ``INGESTD_LEDGER_MAX_PAGES=N`` applies ``PRAGMA
 # max_page_count=N`` at open (SQLite raises it to the current size if smaller),
@@ -47,7 +47,7 @@ MAX_PAGES_ENV = "INGESTD_LEDGER_MAX_PAGES"
 # Backups beside the ledger are named LEDGER + this + YYYYMMDD-HHMMSS (backup.py).
 BACKUP_INFIX = ".backup-"
 # The tables an ingestd ledger holds; any other means the file is not ours.
-_OWN_TABLES = frozenset({"meta", "jobs", "deletions"})
+_OWN_TABLES = frozenset({"meta", "jobs", "deletions", "suspected_orphans"})
 # How much the write probe makes the ledger grow (then shrink) to prove it can.
 _PROBE_BYTES = 16 * 1024
 
@@ -143,6 +143,18 @@ ALTER TABLE jobs ADD COLUMN cleaned_at REAL;
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs(fingerprint);
 -- Version 1 ran the after-upload action inline with "done".
 UPDATE jobs SET after_done=1 WHERE state='done';
+""",
+    # Records a reconciliation left alone: named like an interrupted create-upload of
+    # ours, but not provably ours and empty (uploader._reconcile). ``ingestd status``
+    # lists them for an operator.
+    3: """
+CREATE TABLE IF NOT EXISTS suspected_orphans (
+    record_id TEXT PRIMARY KEY,
+    job_id INTEGER,
+    name TEXT NOT NULL,
+    why TEXT NOT NULL,
+    noted_at REAL NOT NULL
+);
 """,
 }
 
@@ -842,6 +854,27 @@ class Ledger:
             "UPDATE deletions SET attempts=attempts+1, next_attempt_at=?, last_error=? WHERE id=?",
             (next_at, error, deletion_id),
         )
+
+    # --- records left alone that may be orphans of ours ---------------------------------
+
+    async def note_orphan(self, record_id: str, job_id: int, name: str, why: str) -> None:
+        """Remember a record that may be an empty leftover of ours but was not deleted."""
+        await self._conn.execute(
+            "INSERT INTO suspected_orphans(record_id, job_id, name, why, noted_at) "
+            "VALUES(?,?,?,?,?) ON CONFLICT(record_id) DO UPDATE SET "
+            "job_id=excluded.job_id, why=excluded.why, noted_at=excluded.noted_at",
+            (record_id, job_id, name, why, time.time()),
+        )
+
+    async def suspected_orphans(self) -> list[dict[str, Any]]:
+        """The records :meth:`note_orphan` noted, oldest first (none before schema 3)."""
+        table = "SELECT 1 FROM sqlite_master WHERE type='table' AND name='suspected_orphans'"
+        if await self._conn.fetchone(table) is None:  # read-only open of an older ledger
+            return []
+        rows = await self._conn.fetchall(
+            "SELECT record_id, job_id, name, why, noted_at FROM suspected_orphans ORDER BY noted_at"
+        )
+        return [dict(row) for row in rows]
 
     # --- transactions ----------------------------------------------------------------------
 

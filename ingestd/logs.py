@@ -16,13 +16,18 @@ import os
 import re
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterable, MutableMapping, Sequence
 from pathlib import PurePath
 from typing import Any, TextIO
 
 import structlog
 
-_SECRETS: set[str] = set()
+_SECRETS: set[str] = set()  # passwords: few, kept for the process's life
+# Tokens: a new one every few hours for months. Only the newest can be in a message still
+# being built (older ones were scrubbed when theirs was), so the list stays this short.
+RECENT_TOKENS = 4
+_TOKENS: deque[str] = deque(maxlen=RECENT_TOKENS)
 _SECRETS_LOCK = threading.Lock()
 # The secrets longest first (a longer one may contain a shorter), rebuilt on each change.
 _SECRETS_ORDER: tuple[str, ...] = ()
@@ -41,13 +46,22 @@ _PIECE_MIN_LEN = 3
 Processor = Any  # structlog's processor type is a broad Callable union
 
 
-def register_secret(secret: str | None) -> None:
-    """Scrub this string from every future log line (tokens, passwords)."""
+def register_secret(secret: str | None, *, token: bool = False) -> None:
+    """Scrub this string from every future log line and error message.
+
+    A password (the default) is kept for the life of the process; a ``token``
+    only while it is among the :data:`RECENT_TOKENS` newest, so that a daemon
+    that logs in every 8 hours for a year does not scan thousands of dead
+    tokens on every log line.
+    """
     global _SECRETS_ORDER
     if secret and len(secret) >= _SECRET_MIN_LEN:
         with _SECRETS_LOCK:
-            _SECRETS.add(secret)
-            _SECRETS_ORDER = tuple(sorted(_SECRETS, key=len, reverse=True))
+            if not token:
+                _SECRETS.add(secret)
+            elif secret not in _TOKENS:
+                _TOKENS.append(secret)
+            _SECRETS_ORDER = tuple(sorted(_SECRETS | set(_TOKENS), key=len, reverse=True))
 
 
 def redact_text(text: str) -> str:

@@ -66,6 +66,7 @@ async def gather_status(ledger: Ledger) -> dict[str, Any]:
         if oldest is None
         else {"path": oldest.path, "age_s": round(now - oldest.discovered_at)},
         "pending_deletions": await ledger.pending_deletions(),
+        "suspected_orphans": await ledger.suspected_orphans(),
     }
 
 
@@ -93,6 +94,17 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(
             f"partial records waiting to be deleted on the server: {status['pending_deletions']}"
         )
+    orphans = status["suspected_orphans"]
+    if orphans:
+        lines.append(
+            "records left alone on the server (may be empty leftovers of ours; "
+            "check each, delete it there if it is):"
+        )
+        for orphan in orphans[:50]:
+            lines.append(
+                f"  {orphan['record_id']}  {orphan['name']!r} (job #{orphan['job_id']}): "
+                f"{orphan['why']}"
+            )
     return "\n".join(lines)
 
 

@@ -237,33 +237,46 @@ class Uploader:
     async def _reconcile(self, job: Job, name: str, bound: Any) -> None:
         """A create-upload of ours may have reached the server: find and settle it.
 
-        design.md: exact name, created after the attempt began (less the clock
-        margin), no video content yet, by this account. Several: an operator
-        decides. One: the server does not show an empty record's video id, so
-        it cannot be filled; it is deleted and a new one made (still one record).
+        design.md: a record is proven ours and empty when it has the exact name,
+        was created after the attempt began (less the clock margin), ``GET
+        records/{id}`` shows ``"videos": null``, and the author is ours where the
+        server shows one (the search need not show videos or the author, and an
+        unknown is never taken for "empty" or "ours"). Several proven: an operator
+        decides. One: the server does not show an empty record's video id, so it
+        cannot be filled; it is deleted and a new one made (still one record). A
+        same-named record that cannot be proven is never deleted: it is noted as a
+        suspected orphan, for ``ingestd status``.
         """
-        assert job.create_started_at is not None
-        found = await self.client.search_records(name, job.create_started_at)
-        mine = [
-            record
-            for record in found
-            if valt_rules.is_adoption_candidate(
-                record,
-                name=name,
-                attempt_started=job.create_started_at,
-                username=self.client.username,
+        started = job.create_started_at
+        assert started is not None
+        username = self.client.username
+        found = await self.client.search_records(name, started)
+        proven: list[valt_rules.FoundRecord] = []
+        for record in found:
+            if not valt_rules.may_be_our_create(
+                record, name=name, attempt_started=started, username=username
+            ):
+                continue
+            data = await self.client.get_record(record.record_id)
+            verdict = valt_rules.judge_candidate(
+                record, data, attempt_started=started, username=username
             )
-        ]
-        if len(mine) > 1:
-            ids = ", ".join(r.record_id for r in mine)
+            if verdict is valt_rules.Candidate.PROVEN:
+                proven.append(record)
+            elif verdict is valt_rules.Candidate.UNPROVEN:
+                why = "named like this file's interrupted create-upload; emptiness not shown"
+                await self.ledger.note_orphan(record.record_id, job.id, name, why)
+                bound.warning("record.orphan_suspected", record_id=record.record_id, name=name)
+        if len(proven) > 1:
+            ids = ", ".join(r.record_id for r in proven)
             raise PermanentError(
-                f"{len(mine)} empty records named {name!r} were created since this file's "
+                f"{len(proven)} empty records named {name!r} were created since this file's "
                 f"upload began ({ids}); delete the extra ones on the server, then "
                 f"`ingestd retry {job.id}`",
                 reason="ambiguous_record",
             )
-        if mine:
-            record = mine[0]
+        if proven:
+            record = proven[0]
             await self.client.delete_record(record.record_id)
             bound.info("record.reconciled", record_id=record.record_id, outcome="replaced")
         else:

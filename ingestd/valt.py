@@ -11,6 +11,7 @@ chained into tracebacks. What the server is *assumed* to do lives in
 from __future__ import annotations
 
 import asyncio
+import http
 import json
 import secrets
 import ssl
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -28,10 +30,11 @@ from ingestd.errors import (
     BodyTooLarge,
     ChunkRefused,
     PermanentError,
+    Redirected,
     RetryableError,
     ValtError,
 )
-from ingestd.logs import get_logger, redact_text, register_secret
+from ingestd.logs import get_logger, redact_text, redact_url, register_secret
 
 log = get_logger("ingestd.valt")
 
@@ -95,6 +98,7 @@ class ValtClient:
     ) -> None:
         self.on_contact = on_contact or (lambda ok: None)
         self.base_url = base_url.rstrip("/") + valt_rules.API_PREFIX
+        self._url_shown = redact_url(base_url.rstrip("/"))
         self.username = username
         self._password = password
         register_secret(password)
@@ -108,6 +112,8 @@ class ValtClient:
         self._login_blocked_until = 0.0
         self._login_retry = LOGIN_RETRY_FIRST
         self.auth_failed = False
+        # While the server redirects: one sentence naming valt.url and where it points.
+        self.redirect: str | None = None
         self.last_contact_ok: bool | None = None
         self.logins = 0
 
@@ -151,14 +157,30 @@ class ValtClient:
         async with self._login_lock:
             await self._login_locked()
 
-    async def _login_locked(self) -> None:
+    def _blocked(self) -> AuthFailed | None:
+        """The error for a call made while server work waits (refused login, redirect)."""
         wait = self.login_blocked_for()
-        if wait > 0:
-            raise AuthFailed(
-                f"credentials refused by the server; next login attempt in {wait:.0f} s",
-                status=401,
-                reason="auth_failed",
-            )
+        if wait <= 0:
+            return None
+        if self.redirect is not None:
+            return Redirected(f"{self.redirect}; next attempt in {wait:.0f} s", reason="redirected")
+        return AuthFailed(
+            f"credentials refused by the server; next login attempt in {wait:.0f} s",
+            status=401,
+            reason="auth_failed",
+        )
+
+    def _block(self) -> float:
+        """Make server work wait (growing pauses: accounts lock after a few failures)."""
+        self._login_blocked_until = time.monotonic() + self._login_retry
+        retry_in = self._login_retry
+        self._login_retry = min(LOGIN_RETRY_MAX, self._login_retry * 2)
+        return retry_in
+
+    async def _login_locked(self) -> None:
+        blocked = self._blocked()
+        if blocked is not None:
+            raise blocked
         answer = await self._exchange(
             "POST",
             "/login",
@@ -167,28 +189,22 @@ class ValtClient:
         )
         if answer.status == 401:
             self.auth_failed = True
-            self._login_blocked_until = time.monotonic() + self._login_retry
-            retry_in = self._login_retry
-            self._login_retry = min(LOGIN_RETRY_MAX, self._login_retry * 2)
-            log.error(
-                "auth.failed",
-                username=self.username,
-                message=valt_rules.error_message(answer.body, answer.text),
-                next_attempt_s=round(retry_in),
-            )
+            retry_in = self._block()
+            # The server's words are not logged: a login answer may quote the credentials.
+            log.error("auth.failed", username=self.username, next_attempt_s=round(retry_in))
             raise AuthFailed(
                 f"the server refused the credentials of user {self.username!r} "
                 "(check valt.username and the password)",
                 status=401,
                 reason="auth_failed",
             )
-        self._raise_for(answer, "POST login")
+        self._raise_for(answer, "POST login", quote=False)
         token = _dig(answer.body, "data", "access_token")
         if not isinstance(token, str) or not token:
             raise PermanentError(
                 "POST login: the answer holds no access token", reason="bad_answer"
             )
-        register_secret(token)
+        register_secret(token, token=True)
         self._token, self._token_at = token, time.monotonic()
         self.auth_failed = False
         self._login_retry = LOGIN_RETRY_FIRST
@@ -221,6 +237,9 @@ class ValtClient:
         length: int | None = None,
     ) -> Answer:
         """An authenticated call; on a 401, log in once more and repeat it."""
+        blocked = self._blocked()
+        if blocked is not None:
+            raise blocked  # a redirect: nothing goes to the server until the pause is over
         for attempt in (1, 2):
             token = await self._current_token()
             answer = await self._exchange(
@@ -272,11 +291,19 @@ class ValtClient:
                 if pieces is None:
                     guard.body_done()
                 async with self._get_session().request(
-                    method, url, params=params, json=json_body, data=data, headers=send_headers
+                    method,
+                    url,
+                    params=params,
+                    json=json_body,
+                    data=data,
+                    headers=send_headers,
+                    # A redirect would re-send the password, or the token, wherever it points.
+                    allow_redirects=False,
                 ) as response:
                     guard.body_done()
                     raw = await response.content.read(MAX_ANSWER_BYTES)
                     answer = _answer(response.status, raw, response.headers.get("Date"))
+                    location = response.headers.get("Location")
         except TimeoutError:
             self._contact(False)
             raise RetryableError(
@@ -295,17 +322,44 @@ class ValtClient:
                 f"{what}: {type(exc).__name__}: {redact_text(str(exc))}", reason="connection"
             ) from None
         self._contact(answer.status < 500)
+        if 300 <= answer.status < 400:
+            self._redirected(what, answer.status, url, location)
+        self.redirect = None
         return answer
+
+    def _redirected(self, what: str, status: int, url: str, location: str | None) -> None:
+        """A 3xx: not followed; server work waits as after a refused login."""
+        target = redirect_target(url, location)
+        self.redirect = (
+            f"valt.url {self._url_shown} redirects to {target} ({status} on {what}); "
+            "redirects are not followed: set valt.url to the address the server answers on"
+        )
+        retry_in = self._block()
+        log.error(
+            "valt.redirected", status=status, call=what, target=target, next_attempt_s=retry_in
+        )
+        raise Redirected(self.redirect, status=status, reason="redirected")
 
     def _contact(self, ok: bool) -> None:
         self.last_contact_ok = ok
         self.on_contact(ok)
 
-    def _raise_for(self, answer: Answer, what: str) -> None:
-        """Turn a non-2xx answer into the right exception."""
+    def _raise_for(self, answer: Answer, what: str, *, quote: bool = True) -> None:
+        """Turn a non-2xx answer into the right exception.
+
+        ``quote=False`` leaves the server's words out (``login``: its answer may
+        quote the password, which is too short to be scrubbed if under 4 characters).
+        """
         if 200 <= answer.status < 300:
             return
-        message = f"{what}: {valt_rules.status_message(answer.status, answer.body, answer.text)}"
+        if quote:
+            words = valt_rules.status_message(answer.status, answer.body, answer.text)
+        else:
+            words = (
+                f"{answer.status} {_phrase(answer.status)} "
+                "(the server's words are not shown: they may quote the credentials)"
+            )
+        message = f"{what}: {words}"
         if answer.status == 413:
             raise BodyTooLarge(message, status=413, reason="too_large")
         if valt_rules.is_retryable_status(answer.status):
@@ -464,6 +518,29 @@ class ValtClient:
         if not isinstance(data, Mapping):
             raise PermanentError(f"{what}: the answer holds no template", reason="bad_answer")
         return data
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase of a status (ours, not the server's words)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "(unknown status)"
+
+
+def redirect_target(url: str, location: str | None) -> str:
+    """Where a redirect points: scheme, host and port only (never a path's query string,
+    nor user:password@), bounded, since the ``Location`` is the server's text."""
+    if not location:
+        return "an address it does not give (no Location header)"
+    try:
+        parts = urlsplit(urljoin(url, location.strip()))
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an address that is not a URL"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme or '?'}://{host}{port}"[:120]
 
 
 def _found(raw: object) -> valt_rules.FoundRecord | None:

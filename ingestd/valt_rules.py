@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ingestd.logs import redact_text
+
 # --- facts -----------------------------------------------------------------
 
 API_PREFIX = "/api/v3"
@@ -126,31 +128,80 @@ def search_dates(since: float) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class FoundRecord:
-    """A record from a search, with what adoption needs to know."""
+    """A record from a search, with what the search showed of it.
+
+    Nothing public says that a search result carries ``videos`` or the author:
+    ``author`` None is "not shown", and ``videos_shown`` tells an absent
+    ``videos`` field (unknown) from ``null`` (no content). Neither unknown is
+    ever taken for "empty" or "ours".
+    """
 
     record_id: str
     name: str
     created: float | None
     author: str | None
-    video_ids: tuple[str, ...] | None  # None = the server says no video content yet
+    video_ids: tuple[str, ...] | None  # None = no video content shown
+    videos_shown: bool = True
 
 
-def is_adoption_candidate(
+class Candidate(enum.Enum):
+    """What ``GET records/{id}`` says of a record our interrupted create may have made."""
+
+    # Exact name, in the time window, "videos": null, and our author where one is shown:
+    # an empty record of ours. It may be deleted (and a new one made).
+    PROVEN = "proven"
+    # Video content, another author, or gone: not an empty record of ours. Left alone.
+    NOT_OURS = "not_ours"
+    # Emptiness (or the time) not shown: never deleted, reported as a suspected orphan.
+    UNPROVEN = "unproven"
+
+
+def may_be_our_create(
     record: FoundRecord, *, name: str, attempt_started: float, username: str
 ) -> bool:
-    """Could this record be the one our interrupted create-upload made?
+    """Search stage: could this record be the one our interrupted create-upload made?
 
-    Exact name (the search is a substring match), created after the attempt
-    began less the clock-skew margin, no video content yet, and by our account
-    where the server says who made it.
+    Exact name (the search is a substring match), and nothing the search shows
+    rules it out: a creation time before the attempt began (less the clock-skew
+    margin), video content, another author. Whatever it does not show is left
+    to :func:`judge_candidate`, on the record itself.
     """
     if record.name != name:
         return False
-    if record.created is None or record.created < attempt_started - CLOCK_SKEW_MARGIN:
+    if record.created is not None and record.created < attempt_started - CLOCK_SKEW_MARGIN:
         return False
     if record.video_ids:
         return False
     return record.author is None or record.author == username
+
+
+def judge_candidate(
+    found: FoundRecord,
+    record_data: Mapping[str, Any] | None,
+    *,
+    attempt_started: float,
+    username: str,
+) -> Candidate:
+    """Record stage: ``GET records/{id}``'s ``data`` (None: gone) proves a candidate or not."""
+    if record_data is None:
+        return Candidate.NOT_OURS
+    author = _author_name(record_data.get("author"))
+    if author is not None and author != username:
+        return Candidate.NOT_OURS
+    if "videos" not in record_data:
+        return Candidate.UNPROVEN
+    if record_data["videos"] is not None:
+        # Content ([{"id"...}]) is another upload's; an empty list is not the documented
+        # "null" of a record whose file never arrived, so it proves nothing either.
+        return Candidate.NOT_OURS if parse_video_ids(record_data["videos"]) else Candidate.UNPROVEN
+    created = found.created
+    if created is None and isinstance(record_data.get("created"), int | float):
+        created = float(record_data["created"])
+    if created is None:
+        return Candidate.UNPROVEN
+    if created < attempt_started - CLOCK_SKEW_MARGIN:
+        return Candidate.NOT_OURS
+    return Candidate.PROVEN
 
 
 def parse_found_record(raw: Mapping[str, Any]) -> FoundRecord | None:
@@ -159,14 +210,19 @@ def parse_found_record(raw: Mapping[str, Any]) -> FoundRecord | None:
     if not isinstance(record_id, str | int):
         return None
     created = raw.get("created")
-    author = raw.get("author")
     return FoundRecord(
         record_id=str(record_id),
         name=str(raw.get("name", "")),
         created=float(created) if isinstance(created, int | float) else None,
-        author=_author_name(author),
+        author=_author_name(raw.get("author")),
         video_ids=parse_video_ids(raw.get("videos")),
+        videos_shown="videos" in raw,
     )
+
+
+def author_of(record_data: Mapping[str, Any]) -> str | None:
+    """Who made a record, from ``GET records/{id}``'s ``data``; None when not shown."""
+    return _author_name(record_data.get("author"))
 
 
 def _author_name(author: object) -> str | None:
@@ -236,8 +292,23 @@ def next_confirm_delay(previous: float | None) -> float:
 # --- answers -----------------------------------------------------------------
 
 
+# How much of a server's words an error message quotes (design.md: nothing a
+# server says is shown unbounded).
+MAX_QUOTED = 200
+
+
 def error_message(body: object, text: str) -> str:
-    """The human part of an error answer: JSON ``error.message``, ``data``, or text."""
+    """The human part of an error answer: JSON ``error.message``, ``data``, or text.
+
+    One line of at most :data:`MAX_QUOTED` characters. Secrets are scrubbed
+    where it becomes an exception's message (``errors.IngestdError``); here too,
+    before the cut, which could leave half a token no longer recognisable.
+    """
+    words = redact_text(" ".join(_error_words(body, text).split()))
+    return words[:MAX_QUOTED] or "(empty body)"
+
+
+def _error_words(body: object, text: str) -> str:
     if isinstance(body, Mapping):
         error = body.get("error")
         if isinstance(error, Mapping) and error.get("message"):
@@ -246,7 +317,7 @@ def error_message(body: object, text: str) -> str:
             return str(body["data"])
         if isinstance(body.get("message"), str):
             return str(body["message"])
-    return _html_title(text) or text.strip()[:200] or "(empty body)"
+    return _html_title(text) or text[: MAX_QUOTED * 4]
 
 
 def status_message(status: int, body: object, text: str) -> str:

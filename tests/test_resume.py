@@ -179,3 +179,54 @@ def test_done_file_is_not_uploaded_again(
     assert _once(config) == 0
     assert len(server.snapshot()["records"]) == 1
     assert server.snapshot()["upload_bytes_received"] == MiB
+
+
+def test_strict_search_spares_our_accounts_finished_record(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    """Search results without videos or author (as documented): emptiness is proven by GET.
+
+    Another machine under the same account finished a same-named record; the crash after
+    the create answer left our empty one. Only ours is deleted; the file has one record.
+    """
+    random_file(export / "Interview room 1.mp4", 2 * CHUNK)
+    server.set_faults(strict_search=True)
+    finished = server.seed_record("Interview room 1", author=USERNAME, with_video=True)
+    config = _config(tmp_path, server)
+
+    assert _once(config, "after_create_response") == -signal.SIGKILL
+    [ours_empty] = [r["id"] for r in server.snapshot()["records"] if r["id"] != finished]
+
+    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = server.snapshot()
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert row["state"] == "done"
+    assert state["deleted"] == [ours_empty]
+    assert {r["id"] for r in state["records"]} == {finished, row["record_id"]}
+    assert "record.orphan_suspected" not in result.stdout
+
+
+def test_unprovable_record_is_left_alone_and_listed(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    """A record whose emptiness GET does not show is never deleted: noted, and in status."""
+    random_file(export / "Room 9.mp4", CHUNK)
+    config = _config(tmp_path, server)
+    assert _once(config, "after_create_response") == -signal.SIGKILL
+    [leftover] = [r["id"] for r in server.snapshot()["records"]]
+    # A server whose GET records/{id} does not say "videos" (and a strict search).
+    server.set_faults(strict_search=True, omit_nulls=True)
+
+    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = server.snapshot()
+    assert state["deleted"] == []
+    assert leftover in {r["id"] for r in state["records"]}
+    assert len(state["records"]) == 2  # the leftover, and the file's record
+    events = [line for line in result.stdout.splitlines() if "record.orphan_suspected" in line]
+    assert len(events) == 1 and leftover in events[0]
+    status = run_cli("status", "-c", str(config))
+    assert leftover in status.stdout and "left alone" in status.stdout
+    status_json = run_cli("status", "--json", "-c", str(config))
+    assert leftover in status_json.stdout

@@ -122,3 +122,18 @@ def test_no_secret_in_output_or_ledger(
     assert "access_token=" not in text
     assert secrets_in(text, [PASSWORD, WRONG_PASSWORD]) == []
     assert secrets_in(text, sorted(tokens)) == []
+
+
+def test_scrub_list_keeps_passwords_and_only_the_newest_tokens() -> None:
+    """A year of logins (a token every 8 hours) must not grow what each log line is searched for."""
+    from ingestd import logs
+
+    password = "Long-Lived-Pa55word-For-Scrub"
+    logs.register_secret(password)
+    tokens = [f"{n:032x}" for n in range(1, 1200)]
+    for token in tokens:
+        logs.register_secret(token, token=True)
+    assert len(logs._SECRETS_ORDER) <= len(logs._SECRETS) + logs.RECENT_TOKENS
+    assert password in logs._SECRETS_ORDER
+    newest = tokens[-1]
+    assert logs.redact_text(f"pw {password} tok {newest}") == "pw [redacted] tok [redacted]"

@@ -92,10 +92,14 @@ async def create_upload(request: web.Request) -> web.Response:
 
 async def get_record(request: web.Request) -> web.Response:
     """``GET records/{id}``: the record with its videos' status."""
-    record = request.app[STATE_KEY].store.records.get(request.match_info["record_id"])
+    state = request.app[STATE_KEY]
+    record = state.store.records.get(request.match_info["record_id"])
     if record is None:
         return bodies.error(404, "Record not found")
-    return bodies.data(record.api_view())
+    view = record.api_view()
+    if state.faults.omit_nulls:
+        view = {key: value for key, value in view.items() if value is not None}
+    return bodies.data(view)
 
 
 def _date(payload: dict[str, Any], key: str) -> date | None:
@@ -132,7 +136,8 @@ async def search_records(request: web.Request) -> web.Response:
         offset=_count(payload, "offset", 0),
         limit=_count(payload, "limit", 50),
     )
-    return bodies.data({"records": [record.search_view() for record in found]})
+    strict = request.app[STATE_KEY].faults.strict_search
+    return bodies.data({"records": [record.search_view(strict=strict) for record in found]})
 
 
 async def delete_record(request: web.Request) -> web.Response:

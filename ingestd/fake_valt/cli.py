@@ -93,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt("--max-body", type=_size, metavar="BYTES", help="larger bodies get 413 (nginx)")
     opt("--no-chunking", action="store_true", help="act as a server that cannot take chunks")
     opt("--admin-forbidden", action="store_true", help="admin/* listings answer 403")
+    opt("--quote-url", action="store_true", help="error answers quote the full request URL")
+    opt("--strict-search", action="store_true", help="search results carry no videos or author")
+    opt("--omit-nulls", action="store_true", help="GET records/{id} leaves out null fields")
+    opt("--redirect-to", metavar="URL", help="answer every call 307 to this origin")
     opt("--seed", type=int, default=0, metavar="N", help="random seed, to replay faults")
 
 
@@ -111,6 +115,10 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         max_body=args.max_body,
         no_chunking=args.no_chunking,
         admin_forbidden=args.admin_forbidden,
+        quote_url=args.quote_url,
+        strict_search=args.strict_search,
+        omit_nulls=args.omit_nulls,
+        redirect_to=args.redirect_to,
         seed=args.seed,
     )
 

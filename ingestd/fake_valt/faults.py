@@ -47,6 +47,16 @@ class Faults:
     admin_forbidden: bool = False
     refuse_names: tuple[str, ...] = ()
     """Record names that create-upload refuses with a 400 (a permanent error)."""
+    quote_url: bool = False
+    """Every error answer says ``No route for METHOD <full URL>``, query string (the
+    token) and all; ``login``'s also quotes the request body (the password)."""
+    strict_search: bool = False
+    """Search results carry only id, name and created: no videos, no author (the
+    record search is not documented to return them)."""
+    omit_nulls: bool = False
+    """``GET records/{id}`` leaves out null fields: an empty record shows no ``videos``."""
+    redirect_to: str | None = None
+    """Every API call is answered ``307`` to this origin (path and a query string kept)."""
     seed: int | None = 0
 
     def __post_init__(self) -> None:
@@ -63,7 +73,9 @@ class Faults:
         self.token_ttl = _optional_int("token_ttl", self.token_ttl, minimum=1)
         self.max_body = _optional_int("max_body", self.max_body, minimum=0)
         self.seed = _optional_int("seed", self.seed, minimum=None)
-        for name in ("no_chunking", "admin_forbidden"):
+        if self.redirect_to is not None and not isinstance(self.redirect_to, str):
+            raise ValueError(f"redirect_to must be a URL or null (got {self.redirect_to!r})")
+        for name in ("no_chunking", "admin_forbidden", "quote_url", "strict_search", "omit_nulls"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false (got {getattr(self, name)!r})")
         names: object = self.refuse_names

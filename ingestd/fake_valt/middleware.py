@@ -2,10 +2,12 @@
 
 1. :func:`answer_and_record` - turns stray exceptions into Valt error bodies,
    reads and discards whatever body is left before answering (so a client
-   still sending sees the answer, not a reset), and logs the request.
-2. :func:`limit_body` - nginx's ``client_max_body_size`` (413, HTML).
-3. :func:`inject_faults` - slow, hung, dropped, failed, broken answers.
-4. :func:`require_token` - ``?access_token=``, counted against ``token_ttl``.
+   still sending sees the answer, not a reset), logs the request, and with
+   ``quote_url`` puts the full request URL into every error answer.
+2. :func:`redirect` - ``redirect_to``: a 307 for every call.
+3. :func:`limit_body` - nginx's ``client_max_body_size`` (413, HTML).
+4. :func:`inject_faults` - slow, hung, dropped, failed, broken answers.
+5. :func:`require_token` - ``?access_token=``, counted against ``token_ttl``.
 
 Only ``/api/v3/`` passes them: the ``/_fake`` control calls must never be
 faulted, need no token and are not counted.
@@ -72,6 +74,9 @@ async def answer_and_record(request: web.Request, handler: Handler) -> web.Strea
     """Normalise every answer to Valt's shapes, drain the body, log the request."""
     if not _is_api(request):
         return await handler(request)
+    quoting = request.app[STATE_KEY].faults.quote_url
+    # Read (and kept by aiohttp) before a fault can answer without reading it.
+    login_body = await request.read() if quoting and request.path == LOGIN_PATH else b""
     response: web.StreamResponse
     try:
         response = await handler(request)
@@ -90,11 +95,33 @@ async def answer_and_record(request: web.Request, handler: Handler) -> web.Strea
     if not isinstance(response, bodies.NoAnswer) and not await _discard_body(request):
         response = _abort(request)
     status = 0 if isinstance(response, bodies.NoAnswer) else response.status
+    if quoting and status >= 400:
+        response = _quoting_url(request, status, login_body)
     entry = LoggedRequest(
         request.method, request.path, status, request.headers.get(hdrs.CONTENT_RANGE)
     )
     request.app[STATE_KEY].log_request(entry, route_pattern(request))
     return response
+
+
+def _quoting_url(request: web.Request, status: int, login_body: bytes) -> web.Response:
+    """The error answer of a careless server: it quotes the whole request URL, and for
+    ``login`` the body it was sent (``quote_url``)."""
+    message = f"No route for {request.method} {request.url}"
+    if login_body:
+        message += f" with {login_body.decode('utf-8', 'replace')}"
+    return bodies.error(status, message)
+
+
+@web.middleware
+async def redirect(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``redirect_to``: send every call elsewhere, as a moved server or a hostile proxy."""
+    target = request.app[STATE_KEY].faults.redirect_to
+    if not _is_api(request) or target is None:
+        return await handler(request)
+    request.app[STATE_KEY].dice.count("redirect")
+    location = target.rstrip("/") + request.path + "?moved=1&session=" + "0123456789abcdef" * 2
+    return web.Response(status=307, headers={hdrs.LOCATION: location})
 
 
 @web.middleware
@@ -182,4 +209,4 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-MIDDLEWARES = (answer_and_record, limit_body, inject_faults, require_token)
+MIDDLEWARES = (answer_and_record, redirect, limit_body, inject_faults, require_token)

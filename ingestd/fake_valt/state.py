@@ -99,15 +99,13 @@ class Record:
             "videos": self.api_videos(),
         }
 
-    def search_view(self) -> dict[str, Any]:
-        """One entry of a search answer."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "created": self.created,
-            "author": self.author,
-            "videos": self.api_videos(),
-        }
+    def search_view(self, *, strict: bool = False) -> dict[str, Any]:
+        """One entry of a search answer; ``strict``: only what is documented (no videos,
+        no author)."""
+        view: dict[str, Any] = {"id": self.id, "name": self.name, "created": self.created}
+        if not strict:
+            view.update(author=self.author, videos=self.api_videos())
+        return view
 
     def state_view(self) -> dict[str, Any]:
         """How ``/_fake/state`` shows a record."""
