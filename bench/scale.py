@@ -138,7 +138,7 @@ async def measure(files: int, batch: int, workdir: Path) -> dict[str, Any]:
     try:
         for number in range((files + batch - 1) // batch):
             _write_batch(export, number, min(batch, files - passed))
-            register_secret(secrets.token_hex(16))  # a fresh token, as a re-login gives
+            register_secret(secrets.token_hex(16), token=True)  # a re-login's fresh token
             done = await _through(intake, ledger, export, moved)
             if done != min(batch, files - passed):
                 raise RuntimeError(f"batch {number}: {done} files went through, not {batch}")
