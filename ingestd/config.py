@@ -5,7 +5,7 @@ parsed by the same small table-driven ``section()``: a table maps each key to a
 parser ``(value, dotted_key) -> parsed``; unknown keys are refused with a
 did-you-mean hint; checks that span keys or sections run after the tables.
 Parsing does no I/O: only ``load_config()`` reads the file and only
-``resolve_password()`` reads secrets.
+``credentials.py`` reads secrets.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from ingestd.placeholders import BUILTIN_PLACEHOLDERS, check_template, placehold
 from ingestd.units import describe, format_duration, parse_size
 
 __all__ = [
+    "CLEARTEXT_DETAIL",
     "DEFAULT_CONFIG_PATH",
     "MIN_CHUNK_SIZE",
     "AfterUploadConfig",
@@ -63,10 +64,13 @@ __all__ = [
     "UploadConfig",
     "ValtConfig",
     "WatchConfig",
+    "cleartext_password",
     "config_path_from",
+    "is_loopback",
     "load_config",
     "parse_config",
     "resolve_password",
+    "resolve_status_token",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/ingestd/config.yaml")
@@ -231,6 +235,7 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class StatusConfig:
     listen: tuple[str, int] | None = ("127.0.0.1", 9465)
+    token_file: Path | None = None  # or the systemd credential status-token
 
 
 @dataclass(frozen=True, slots=True)
@@ -681,7 +686,31 @@ def _listen(value: object, key: str) -> tuple[str, int] | None:
 
 
 def _parse_status(value: object, key: str, base: Path) -> StatusConfig:
-    return StatusConfig(**section(value, key, {"listen": _listen}))
+    parsers: dict[str, Parse] = {"listen": _listen, "token_file": optional(path_parser(base))}
+    return StatusConfig(**section(value, key, parsers))
+
+
+CLEARTEXT_DETAIL = (
+    "valt.url is http:// to a host that is not this machine: the password and every"
+    " recording cross the network in clear text; use https://"
+)
+
+
+def cleartext_password(valt: ValtConfig) -> bool:
+    """Whether the password would cross the network unencrypted (issue 11, finding 5)."""
+    parts = urllib.parse.urlsplit(valt.url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only: localhost, 127.0.0.0/8 or ::1."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _webhook(value: object, key: str) -> str | None:
@@ -821,4 +850,8 @@ def load_config(path: Path | str) -> Config:
 
 
 # Resolved in credentials.py, which reads the environment; re-exported for callers.
-from ingestd.credentials import config_path_from, resolve_password  # noqa: E402
+from ingestd.credentials import (  # noqa: E402
+    config_path_from,
+    resolve_password,
+    resolve_status_token,
+)
