@@ -4,8 +4,8 @@ The YAML key names are a contract (design.md, "Configuration"). Every section is
 parsed by the same small table-driven ``section()``: a table maps each key to a
 parser ``(value, dotted_key) -> parsed``; unknown keys are refused with a
 did-you-mean hint; checks that span keys or sections run after the tables.
-Parsing does no I/O: only ``load_config()`` reads the file and only
-``credentials.py`` reads secrets.
+Parsing does no I/O: only ``load_config()`` reads the file (and loads the CA
+file) and only ``credentials.py`` reads secrets.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import datetime
 import fnmatch
 import ipaddress
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -324,7 +325,14 @@ def _parse_valt(value: object, key: str, base: Path) -> ValtConfig:
         "timeout": duration(0.0, above=True),
     }
     required = {"url": "https://valt.example.com", "username": "ingest"}
-    return ValtConfig(**section(value, key, parsers, required))
+    valt = ValtConfig(**section(value, key, parsers, required))
+    if valt.ca_file is not None and not valt.verify_tls:
+        raise ConfigError(
+            join_key(key, "ca_file"),
+            f"contradicts {key}.verify_tls: false (a CA file is only used to verify the"
+            " server); remove verify_tls: false to verify against it, or remove ca_file",
+        )
+    return valt
 
 
 # --------------------------------------------------------------------------- watch
@@ -843,10 +851,33 @@ def _read_yaml(file: Path) -> object:
         raise ConfigError("", f"{file}: YAML error: {_one_line(str(exc))}") from None
 
 
+def _check_ca_file(path: Path | None, key: str) -> None:
+    """The CA file must load now: once it failed every job as internal_error (issue 11)."""
+    if path is None:
+        return
+    fix = "give the CA certificate that signed the server's, in PEM form"
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:
+        raise ConfigError(key, f"{path} holds no certificate in PEM form; {fix}") from None
+    except FileNotFoundError:
+        raise ConfigError(key, f"{path}: no such file; {fix}") from None
+    except IsADirectoryError:
+        raise ConfigError(key, f"{path} is a folder, not a file; {fix}") from None
+    except OSError as exc:
+        raise ConfigError(key, f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def load_config(path: Path | str) -> Config:
-    """Read and validate the YAML file at ``path``; relative paths in it start at its folder."""
+    """Read and validate the YAML file at ``path``; relative paths in it start at its folder.
+
+    Unlike :func:`parse_config`, this also loads ``valt.ca_file``, so that a missing or
+    unreadable CA is a configuration error (exit 2) and not every job's failure.
+    """
     file = Path(path).absolute()
-    return parse_config(_read_yaml(file), file.parent, source=file)
+    config = parse_config(_read_yaml(file), file.parent, source=file)
+    _check_ca_file(config.valt.ca_file, "valt.ca_file")
+    return config
 
 
 # Resolved in credentials.py, which reads the environment; re-exported for callers.
