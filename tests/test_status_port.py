@@ -165,9 +165,25 @@ def test_a_token_guards_every_path_of_the_status_port(
         assert status == 200 and "ingestd_" in body
         status, _, _ = _request(port, headers={"Authorization": f"basic {_basic('', TOKEN)}"})
         assert status == 200
+        # The container's HEALTHCHECK reads the same config, and so sends the token.
+        assert _healthcheck(tmp_path / "config.yaml").returncode == 0
+        no_token = write_config(tmp_path, server.url, status={"listen": f"127.0.0.1:{port}"})
+        refused = _healthcheck(no_token)
+        assert refused.returncode == 1 and "answered 401" in refused.stderr, refused.stderr
     finally:
         assert stop_process(daemon) == 0
     assert TOKEN not in log_file.read_text(errors="replace")
+
+
+def _healthcheck(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingestd.healthcheck"],
+        env=ingestd_env(INGESTD_CONFIG=str(config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 def _basic(user: str, password: str) -> str:
