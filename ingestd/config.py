@@ -836,9 +836,9 @@ def _read_yaml(file: Path) -> object:
     except OSError as exc:
         raise ConfigError("", f"{file}: cannot read: {exc.strerror or exc}") from None
     try:
-        return yaml.load(
-            text, Loader=_UniqueKeyLoader
-        )  # a SafeLoader subclass: no arbitrary objects
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except RecursionError:  # PyYAML parses nesting by recursion: "[[[[..." (issue 11)
+        raise ConfigError("", f"{file}: YAML error: {_TOO_DEEP}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -849,6 +849,45 @@ def _read_yaml(file: Path) -> object:
         raise ConfigError("", f"{file}: YAML error{where}: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{file}: YAML error: {_one_line(str(exc))}") from None
+    if _nested_deeper(data, MAX_DEPTH):
+        raise ConfigError("", f"{file}: {_TOO_DEEP}")
+    return data
+
+
+MAX_DEPTH = 32  # the deepest real configuration is 5 levels (record.rules[0].share.users)
+_TOO_DEEP = (
+    f"lists and mappings nested more than {MAX_DEPTH} levels deep (or an &anchor used"
+    " inside itself); a configuration needs a few levels"
+)
+
+
+def _nested_deeper(data: object, limit: int) -> bool:
+    """Whether ``data`` nests lists and mappings past ``limit`` (or holds itself).
+
+    Without recursion, and each node once: YAML aliases share nodes, so a "billion
+    laughs" document is small here, and an anchor inside itself makes a cycle.
+    """
+    heights: dict[int, int] = {}
+    in_progress: set[int] = set()
+    stack: list[tuple[object, bool]] = [(data, False)]
+    while stack:
+        node, finished = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        children = list(node.values()) if isinstance(node, dict) else node
+        key = id(node)
+        if finished:
+            in_progress.discard(key)
+            heights[key] = 1 + max((heights.get(id(child), 0) for child in children), default=0)
+            if heights[key] > limit:
+                return True
+        elif key in in_progress:
+            return True  # a cycle: deeper than any limit
+        elif key not in heights:
+            in_progress.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+    return False
 
 
 def _check_ca_file(path: Path | None, key: str) -> None:
