@@ -21,11 +21,12 @@ VOLUME ["/var/lib/ingestd", "/srv/capture/export"]
 USER 10001:10001
 STOPSIGNAL SIGTERM
 # /healthz and /metrics (status.listen, default 127.0.0.1:9465). The check below runs
-# inside the container, so loopback reaches it; to scrape /metrics from outside, set
-# `status.listen: 0.0.0.0:9465` in the config and publish the port. A config with another
-# port, or with status.listen: null, makes this check report the container unhealthy.
+# inside the container and reads the same config: it asks status.listen's port over
+# loopback and sends the token when one is set (status.token_file, or the credential
+# status-token). To scrape /metrics from outside, set `status.listen: 0.0.0.0:9465` and
+# a token, and publish the port. status.listen: null makes the container unhealthy.
 EXPOSE 9465
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9465/healthz', timeout=4)"]
+    CMD ["python", "-m", "ingestd.healthcheck"]
 ENTRYPOINT ["ingestd"]
 CMD ["run"]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ingestd.config import Config, RecordConfig
+from ingestd.config import CLEARTEXT_DETAIL, Config, RecordConfig, cleartext_password, is_loopback
 from ingestd.errors import AuthFailed, Redirected, ShareNameError, ValtError
 from ingestd.logs import redact_url
 from ingestd.probe import probe_upload
@@ -39,6 +39,10 @@ class _Report:
 
     def say(self, ok: bool, text: str) -> None:
         (self.ok if ok else self.fail)(text)
+
+    def warn(self, text: str) -> None:
+        """Worth fixing, but nothing fails because of it: the exit code stays."""
+        self.out(f"warn  {text}")
 
     def skip(self, text: str) -> None:
         """Something that could not be checked, and need not be: not a problem."""
@@ -227,11 +231,27 @@ def _record_templates(record: RecordConfig) -> Iterator[tuple[str, Mapping[str, 
             yield f"record.rules[{index}].template", rule.template
 
 
-async def run_check(config: Config, password: str, out: Out, *, probe: bool = False) -> int:
+def _exposure_warnings(config: Config, report: _Report, *, status_token: bool) -> None:
+    """What a listener on the network could take: the password, or the status pages."""
+    if cleartext_password(config.valt):
+        report.warn(CLEARTEXT_DETAIL)
+    listen = config.status.listen
+    if listen is not None and not is_loopback(listen[0]) and not status_token:
+        report.warn(
+            f"status.listen is {listen[0]}:{listen[1]}, reachable from the network, and no"
+            " token is set: set status.token_file (or the credential status-token)"
+        )
+
+
+async def run_check(
+    config: Config, password: str, out: Out, *, probe: bool = False, status_token: bool = False
+) -> int:
+    """``status_token``: whether the status port has a token (its value is not needed)."""
     report = _Report(out)
     report.ok(f"configuration {config.source or ''} is valid".replace("  ", " "))
     if not config.valt.verify_tls:
         report.fail("valt.verify_tls is false: the server's identity is not checked")
+    _exposure_warnings(config, report, status_token=status_token)
     _check_folders(config, report)
     await _check_server(config, password, report, probe=probe)
     return 1 if report.problems else 0

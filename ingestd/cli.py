@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from ingestd import __version__
-from ingestd.config import Config, config_path_from, load_config, resolve_password
+from ingestd.config import (
+    Config,
+    config_path_from,
+    load_config,
+    resolve_password,
+    resolve_status_token,
+)
 from ingestd.errors import ConfigError, IngestdError, LedgerDamaged, LedgerError, UsageError
 from ingestd.failpoints import load_failpoints
 from ingestd.logs import configure_logging, redact_text, register_secret
@@ -130,6 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     password = resolve_password(config.valt, os.environ)
     register_secret(password)
+    status_token = resolve_status_token(config.status, os.environ)
+    register_secret(status_token)
     max_wait = parse_duration(args.max_wait, "--max-wait")
     load_failpoints()
     configure_logging(
@@ -139,7 +147,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch_roots=config.watch.paths,
     )
     daemon = Daemon(
-        config, password, once=args.once, max_wait=max_wait, show_progress=sys.stderr.isatty()
+        config,
+        password,
+        once=args.once,
+        max_wait=max_wait,
+        show_progress=sys.stderr.isatty(),
+        status_token=status_token,
     )
     from ingestd.lock import LedgerLock
 
@@ -162,8 +175,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     password = resolve_password(config.valt, os.environ)
     register_secret(password)
+    token = resolve_status_token(config.status, os.environ) is not None
     configure_logging(fmt="json", level="error", stream=sys.stderr)
-    return asyncio.run(run_check(config, password, print, probe=args.probe_upload))
+    check = run_check(config, password, print, probe=args.probe_upload, status_token=token)
+    return asyncio.run(check)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -4,8 +4,8 @@ The YAML key names are a contract (design.md, "Configuration"). Every section is
 parsed by the same small table-driven ``section()``: a table maps each key to a
 parser ``(value, dotted_key) -> parsed``; unknown keys are refused with a
 did-you-mean hint; checks that span keys or sections run after the tables.
-Parsing does no I/O: only ``load_config()`` reads the file and only
-``resolve_password()`` reads secrets.
+Parsing does no I/O: only ``load_config()`` reads the file (and loads the CA
+file) and only ``credentials.py`` reads secrets.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import datetime
 import fnmatch
 import ipaddress
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from ingestd.placeholders import BUILTIN_PLACEHOLDERS, check_template, placehold
 from ingestd.units import describe, format_duration, parse_size
 
 __all__ = [
+    "CLEARTEXT_DETAIL",
     "DEFAULT_CONFIG_PATH",
     "MIN_CHUNK_SIZE",
     "AfterUploadConfig",
@@ -63,10 +65,13 @@ __all__ = [
     "UploadConfig",
     "ValtConfig",
     "WatchConfig",
+    "cleartext_password",
     "config_path_from",
+    "is_loopback",
     "load_config",
     "parse_config",
     "resolve_password",
+    "resolve_status_token",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/ingestd/config.yaml")
@@ -231,6 +236,7 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class StatusConfig:
     listen: tuple[str, int] | None = ("127.0.0.1", 9465)
+    token_file: Path | None = None  # or the systemd credential status-token
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +325,14 @@ def _parse_valt(value: object, key: str, base: Path) -> ValtConfig:
         "timeout": duration(0.0, above=True),
     }
     required = {"url": "https://valt.example.com", "username": "ingest"}
-    return ValtConfig(**section(value, key, parsers, required))
+    valt = ValtConfig(**section(value, key, parsers, required))
+    if valt.ca_file is not None and not valt.verify_tls:
+        raise ConfigError(
+            join_key(key, "ca_file"),
+            f"contradicts {key}.verify_tls: false (a CA file is only used to verify the"
+            " server); remove verify_tls: false to verify against it, or remove ca_file",
+        )
+    return valt
 
 
 # --------------------------------------------------------------------------- watch
@@ -681,7 +694,31 @@ def _listen(value: object, key: str) -> tuple[str, int] | None:
 
 
 def _parse_status(value: object, key: str, base: Path) -> StatusConfig:
-    return StatusConfig(**section(value, key, {"listen": _listen}))
+    parsers: dict[str, Parse] = {"listen": _listen, "token_file": optional(path_parser(base))}
+    return StatusConfig(**section(value, key, parsers))
+
+
+CLEARTEXT_DETAIL = (
+    "valt.url is http:// to a host that is not this machine: the password and every"
+    " recording cross the network in clear text; use https://"
+)
+
+
+def cleartext_password(valt: ValtConfig) -> bool:
+    """Whether the password would cross the network unencrypted (issue 11, finding 5)."""
+    parts = urllib.parse.urlsplit(valt.url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only: localhost, 127.0.0.0/8 or ::1."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _webhook(value: object, key: str) -> str | None:
@@ -799,9 +836,9 @@ def _read_yaml(file: Path) -> object:
     except OSError as exc:
         raise ConfigError("", f"{file}: cannot read: {exc.strerror or exc}") from None
     try:
-        return yaml.load(
-            text, Loader=_UniqueKeyLoader
-        )  # a SafeLoader subclass: no arbitrary objects
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except RecursionError:  # PyYAML parses nesting by recursion: "[[[[..." (issue 11)
+        raise ConfigError("", f"{file}: YAML error: {_TOO_DEEP}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -812,13 +849,79 @@ def _read_yaml(file: Path) -> object:
         raise ConfigError("", f"{file}: YAML error{where}: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{file}: YAML error: {_one_line(str(exc))}") from None
+    if _nested_deeper(data, MAX_DEPTH):
+        raise ConfigError("", f"{file}: {_TOO_DEEP}")
+    return data
+
+
+MAX_DEPTH = 32  # the deepest real configuration is 5 levels (record.rules[0].share.users)
+_TOO_DEEP = (
+    f"lists and mappings nested more than {MAX_DEPTH} levels deep (or an &anchor used"
+    " inside itself); a configuration needs a few levels"
+)
+
+
+def _nested_deeper(data: object, limit: int) -> bool:
+    """Whether ``data`` nests lists and mappings past ``limit`` (or holds itself).
+
+    Without recursion, and each node once: YAML aliases share nodes, so a "billion
+    laughs" document is small here, and an anchor inside itself makes a cycle.
+    """
+    heights: dict[int, int] = {}
+    in_progress: set[int] = set()
+    stack: list[tuple[object, bool]] = [(data, False)]
+    while stack:
+        node, finished = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        children = list(node.values()) if isinstance(node, dict) else node
+        key = id(node)
+        if finished:
+            in_progress.discard(key)
+            heights[key] = 1 + max((heights.get(id(child), 0) for child in children), default=0)
+            if heights[key] > limit:
+                return True
+        elif key in in_progress:
+            return True  # a cycle: deeper than any limit
+        elif key not in heights:
+            in_progress.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+    return False
+
+
+def _check_ca_file(path: Path | None, key: str) -> None:
+    """The CA file must load now: once it failed every job as internal_error (issue 11)."""
+    if path is None:
+        return
+    fix = "give the CA certificate that signed the server's, in PEM form"
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:
+        raise ConfigError(key, f"{path} holds no certificate in PEM form; {fix}") from None
+    except FileNotFoundError:
+        raise ConfigError(key, f"{path}: no such file; {fix}") from None
+    except IsADirectoryError:
+        raise ConfigError(key, f"{path} is a folder, not a file; {fix}") from None
+    except OSError as exc:
+        raise ConfigError(key, f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def load_config(path: Path | str) -> Config:
-    """Read and validate the YAML file at ``path``; relative paths in it start at its folder."""
+    """Read and validate the YAML file at ``path``; relative paths in it start at its folder.
+
+    Unlike :func:`parse_config`, this also loads ``valt.ca_file``, so that a missing or
+    unreadable CA is a configuration error (exit 2) and not every job's failure.
+    """
     file = Path(path).absolute()
-    return parse_config(_read_yaml(file), file.parent, source=file)
+    config = parse_config(_read_yaml(file), file.parent, source=file)
+    _check_ca_file(config.valt.ca_file, "valt.ca_file")
+    return config
 
 
 # Resolved in credentials.py, which reads the environment; re-exported for callers.
-from ingestd.credentials import config_path_from, resolve_password  # noqa: E402
+from ingestd.credentials import (  # noqa: E402
+    config_path_from,
+    resolve_password,
+    resolve_status_token,
+)

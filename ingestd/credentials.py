@@ -1,4 +1,4 @@
-"""Where the configuration file and the Valt password come from.
+"""Where the configuration file, the Valt password and the status token come from.
 
 Kept apart from parsing: these are the only configuration functions that read
 the environment or secret files.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from ingestd.config import DEFAULT_CONFIG_PATH, ValtConfig
+from ingestd.config import DEFAULT_CONFIG_PATH, StatusConfig, ValtConfig
 from ingestd.errors import ConfigError
 
 
@@ -48,6 +48,38 @@ def resolve_password(valt: ValtConfig, environ: Mapping[str, str]) -> str:
         f"environment variable {valt.password_env} {state};"
         " set it, or set valt.password_file or valt.credential",
     )
+
+
+STATUS_CREDENTIAL = "status-token"
+MIN_TOKEN_LENGTH = 16
+
+
+def resolve_status_token(status: StatusConfig, environ: Mapping[str, str]) -> str | None:
+    """The status port's token: the systemd credential status-token, then status.token_file.
+
+    None when neither is there: the port then answers anyone who reaches it. The
+    token's value never appears in a message.
+    """
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    candidate = Path(credentials) / STATUS_CREDENTIAL if credentials else None
+    if candidate is not None and candidate.is_file():
+        source = candidate
+    elif status.token_file is not None:
+        source = status.token_file
+    else:
+        return None
+    key = "status.token_file"
+    token = _read_secret(source, key)
+    # Sent in an HTTP header, as Bearer or Basic: visible ASCII only, and too long to guess.
+    if not all("!" <= char <= "~" for char in token):
+        raise ConfigError(key, f"the token in {source} must be printable ASCII without spaces")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            key,
+            f"the token in {source} has {len(token)} characters; use at least"
+            f" {MIN_TOKEN_LENGTH} (e.g. `openssl rand -hex 32`)",
+        )
+    return token
 
 
 def config_path_from(arg: str | None, environ: Mapping[str, str]) -> Path:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ingestd.after_upload import apply_after_upload, housekeeping
 from ingestd.aio import wait_event
-from ingestd.config import Config
+from ingestd.config import CLEARTEXT_DETAIL, Config, cleartext_password
 from ingestd.confirmer import Confirmer, PartialSweeper
 from ingestd.errors import LedgerUnwritable
 from ingestd.finished import FinishedChecks
@@ -75,6 +75,7 @@ class Daemon:
         once: bool = False,
         max_wait: float = 600.0,
         show_progress: bool = False,
+        status_token: str | None = None,
     ) -> None:
         self.show_progress = show_progress
         self.config = config
@@ -91,7 +92,7 @@ class Daemon:
         self._signals = 0
         self.notifier = Notifier()
         # /healthz, /metrics and webhook alerts (issue 5); the engine reports to its telemetry.
-        self.status = StatusService(config)
+        self.status = StatusService(config, token=status_token)
         self.telemetry: Telemetry = self.status.telemetry
         self.heartbeat = time.monotonic()
         # Why the ledger takes no writes (None: it does). Set by ledger_watch.py; while set,
@@ -126,6 +127,8 @@ class Daemon:
     def _startup(self) -> None:
         if not self.config.valt.verify_tls:
             log.warning("tls.verification_off", detail="valt.verify_tls is false")
+        if cleartext_password(self.config.valt):
+            log.warning("tls.cleartext_password", detail=CLEARTEXT_DETAIL)
         self.checks = FinishedChecks(
             check_open_writers=self.config.watch.check_open_writers,
             check_container=self.config.watch.check_container,

@@ -29,10 +29,11 @@ from aiohttp import web
 from ingestd.aio import wait_event
 from ingestd.alerts import Alerter
 from ingestd.config import Config
-from ingestd.errors import IngestdError, LedgerError
+from ingestd.errors import LedgerError
 from ingestd.ledger import State, Unsent
 from ingestd.logs import get_logger, redact_text
 from ingestd.metrics import CONTENT_TYPE, Metrics, MetricsTelemetry
+from ingestd.status_http import StatusServer, start_status_server
 from ingestd.units import format_size
 from ingestd.watcher import NO_EVENTS_ENV
 
@@ -46,7 +47,6 @@ EVALUATE_EVERY = 2.0
 WATCHER_GRACE = 15.0
 LEDGER_ERROR_WINDOW = 120.0  # a ledger error this recent still makes /healthz fail
 FREE_SPACE_TIMEOUT = 5.0  # statvfs on a hung network mount must not hold the monitor
-SHUTDOWN_TIMEOUT = 2.0
 
 
 @dataclass
@@ -61,8 +61,9 @@ class LedgerView:
 class StatusService:
     """Health, metrics and alerts of one daemon."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, token: str | None = None) -> None:
         self.config = config
+        self._token = token  # status.token_file: every path then needs it
         self.metrics = Metrics()
         self.alerter = Alerter(
             config.alerts, redact_paths=config.log.redact_paths, metrics=self.metrics
@@ -71,7 +72,7 @@ class StatusService:
         self.view = LedgerView()
         self.free_bytes: dict[int, int] = {}
         self._daemon: Daemon | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: StatusServer | None = None
         self._ledger_error: tuple[float, str] | None = None
         self._watcher_seen: float | None = None  # set when the periodic task starts
         self._probing: asyncio.Future[dict[int, int]] | None = None
@@ -89,13 +90,13 @@ class StatusService:
         self._daemon = daemon
         listen = self.config.status.listen
         if listen is not None:
-            self._runner = await _start_server(self._app(), *listen)
+            self._server = await start_status_server(self._routes, *listen, token=self._token)
         try:
             yield
         finally:
-            if self._runner is not None:
-                await self._runner.cleanup()
-                self._runner = None
+            if self._server is not None:
+                await self._server.close()
+                self._server = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Every few seconds: read the ledger, probe free space, raise alerts; then flush."""
@@ -209,11 +210,9 @@ class StatusService:
 
     # --- HTTP -------------------------------------------------------------------------------
 
-    def _app(self) -> web.Application:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
-        return app
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         daemon = self._require_daemon()
@@ -239,24 +238,6 @@ class StatusService:
     async def _metrics(self, _request: web.Request) -> web.Response:
         await self._refresh()
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-
-async def _start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Bind exactly ``host:port``; a port in use is a clear, typed error (exit 1)."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        why = exc.strerror or str(exc)
-        raise IngestdError(
-            f"status.listen: cannot listen on {host}:{port}: {why} "
-            "(another ingestd? choose a free port, or null to switch /healthz and /metrics off)"
-        ) from None
-    log.info("status.listening", host=host, port=port, endpoints=["/healthz", "/metrics"])
-    return runner
 
 
 def _free_space(roots: Sequence[Path]) -> dict[int, int]:

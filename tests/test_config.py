@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -912,6 +913,16 @@ def test_commented_examples_in_config_example_yaml_are_valid() -> None:
     parse(config_with("after_upload", action="move", move_to="/srv/capture/export/.uploaded"))
 
 
+def _write_ca(path: Path) -> None:
+    """A self-signed certificate in PEM form (openssl CLI: the venv has no ``cryptography``)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(path.with_suffix(".key")), "-out", str(path), "-days", "2",
+         "-subj", "/CN=ingestd test CA"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
 def test_relative_paths_resolve_against_the_config_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -932,6 +943,7 @@ def test_relative_paths_resolve_against_the_config_folder(
         "ledger:\n"
         "  path: state/ledger.db\n"
     )
+    _write_ca(folder / "ca.pem")  # load_config loads it
     monkeypatch.chdir(tmp_path)
     config = load_config("etc/config.yaml")
     assert config.source == folder / "config.yaml"

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -172,3 +173,44 @@ def test_the_fake_server_binds_loopback_unless_told_otherwise(
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
+
+
+def _one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "needles"),
+    [
+        (None, ["valt.ca_file", "absent.pem: no such file", "PEM"]),
+        (lambda path: path.write_text("not a certificate\n"), ["valt.ca_file", "no certificate"]),
+        (lambda path: path.mkdir(), ["valt.ca_file", "is a folder"]),
+    ],
+    ids=["missing", "not-pem", "folder"],
+)
+def test_a_ca_file_that_does_not_load_is_a_configuration_error(
+    tmp_path: Path, tls_server: FakeValtThread, make: Any, needles: list[str]
+) -> None:
+    (tmp_path / "export").mkdir()
+    ca_file = tmp_path / "absent.pem"
+    if make is not None:
+        make(ca_file)
+    config = write_config(tmp_path, tls_server.url, valt={"ca_file": str(ca_file)})
+    _one_line_exit_2(run_cli("check", "-c", str(config)), *needles)
+    _one_line_exit_2(run_cli("run", "-c", str(config), "--once"), *needles)
+    assert tls_server.snapshot()["records"] == []
+
+
+def test_a_ca_file_with_verify_tls_false_is_a_contradiction(
+    tmp_path: Path, tls_server: FakeValtThread, pki: Pki
+) -> None:
+    (tmp_path / "export").mkdir()
+    valt = {"ca_file": str(pki.ca), "verify_tls": False}
+    config = write_config(tmp_path, tls_server.url, valt=valt)
+    for command in (["check"], ["run", "--once"]):
+        result = run_cli(command[0], "-c", str(config), *command[1:])
+        _one_line_exit_2(result, "valt.ca_file", "contradicts valt.verify_tls: false")
