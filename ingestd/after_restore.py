@@ -38,7 +38,6 @@ restore is through.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +47,8 @@ from typing import Any
 from ingestd import valt_rules
 from ingestd.backup import RESTORED_AT, RESTORED_BACKUP_TIME
 from ingestd.errors import PermanentError
+from ingestd.fingerprint import full_sha256
+from ingestd.judged import OpenRule
 from ingestd.ledger import Job, Ledger, State
 from ingestd.metadata import RecordNamer
 from ingestd.valt import ValtClient
@@ -100,18 +101,13 @@ def is_restore_candidate(
     return record.author is None or record.author == username
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(4 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class AfterRestore:
     """Applies the rule above; :meth:`settle` is called for each job before it is uploaded."""
 
-    def __init__(self, *, ledger: Ledger, client: ValtClient, namer: RecordNamer) -> None:
+    def __init__(
+        self, *, ledger: Ledger, client: ValtClient, namer: RecordNamer, rule: OpenRule
+    ) -> None:
+        self.rule = rule  # how the source is opened (judged.py)
         self.ledger = ledger
         self.client = client
         self.namer = namer
@@ -210,7 +206,7 @@ class AfterRestore:
         bound: Any,
     ) -> None:
         """Record the server's record as this job's; ``done`` or ``confirming``."""
-        sha256 = await asyncio.to_thread(_sha256, Path(job.path))
+        sha256 = await asyncio.to_thread(full_sha256, Path(job.path), job.snapshot, self.rule)
         now = time.time()
         changes: dict[str, Any] = {
             "state": state,

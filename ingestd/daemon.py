@@ -28,6 +28,7 @@ from ingestd.confirmer import Confirmer, PartialSweeper
 from ingestd.errors import LedgerUnwritable
 from ingestd.finished import FinishedChecks
 from ingestd.health import StatusService
+from ingestd.judged import OpenRule
 from ingestd.ledger import TERMINAL, Job, Ledger, State
 from ingestd.ledger_watch import LedgerWatch, wait_writable
 from ingestd.logs import get_logger
@@ -129,11 +130,16 @@ class Daemon:
             log.warning("tls.verification_off", detail="valt.verify_tls is false")
         if cleartext_password(self.config.valt):
             log.warning("tls.cleartext_password", detail=CLEARTEXT_DETAIL)
+        # How every watched file is looked at and opened (judged.py).
+        self.open_rule = OpenRule.for_watch(
+            self.config.watch.paths, self.config.watch.follow_symlinks
+        )
         self.checks = FinishedChecks(
             check_open_writers=self.config.watch.check_open_writers,
             check_container=self.config.watch.check_container,
             done_marker=self.config.watch.done_marker,
             log=lambda event, fields: log.info(event, **fields),
+            rule=self.open_rule,
         )
         self.intake = Intake(
             config=self.config,
@@ -146,7 +152,12 @@ class Daemon:
             config=self.config,
             ledger=self.ledger,
             client=self.client,
-            namer=RecordNamer(self.config.record, self.directory, settle=self.config.watch.settle),
+            namer=RecordNamer(
+                self.config.record,
+                self.directory,
+                settle=self.config.watch.settle,
+                rule=self.open_rule,
+            ),
             stopping=self.stopping,
             telemetry=self.telemetry,
             on_change=self.dispatch_wake.set,

@@ -123,6 +123,15 @@ class SourceChanged(IngestdError):
     """The source file changed (size, mtime or inode) while it was being uploaded."""
 
 
+class FileRefused(SourceChanged):
+    """The path no longer leads to the regular file that was judged, so it is not opened or
+    not read: a symlink (with ``watch.follow_symlinks`` off), a FIFO, device, socket or
+    folder, another file swapped in, or a folder that resolves outside the watch folder.
+
+    A :class:`SourceChanged`: an upload in progress goes back to the settle checks.
+    """
+
+
 class SourceMissing(IngestdError):
     """The source file disappeared before its upload finished."""
 

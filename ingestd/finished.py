@@ -10,45 +10,22 @@ that fails a check goes back to waiting, never to ``failed`` (design.md,
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingestd.mp4 import check_boxes, is_mp4_name
+from ingestd.errors import FileRefused
+from ingestd.judged import FileSnapshot as FileSnapshot
+from ingestd.judged import Judged, OpenRule, as_snapshot, open_judged
+from ingestd.judged import snapshot as snapshot
+from ingestd.mp4 import BoxVerdict, is_mp4_name, walk_boxes
 
 LogFn = Callable[[str, dict[str, object]], None]
 
 _PROC = "/proc"
 _WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
-
-
-@dataclass(frozen=True, slots=True)
-class FileSnapshot:
-    """What settle compares between two looks at a file; a new inode means a new file."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-    device: int
-
-
-def snapshot(path: Path) -> FileSnapshot | None:
-    """Stat ``path`` (following symlinks: the caller applies its symlink policy).
-
-    None if it is missing or not a regular file; other OSErrors (such as a
-    folder that cannot be searched) propagate, so they are not mistaken for
-    a deleted file.
-    """
-    try:
-        info = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    return FileSnapshot(
-        size=info.st_size, mtime_ns=info.st_mtime_ns, inode=info.st_ino, device=info.st_dev
-    )
+#: Container verdicts kept (one per file snapshot): the files waiting at once, with room.
+VERDICTS_KEPT = 4096
 
 
 # --- open writers -----------------------------------------------------------------------------
@@ -198,8 +175,13 @@ class FinishedChecks:
     ``done_marker``), giving the reason a file is not finished yet.
 
     ``log(event, fields)`` receives the notices that should appear once, not
-    on every check: one per fragmented file, and one per lifetime of this
-    object (the daemon holds one) when ``/proc`` is only partly visible.
+    on every check: one per version of a file whose container cannot be judged,
+    and one per lifetime of this object (the daemon holds one) when ``/proc``
+    is only partly visible. ``rule`` is how files are opened (:mod:`ingestd.judged`).
+
+    A container verdict is kept per snapshot (size, mtime, inode, device): an
+    unchanged file is walked once, however many settle passes look at it
+    (issue 11). At most :data:`VERDICTS_KEPT` are kept, the oldest going first.
     """
 
     def __init__(
@@ -209,12 +191,14 @@ class FinishedChecks:
         check_container: bool,
         done_marker: str | None,
         log: LogFn | None = None,
+        rule: OpenRule | None = None,
     ) -> None:
         self.check_open_writers = check_open_writers
         self.check_container = check_container
         self.done_marker = done_marker or None
+        self.rule = rule or OpenRule()
         self._log = log
-        self._container_unknown_logged: set[Path] = set()
+        self._verdicts: dict[tuple[Path, tuple[int, int, int, int], int], BoxVerdict] = {}
         self._writers_not_visible_logged = False
 
     def marker_path(self, path: Path) -> Path | None:
@@ -234,10 +218,13 @@ class FinishedChecks:
         size: int,
         *,
         writers: dict[Path, WritersVerdict | OSError] | None = None,
+        judged: Judged | None = None,
     ) -> str | None:
         """None when every enabled check passes, else a short reason for ``ingestd status``.
 
-        ``size`` is the settled size; the container is judged at that size.
+        ``size`` is the settled size; the container is judged at that size, in the
+        file of the snapshot ``judged`` (None: as the file is now). A file that is not
+        that one any more raises FileRefused.
         The cheap, definite marker check runs first; writers before the
         container, because "open for writing by ..." explains more than
         "no moov box" about a file being recorded. ``writers`` (from
@@ -250,7 +237,7 @@ class FinishedChecks:
                 raise known
             reason = self._writers_reason(path, known)
         if reason is None and self.check_container and is_mp4_name(path.name):
-            reason = self._container_reason(path, size)
+            reason = self._container_reason(path, size, judged)
         return reason
 
     def _marker_reason(self, path: Path) -> str | None:
@@ -281,17 +268,38 @@ class FinishedChecks:
             )
         return None
 
-    def _container_reason(self, path: Path, size: int) -> str | None:
+    def _container_reason(self, path: Path, size: int, judged: Judged | None) -> str | None:
         try:
-            verdict = check_boxes(path, size)
+            verdict = self._container_verdict(path, size, judged)
+        except FileRefused:
+            raise
         except OSError as err:
             return f"cannot read the file ({err.strerror or err})"
+        return None if verdict.complete or verdict.complete is None else verdict.reason
+
+    def _container_verdict(self, path: Path, size: int, judged: Judged | None) -> BoxVerdict:
+        """The box walk of this snapshot of ``path``: from the cache, or walked (and a file
+        that cannot be judged logged) once."""
+        if judged is None:
+            judged = snapshot(path, follow_symlinks=self.rule.follow_symlinks)
+            if judged is None:
+                raise FileNotFoundError(2, "No such file or directory", str(path))
+        seen = as_snapshot(judged)
+        key = (path, (seen.size, seen.mtime_ns, seen.inode, seen.device), size)
+        verdict = self._verdicts.get(key)
+        if verdict is not None:
+            return verdict
+        fd = open_judged(path, judged, self.rule)
+        try:
+            verdict = walk_boxes(fd, size)
+        finally:
+            os.close(fd)
         if verdict.complete is None:
-            if path not in self._container_unknown_logged:
-                self._container_unknown_logged.add(path)
-                self._emit("file.container_unknown", {"path": str(path), "reason": verdict.reason})
-            return None
-        return None if verdict.complete else verdict.reason
+            self._emit("file.container_unknown", {"path": str(path), "reason": verdict.reason})
+        while len(self._verdicts) >= VERDICTS_KEPT:
+            del self._verdicts[next(iter(self._verdicts))]
+        self._verdicts[key] = verdict
+        return verdict
 
     def _emit(self, event: str, fields: dict[str, object]) -> None:
         if self._log is not None:

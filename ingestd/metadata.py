@@ -31,6 +31,7 @@ from pathlib import Path, PurePath
 
 from ingestd.config import RecordConfig, ShareConfig
 from ingestd.errors import PermanentError, RetryableError, ShareNameError
+from ingestd.judged import OpenRule
 from ingestd.matching import gitignore_match
 from ingestd.placeholders import render
 from ingestd.sharing import KINDS, ShareDirectory
@@ -97,8 +98,10 @@ class RecordNamer:
         directory: ShareDirectory | None = None,
         *,
         settle: float = 0.0,
+        rule: OpenRule | None = None,
     ) -> None:
         self.config = config
+        self.rule = rule or OpenRule()  # how sidecars are opened (judged.py)
         self.pattern = re.compile(config.pattern) if config.pattern else None
         self.directory = directory or ShareDirectory(None)
         self.settle = settle
@@ -134,7 +137,7 @@ class RecordNamer:
         return RecordMeta(name=name, template=fields, share=share)
 
     def _sidecar(self, video: Path) -> Sidecar | None:
-        verdict = examine_sidecar(video, self.settle, time.time())
+        verdict = examine_sidecar(video, self.settle, time.time(), self.rule)
         if verdict.wait is not None:
             raise RetryableError(verdict.wait, reason="sidecar_unsettled")
         if verdict.error is not None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestd.errors import SourceChanged, SourceMissing
+from ingestd.judged import Judged, OpenRule, open_judged
 from ingestd.pacing import Pacer
 
 PIECE_SIZE = 1024 * 1024
@@ -132,9 +133,11 @@ class Source:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path) -> Source:
+    async def open(cls, path: Path, judged: Judged, rule: OpenRule) -> Source:
+        """Open the very file that was judged (``judged``: its snapshot); the upload
+        reads this descriptor only. FileRefused if the path leads elsewhere now."""
         try:
-            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = await asyncio.to_thread(open_judged, path, judged, rule)
         except FileNotFoundError:
             raise SourceMissing(str(path)) from None
         return cls(path, fd)
@@ -203,10 +206,15 @@ class Source:
             self._file.close()
 
 
-def hash_prefix(path: Path, length: int) -> Hasher:
-    """sha256 state over the first ``length`` bytes (to resume the full-content hash)."""
+def hash_prefix(path: Path, length: int, judged: Judged, rule: OpenRule) -> Hasher:
+    """sha256 state over the first ``length`` bytes of the file that was judged (to resume
+    the full-content hash)."""
     hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
+    try:
+        fd = open_judged(path, judged, rule)
+    except FileNotFoundError:
+        raise SourceMissing(str(path)) from None
+    with os.fdopen(fd, "rb") as handle:
         remaining = length
         while remaining > 0:
             data = handle.read(min(4 * PIECE_SIZE, remaining))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from ingestd.errors import SidecarError
+from ingestd.errors import FileRefused, SidecarError
+from ingestd.judged import FileSnapshot, OpenRule, look, open_judged, open_now
 from ingestd.units import describe, format_duration
 
 __all__ = [
@@ -54,10 +56,15 @@ MALFORMED_GRACE = 10.0
 #: An mtime further in the future than this is a skewed clock, not a fresh write.
 FUTURE_SLACK = 60.0
 MAX_SIDECAR_BYTES = 1024 * 1024
+#: Deeper flow nesting than this is refused before parsing (a sidecar nests two levels).
+MAX_NESTING = 100
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 KEYS = ("name", "template", "share")
 SHARE_KINDS = ("users", "groups")
 
 Principals = tuple[int | str, ...]
+# A sidecar looked at by hand (tests, tools): symlinks are not followed, no watch folder.
+_BY_HAND = OpenRule()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +89,18 @@ def sidecar_candidates(video: Path) -> list[Path]:
     return [video.with_name(base + suffix) for base in bases for suffix in SUFFIXES]
 
 
-def _existing(video: Path) -> list[tuple[Path, os.stat_result]]:
+def _existing(video: Path, rule: OpenRule) -> list[tuple[Path, os.stat_result]]:
     """The candidates that are regular files, once each (a case-insensitive share
-    shows ``clip.json`` and ``clip.JSON`` as one file)."""
+    shows ``clip.json`` and ``clip.JSON`` as one file). A symlink counts only with
+    ``watch.follow_symlinks`` (judged.py)."""
     found: list[tuple[Path, os.stat_result]] = []
     seen: set[tuple[int, int]] = set()
     for path in sidecar_candidates(video):
         try:
-            info = path.stat()
+            info = look(path, follow_symlinks=rule.follow_symlinks)
         except OSError:
+            continue
+        if info is None:
             continue
         if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
@@ -98,16 +108,16 @@ def _existing(video: Path) -> list[tuple[Path, os.stat_result]]:
     return found
 
 
-def find_sidecar(video: Path) -> tuple[Path, os.stat_result] | None:
+def find_sidecar(video: Path, rule: OpenRule = _BY_HAND) -> tuple[Path, os.stat_result] | None:
     """The sidecar that applies to ``video`` (the first candidate present) and its stat."""
-    found = _existing(video)
+    found = _existing(video, rule)
     return found[0] if found else None
 
 
-def sidecar_paths(video: Path) -> list[Path]:
+def sidecar_paths(video: Path, rule: OpenRule = _BY_HAND) -> list[Path]:
     """Every sidecar file present for ``video``, for the after-upload action to move or
     delete along with it. Includes candidates that lost to an earlier one."""
-    return [path for path, _info in _existing(video)]
+    return [path for path, _info in _existing(video, rule)]
 
 
 def sidecar_age(info: os.stat_result, now: float) -> float:
@@ -123,22 +133,41 @@ def sidecar_age(info: os.stat_result, now: float) -> float:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def read_sidecar(path: Path) -> Sidecar:
-    """Parse the sidecar at ``path``; SidecarError says what is wrong with it.
+def read_sidecar(
+    path: Path, rule: OpenRule = _BY_HAND, judged: os.stat_result | None = None
+) -> Sidecar:
+    """Parse the sidecar at ``path``; SidecarError says what is wrong with it, naming a key
+    or a line, never quoting the file's content (it may be a link to a private file).
 
+    ``judged``: the stat the sidecar was found with; the file read must be that one.
     FileNotFoundError passes through: a sidecar deleted meanwhile is no sidecar.
     """
-    return _parse(path, _decode(path))
+    return _parse(path, _decode(path, rule, judged))
 
 
-def _decode(path: Path) -> object:
+def _decode(path: Path, rule: OpenRule, judged: os.stat_result | None) -> object:
     try:
-        with open(path, "rb") as handle:
+        if judged is None:
+            fd, _snap = open_now(path, rule)
+        else:
+            fd = open_judged(path, FileSnapshot.of(judged), rule)
+        with os.fdopen(fd, "rb") as handle:
             raw = handle.read(MAX_SIDECAR_BYTES + 1)
     except FileNotFoundError:
         raise
+    except FileRefused as exc:
+        raise SidecarError(path.name, f"is not read: {exc}") from None
     except OSError as exc:
         raise SidecarError(path.name, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        return _load(path, raw)
+    except RecursionError:
+        # Nesting deep enough to exhaust the parser ('[' * 100000): that file's
+        # outcome, never the settle loop's (issue 11).
+        raise SidecarError(path.name, "is nested too deeply to read") from None
+
+
+def _load(path: Path, raw: bytes) -> object:
     if len(raw) > MAX_SIDECAR_BYTES:
         raise SidecarError(path.name, "is larger than 1 MiB")
     try:
@@ -147,25 +176,41 @@ def _decode(path: Path) -> object:
         raise SidecarError(path.name, "is not UTF-8 text") from None
     if not text.strip():
         raise SidecarError(path.name, "is empty")
+    if _bracket_depth(text) > MAX_NESTING:
+        raise RecursionError  # cheaper than letting the parser run out of stack
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
+            # json's messages ("Expecting value") never quote the text.
             where = f"line {exc.lineno}, column {exc.colno}"
             raise SidecarError(path.name, f"is not valid JSON: {exc.msg} ({where})") from None
+        except ValueError:  # a number of more than 4300 digits
+            raise SidecarError(path.name, "is not valid JSON (a number too long)") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SidecarError(path.name, f"is not valid YAML: {_yaml_problem(exc)}") from None
+        raise SidecarError(path.name, f"is not valid YAML{_yaml_where(exc)}") from None
+    except RecursionError:
+        raise
+    except Exception:  # PyYAML's constructors raise ValueError and others ("2024-13-45")
+        raise SidecarError(path.name, "is not valid YAML (a value it cannot read)") from None
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's message on one line: the problem and where."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
-        mark = exc.problem_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        return f"{exc.problem}{where}"
-    return " ".join(str(exc).split())
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` (quoting ignored: a sidecar is small and flat)."""
+    depth = deepest = 0
+    for bracket in _NOT_BRACKETS.sub("", text):
+        depth = depth + 1 if bracket in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """Where PyYAML stopped. Its own words are left out: they quote the text
+    ("found undefined alias 'x'"), and the text may be a private file's."""
+    mark = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
 
 
 def _parse(path: Path, data: object) -> Sidecar:
@@ -174,9 +219,8 @@ def _parse(path: Path, data: object) -> Sidecar:
         raise SidecarError(
             file, f"must be a mapping with name, template or share (got {_what(data)})"
         )
-    unknown = [key for key in data if key not in KEYS]
-    if unknown:
-        raise SidecarError(file, f"unknown key {describe(unknown[0])} (allowed: {', '.join(KEYS)})")
+    if any(key not in KEYS for key in data):
+        raise SidecarError(file, f"has an unknown key (allowed: {', '.join(KEYS)})")
     name = _name(data.get("name"), file)
     template = _template(data.get("template"), file)
     share = data.get("share")
@@ -184,9 +228,8 @@ def _parse(path: Path, data: object) -> Sidecar:
         return Sidecar(path, name, template)
     if not isinstance(share, dict):
         raise SidecarError(file, f"share must be a mapping with users/groups (got {_what(share)})")
-    odd = [key for key in share if key not in SHARE_KINDS]
-    if odd:
-        raise SidecarError(file, f"unknown key share.{odd[0]} (allowed: users, groups)")
+    if any(key not in SHARE_KINDS for key in share):
+        raise SidecarError(file, "share has an unknown key (allowed: users, groups)")
     users = _principals(share.get("users"), "share.users", file) if "users" in share else None
     groups = _principals(share.get("groups"), "share.groups", file) if "groups" in share else None
     return Sidecar(path, name, template, users, groups)
@@ -220,7 +263,7 @@ def _template(value: object, file: str) -> dict[str, str]:
         field_id = _field_id(raw_id)
         if field_id is None:
             raise SidecarError(
-                file, f"template field ids must be numbers such as 12 (got {describe(raw_id)})"
+                file, f"template field ids must be numbers such as 12 (got {_what(raw_id)})"
             )
         text = "" if raw_value is None else _text(raw_value)
         if text is None:
@@ -255,7 +298,16 @@ def _principals(value: object, key: str, file: str) -> Principals:
 
 
 def _what(value: object) -> str:
-    return "nothing" if value is None else describe(value)
+    """The kind of a value, never the value: a sidecar may be a link to a private file."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return describe(value) if isinstance(value, dict | list) else type(value).__name__
 
 
 # --- settling -----------------------------------------------------------------------------------
@@ -271,7 +323,9 @@ class SidecarVerdict:
     error: SidecarError | None = None
 
 
-def examine_sidecar(video: Path, settle: float, now: float) -> SidecarVerdict:
+def examine_sidecar(
+    video: Path, settle: float, now: float, rule: OpenRule = _BY_HAND
+) -> SidecarVerdict:
     """Find, age and parse ``video``'s sidecar (``now`` is wall-clock, ``time.time()``).
 
     Wait while it changed within ``settle``, or while it is malformed but younger
@@ -279,7 +333,7 @@ def examine_sidecar(video: Path, settle: float, now: float) -> SidecarVerdict:
     Wait reasons read the same on every call while the cause lasts, so the
     settle loop records and logs each once.
     """
-    found = find_sidecar(video)
+    found = find_sidecar(video, rule)
     if found is None:
         return SidecarVerdict()
     path, info = found
@@ -289,7 +343,7 @@ def examine_sidecar(video: Path, settle: float, now: float) -> SidecarVerdict:
             wait=f"sidecar {path.name} changed within the last {format_duration(settle)}"
         )
     try:
-        return SidecarVerdict(sidecar=read_sidecar(path))
+        return SidecarVerdict(sidecar=read_sidecar(path, rule, info))
     except FileNotFoundError:
         return SidecarVerdict()
     except SidecarError as exc:
@@ -298,10 +352,12 @@ def examine_sidecar(video: Path, settle: float, now: float) -> SidecarVerdict:
         return SidecarVerdict(error=exc)
 
 
-def sidecar_wait_reason(video: Path, settle: float, now: float) -> str | None:
+def sidecar_wait_reason(
+    video: Path, settle: float, now: float, rule: OpenRule = _BY_HAND
+) -> str | None:
     """Why ``video`` must wait for its sidecar, or None when it need not (no sidecar, a
     settled valid one, or one malformed for good: its upload fails ``bad_sidecar``).
 
     For the settle loop; ``now`` is ``time.time()``, compared with the sidecar's mtime.
     """
-    return examine_sidecar(video, settle, now).wait
+    return examine_sidecar(video, settle, now, rule).wait

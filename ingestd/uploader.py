@@ -35,7 +35,7 @@ from ingestd.errors import (
     SourceMissing,
 )
 from ingestd.failpoints import failpoint
-from ingestd.finished import snapshot
+from ingestd.judged import OpenRule, snapshot
 from ingestd.ledger import Job, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.metadata import RecordNamer
@@ -80,7 +80,9 @@ class Uploader:
         self.stopping = stopping
         self.on_change = on_change
         self._warned_chunking: set[int] = set()
-        self.after_restore = AfterRestore(ledger=ledger, client=client, namer=namer)
+        # Every read of a source is of the file that was judged (judged.py).
+        self.rule = OpenRule.for_watch(config.watch.paths, config.watch.follow_symlinks)
+        self.after_restore = AfterRestore(ledger=ledger, client=client, namer=namer, rule=self.rule)
 
     async def process(self, job: Job) -> None:
         """Advance ``job`` as far as it goes; every outcome is committed to the ledger."""
@@ -115,14 +117,18 @@ class Uploader:
     # --- source ---------------------------------------------------------------------
 
     async def _check_source(self, job: Job) -> None:
-        current = await asyncio.to_thread(snapshot, Path(job.path))
+        current = await asyncio.to_thread(
+            snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
+        )
         if current is None:
             raise SourceMissing(job.path)
         if (current.size, current.mtime_ns, current.inode, current.device) != job.snapshot:
             raise SourceChanged("size, mtime or inode changed")
 
     async def _source_changed(self, job: Job, why: str, bound: Any) -> None:
-        current = await asyncio.to_thread(snapshot, Path(job.path))
+        current = await asyncio.to_thread(
+            snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
+        )
         if current is None:
             await self._source_missing(job, bound)
             return
@@ -296,7 +302,9 @@ class Uploader:
         assert job.record_id and job.video_id
         path, total = Path(job.path), job.size
         if job.bytes_acked:
-            hasher = await asyncio.to_thread(hash_prefix, path, job.bytes_acked)
+            hasher = await asyncio.to_thread(
+                hash_prefix, path, job.bytes_acked, job.snapshot, self.rule
+            )
         else:
             hasher = hashlib.sha256()
         position, chunk_size, first = job.bytes_acked, self._chunk_size(job), True
@@ -310,7 +318,7 @@ class Uploader:
                 if self.stopping.is_set():
                     return  # drain: the job resumes from bytes_acked next time
                 await self._check_source(job)
-                source = source or await Source.open(path)
+                source = source or await Source.open(path, job.snapshot, self.rule)
                 end = min(total, position + chunk_size) if chunk_size else total
                 next_end = min(total, end + chunk_size) if chunk_size else None
                 try:

@@ -22,9 +22,10 @@ import watchfiles
 
 from ingestd.aio import wait_any, wait_event
 from ingestd.config import Config
-from ingestd.errors import LedgerUnwritable
+from ingestd.errors import FileRefused, LedgerUnwritable
 from ingestd.fingerprint import fingerprint, full_sha256
-from ingestd.finished import FileSnapshot, FinishedChecks, snapshot
+from ingestd.finished import FinishedChecks, WritersVerdict
+from ingestd.judged import FileSnapshot, OpenRule, snapshot
 from ingestd.ledger import Job, Known, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.matching import PathFilter, iter_file_entries
@@ -66,9 +67,10 @@ class _Verdict:
     """What the finished checks said of one settled file (see Intake._judge_all)."""
 
     reason: str | None = None
-    check_error: OSError | None = None
+    check_error: OSError | FileRefused | None = None
     fingerprint: str | None = None
-    read_error: OSError | None = None
+    read_error: OSError | FileRefused | None = None
+    internal_error: Exception | None = None
 
 
 @dataclass
@@ -83,15 +85,22 @@ class _Pending:
         self.prints.setdefault(print_, job_id)
 
 
-def _look_all(paths: list[str]) -> list[FileSnapshot | OSError | None]:
+def _look_all(paths: list[str], follow_symlinks: bool) -> list[FileSnapshot | OSError | None]:
     """:func:`snapshot` of each path (its OSError in its place), in one worker thread."""
     looks: list[FileSnapshot | OSError | None] = []
     for path in paths:
         try:
-            looks.append(snapshot(Path(path)))
+            looks.append(snapshot(Path(path), follow_symlinks=follow_symlinks))
         except OSError as err:
             looks.append(err)
     return looks
+
+
+def _problem(err: BaseException) -> str:
+    """An OSError's words, or a refusal's (judged.py): never a sidecar's content."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    return str(err)
 
 
 class Intake:
@@ -114,6 +123,7 @@ class Intake:
         self.on_ready = on_ready
         self.filter = PathFilter(self.watch.include, self.watch.exclude)
         self.roots = [Path(os.path.abspath(p)) for p in self.watch.paths]
+        self.rule = OpenRule.for_watch(self.roots, self.watch.follow_symlinks)
         self.tracking: dict[int, _Tracked] = {}
         self.rescan_now = asyncio.Event()
         self.settle_now = asyncio.Event()  # a file started waiting: settle without delay
@@ -121,50 +131,66 @@ class Intake:
         self.last_scan_at: float | None = None
         # Scans and events both turn paths into jobs; one at a time, or both add the same path.
         self._observing = asyncio.Lock()
+        # Names warned about as not UTF-8: those the last scan found, and those found
+        # since (the next scan's); so a name is warned about once while it is there,
+        # and the sets hold only files that are present (issue 11: nothing grows).
         self._bad_names: set[Path] = set()
+        self._bad_names_seen: set[Path] = set()
         # Rescans compare each file with its newest job without reading the whole ledger
         # each time: done and skipped jobs, which no longer change, are kept here (loaded
         # once), and only the live ones are read per scan, with those that were live
-        # before (or were added since) and may have settled meanwhile.
+        # before (or were added since) and may have settled meanwhile. A clean scan drops
+        # the paths it did not find (moved or deleted files); a path missing from here
+        # is then looked up in the ledger before it counts as new (_pruned).
         self._settled: dict[str, Known] | None = None
+        self._pruned = False
         self._maybe_settled: set[int] = set()
 
     # --- finding ------------------------------------------------------------------------
 
     def _walk(
-        self, root: Path, settled: dict[str, Known], live: dict[str, Known]
-    ) -> tuple[int, list[tuple[str, Snap]]]:
-        """Stat every wanted file under ``root``; returns how many there are, and those that
-        are not a settled (done or skipped) job's unchanged file: the scan looks at these."""
+        self, root: Path, settled: dict[str, Known], live: dict[str, Known], found: set[str]
+    ) -> tuple[int, list[tuple[str, Snap]], bool]:
+        """Stat every wanted file under ``root``; returns how many there are, those that
+        are not a settled (done or skipped) job's unchanged file (the scan looks at these),
+        and whether every folder could be read. Every path found is added to ``found``."""
         files = 0
         candidates: list[tuple[str, Snap]] = []
+        errors: list[Path] = []
+
+        def on_error(path: Path, err: OSError) -> None:
+            errors.append(path)
+            _log_scan_error(path, err)
+
         for entry in iter_file_entries(
             root,
             self.filter,
             recursive=self.watch.recursive,
             follow_symlinks=self.watch.follow_symlinks,
-            on_error=_log_scan_error,
+            on_error=on_error,
         ):
             path = entry.path
             if not path.isascii() and self._bad_name(Path(path)):
                 continue
             try:
-                info = entry.stat()  # follows a symlink, as snapshot() does
+                # As snapshot() looks: a symlink is only followed with follow_symlinks.
+                info = entry.stat(follow_symlinks=self.watch.follow_symlinks)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as err:
-                _log_scan_error(Path(path), err)
+                on_error(Path(path), err)
                 continue
             if not stat.S_ISREG(info.st_mode):
                 continue
             files += 1
+            found.add(path)
             snap = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
             if path not in live:
                 known = settled.get(path)
                 if known is not None and known[1] == snap:
                     continue
             candidates.append((path, snap))
-        return files, candidates
+        return files, candidates, not errors
 
     def _bad_name(self, path: Path) -> bool:
         """True for a name that is not UTF-8 (a Latin-1 share, say): the ledger, the record name
@@ -172,8 +198,9 @@ class Intake:
         try:
             str(path).encode("utf-8")
         except UnicodeEncodeError:
-            if path not in self._bad_names:
-                self._bad_names.add(path)
+            warned = path in self._bad_names or path in self._bad_names_seen
+            self._bad_names_seen.add(path)
+            if not warned:
                 log.warning(
                     "file.bad_name",
                     path=os.fsencode(path).decode("utf-8", "backslashreplace"),
@@ -186,20 +213,30 @@ class Intake:
         """Look at every file under every root; returns how many were new or changed."""
         started = time.monotonic()
         files = changed = 0
+        present: set[str] = set()
+        clean = True
         for root in self.roots:
             settled, live = await self._known()
-            found, candidates = await asyncio.to_thread(self._walk, root, settled, live)
+            found, candidates, readable = await asyncio.to_thread(
+                self._walk, root, settled, live, present
+            )
             files += found
+            clean = clean and readable
             async with self._observing:
                 settled, live = await self._known()  # again: jobs moved on during the walk
                 new: list[tuple[str, Snap]] = []
                 for path, snap in candidates:
                     known = live.get(path) or settled.get(path)
+                    if known is None and self._pruned:
+                        known = await self._settled_in_ledger(path)
                     if known is None or (known[2] in SETTLED and known[1] != snap):
                         new.append((path, snap))
                     else:
                         changed += await self._observe(Path(path), root, snap, known)
                 changed += await self._add_new(root, new)
+        self._bad_names, self._bad_names_seen = self._bad_names_seen, set()
+        if clean:
+            self._forget_absent(present)
         self.last_scan_at = time.time()
         log.info(
             "watcher.rescan",
@@ -209,6 +246,26 @@ class Intake:
             seconds=round(time.monotonic() - started, 3),
         )
         return changed
+
+    def _forget_absent(self, present: set[str]) -> None:
+        """Drop the settled jobs whose files a clean scan did not find (moved away or
+        deleted): the cache holds what is on disk, not every path ever seen."""
+        if self._settled is None:
+            return
+        gone = [path for path in self._settled if path not in present]
+        for path in gone:
+            del self._settled[path]
+        self._pruned = self._pruned or bool(gone)
+
+    async def _settled_in_ledger(self, path: str) -> Known | None:
+        """A path the cache does not hold, after a prune: its newest job, if settled (a
+        file moved away and back, a folder readable again), kept in the cache again."""
+        known = await self.ledger.known_snapshots_for(path)
+        if known is None or known[2] not in SETTLED:
+            return None
+        if self._settled is not None:
+            self._settled[path] = known
+        return known
 
     async def _known(self) -> tuple[dict[str, Known], dict[str, Known]]:
         """The newest job of every path, as (settled: done or skipped, live: the others)."""
@@ -257,11 +314,11 @@ class Intake:
             return
         if not self.filter.wants_path(path.relative_to(root)) or self._bad_name(path):
             return
-        current = await asyncio.to_thread(snapshot, path)
+        current = await asyncio.to_thread(
+            snapshot, path, follow_symlinks=self.watch.follow_symlinks
+        )
         if current is None:
-            return  # gone: the settle loop notices if it was waiting
-        if path.is_symlink() and not self.watch.follow_symlinks:
-            return
+            return  # gone, or a symlink not followed: the settle loop notices if it waited
         async with self._observing:
             known = await self.ledger.known_snapshots_for(str(path))
             await self._observe(path, root, as_snap(current), known)
@@ -320,7 +377,9 @@ class Intake:
         jobs = [job for job in waiting if not self.is_active(job.id)]
         if not jobs:
             return bool(waiting)
-        looks = await asyncio.to_thread(_look_all, [job.path for job in jobs])
+        looks = await asyncio.to_thread(
+            _look_all, [job.path for job in jobs], self.watch.follow_symlinks
+        )
         due: list[tuple[int, Path, _Tracked]] = []
         for job, look in zip(jobs, looks, strict=True):
             path = Path(job.path)
@@ -328,10 +387,15 @@ class Intake:
                 if isinstance(look, OSError):
                     raise look
                 tracked = await self._settle_one(job.id, path, job.force, look)
-            except OSError as err:
+            except (OSError, FileRefused) as err:
                 # One file's trouble (a folder it cannot search, a name too long for
                 # its marker) must not stop the loop, nor hold up the other files.
                 await self._cannot_check(job.id, path, job.snapshot, err)
+                continue
+            except LedgerUnwritable:
+                raise  # not this file's trouble: the ledger watch reports it
+            except Exception as err:  # a bug about one file: that file waits, the rest go on
+                await self._judging_failed(job.id, path, job.snapshot, err)
                 continue
             if tracked is not None:
                 due.append((job.id, path, tracked))
@@ -339,10 +403,28 @@ class Intake:
             await self._finish(due)
         return True
 
-    async def _cannot_check(self, job_id: int, path: Path, snap: Snap, err: OSError) -> None:
+    async def _cannot_check(
+        self, job_id: int, path: Path, snap: Snap, err: OSError | FileRefused
+    ) -> None:
         now = time.monotonic()
         tracked = self.tracking.setdefault(job_id, _Tracked(snap, now, now))
-        await self._wait(job_id, path, tracked, f"cannot check the file ({err.strerror or err})")
+        await self._wait(job_id, path, tracked, f"cannot check the file ({_problem(err)})")
+
+    async def _judging_failed(self, job_id: int, path: Path, snap: Snap, err: Exception) -> None:
+        """An unexpected error judging one file (design.md: one file's trouble is that
+        file's outcome): it waits with the error's type as its reason, logged once."""
+        now = time.monotonic()
+        tracked = self.tracking.setdefault(job_id, _Tracked(snap, now, now))
+        reason = f"cannot check the file (internal error: {type(err).__name__}; see the log)"
+        if reason != tracked.reason:
+            log.error(
+                "file.check_failed",
+                job_id=job_id,
+                path=str(path),
+                error=type(err).__name__,
+                exc_info=err,
+            )
+        await self._wait(job_id, path, tracked, reason)
 
     async def _settle_one(
         self, job_id: int, path: Path, force: bool, current: FileSnapshot | None
@@ -379,7 +461,7 @@ class Intake:
 
     async def _finish_batch(self, due: list[tuple[int, Path, _Tracked]]) -> None:
         now = time.monotonic()
-        files = [(path, tracked.snap[0]) for _job_id, path, tracked in due]
+        files = [(path, tracked.snap) for _job_id, path, tracked in due]
         verdicts = await asyncio.to_thread(self._judge_all, files, time.time())
         # Earlier jobs of the same content, for the whole batch in one query.
         twins = await self.ledger.twins_of(
@@ -391,7 +473,9 @@ class Intake:
         )
         pending = _Pending()
         for (job_id, path, tracked), verdict in zip(due, verdicts, strict=True):
-            if verdict.check_error is not None:
+            if verdict.internal_error is not None:
+                await self._judging_failed(job_id, path, tracked.snap, verdict.internal_error)
+            elif verdict.check_error is not None:
                 await self._cannot_check(job_id, path, tracked.snap, verdict.check_error)
             elif verdict.reason is not None:
                 await self._wait(job_id, path, tracked, verdict.reason)
@@ -408,31 +492,50 @@ class Intake:
                 )
         await self._queue_all(pending)
 
-    def _judge_all(self, files: list[tuple[Path, int]], wall: float) -> list[_Verdict]:
+    def _judge_all(self, files: list[tuple[Path, Snap]], wall: float) -> list[_Verdict]:
         """In a worker thread: why each settled file must still wait, else its fingerprint.
 
-        ``wall`` is ``time.time()``: a sidecar settles by its mtime.
+        ``wall`` is ``time.time()``: a sidecar settles by its mtime. Whatever one
+        file's judging raises is that file's verdict, never the batch's.
         """
-        writers = self.checks.writers_of([path for path, size in files if size > 0])
+        try:
+            writers = self.checks.writers_of([path for path, snap in files if snap[0] > 0])
+        except OSError:
+            writers = None  # /proc unreadable: each file's check then looks for itself
         verdicts = []
-        for path, size in files:
+        for path, snap in files:
             verdict = _Verdict()
             try:
-                verdict.reason = "empty file (0 bytes)" if size == 0 else None
-                if verdict.reason is None:
-                    verdict.reason = self.checks.why_not_finished(path, size, writers=writers)
-                if verdict.reason is None and self.sidecars:
-                    # A sidecar must settle too; wall time, as it is compared with its mtime.
-                    verdict.reason = sidecar_wait_reason(path, self.watch.settle, wall)
-            except OSError as err:
-                verdict.check_error = err
-            if verdict.reason is None and verdict.check_error is None:
-                try:
-                    verdict.fingerprint = fingerprint(path, size)
-                except OSError as err:
-                    verdict.read_error = err
+                self._judge_one(path, snap, wall, writers, verdict)
+            except Exception as err:
+                verdict.internal_error = err
             verdicts.append(verdict)
         return verdicts
+
+    def _judge_one(
+        self,
+        path: Path,
+        snap: Snap,
+        wall: float,
+        writers: dict[Path, WritersVerdict | OSError] | None,
+        verdict: _Verdict,
+    ) -> None:
+        try:
+            verdict.reason = "empty file (0 bytes)" if snap[0] == 0 else None
+            if verdict.reason is None:
+                verdict.reason = self.checks.why_not_finished(
+                    path, snap[0], writers=writers, judged=snap
+                )
+            if verdict.reason is None and self.sidecars:
+                # A sidecar must settle too; wall time, as it is compared with its mtime.
+                verdict.reason = sidecar_wait_reason(path, self.watch.settle, wall, self.rule)
+        except (OSError, FileRefused) as err:
+            verdict.check_error = err
+        if verdict.reason is None and verdict.check_error is None:
+            try:
+                verdict.fingerprint = fingerprint(path, snap, self.rule)
+            except (OSError, FileRefused) as err:
+                verdict.read_error = err
 
     async def _wait(
         self, job_id: int, path: Path, tracked: _Tracked, reason: str, *, log_it: bool = True
@@ -467,7 +570,7 @@ class Intake:
             if verdict is not None and verdict.fingerprint is not None:
                 print_ = verdict.fingerprint
             else:
-                print_ = await asyncio.to_thread(fingerprint, path, tracked.snap[0])
+                print_ = await asyncio.to_thread(fingerprint, path, tracked.snap, self.rule)
             earlier = None if force else pending.prints.get(print_)
             if earlier is not None:
                 # Same content as a file this pass queues: that one is "in progress".
@@ -483,9 +586,12 @@ class Intake:
                 twin = await self.ledger.twin_of(print_, job_id)
             same = twin is not None and twin.state == State.DONE and bool(twin.sha256)
             if twin is not None and same:
-                same = await asyncio.to_thread(full_sha256, path) == twin.sha256
-        except OSError as exc:
-            await self._wait(job_id, path, tracked, f"cannot read the file ({exc.strerror})")
+                same = (
+                    await asyncio.to_thread(full_sha256, path, tracked.snap, self.rule)
+                    == twin.sha256
+                )
+        except (OSError, FileRefused) as exc:
+            await self._wait(job_id, path, tracked, f"cannot read the file ({_problem(exc)})")
             return
         if twin is not None and same:
             size, mtime_ns, inode, device = tracked.snap

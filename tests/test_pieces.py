@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from ingestd.errors import SourceChanged, SourceMissing
+from ingestd.judged import FileSnapshot, OpenRule, snapshot
 from ingestd.pieces import PIECE_SIZE, Sending, Source, hash_prefix
+
+RULE = OpenRule()
+
+
+def _judged(path: Path) -> FileSnapshot:
+    """The file as it is now (a missing one: a snapshot no file has)."""
+    return snapshot(path) or FileSnapshot(0, 0, 0, 0)
+
 
 CHUNK = 3 * PIECE_SIZE // 2  # chunks and pieces out of step on purpose
 
@@ -39,7 +48,7 @@ async def test_every_byte_once_and_the_hash_of_the_whole_file(
     data = os.urandom(5 * PIECE_SIZE + 12345)
     path = tmp_path / "a.ts"
     path.write_bytes(data)
-    source = await Source.open(path)
+    source = await Source.open(path, _judged(path), RULE)
     if not cached:
         source._file.nowait = False  # as on a file system without RWF_NOWAIT: a thread reads
     try:
@@ -57,7 +66,7 @@ async def test_the_piece_read_ahead_is_what_is_sent_and_hashed(tmp_path: Path) -
     data = bytearray(os.urandom(2 * CHUNK))
     path = tmp_path / "a.ts"
     path.write_bytes(data)
-    source = await Source.open(path)
+    source = await Source.open(path, _judged(path), RULE)
     try:
         first = Sending(hashlib.sha256())
         async for _ in source.pieces(first, 0, CHUNK, next_end=2 * CHUNK):
@@ -78,7 +87,7 @@ async def test_a_chunk_sent_again_reads_its_bytes_anew(tmp_path: Path) -> None:
     data = os.urandom(2 * CHUNK)
     path = tmp_path / "a.ts"
     path.write_bytes(data)
-    source = await Source.open(path)
+    source = await Source.open(path, _judged(path), RULE)
     try:
         base = hashlib.sha256()
         for _ in range(2):  # the same chunk twice (a 401 and a fresh login)
@@ -97,7 +106,7 @@ async def test_a_chunk_sent_again_reads_its_bytes_anew(tmp_path: Path) -> None:
 async def test_a_file_shorter_than_its_chunk_is_a_change(tmp_path: Path) -> None:
     path = tmp_path / "a.ts"
     path.write_bytes(b"x" * 1000)
-    source = await Source.open(path)
+    source = await Source.open(path, _judged(path), RULE)
     try:
         with pytest.raises(SourceChanged, match="1000 bytes early"):
             async for _ in source.pieces(Sending(hashlib.sha256()), 0, 2000):
@@ -108,15 +117,15 @@ async def test_a_file_shorter_than_its_chunk_is_a_change(tmp_path: Path) -> None
 
 async def test_a_missing_file_is_missing(tmp_path: Path) -> None:
     with pytest.raises(SourceMissing):
-        await Source.open(tmp_path / "gone.ts")
+        await Source.open(tmp_path / "gone.ts", _judged(tmp_path / "gone.ts"), RULE)
 
 
 def test_hash_prefix_resumes_the_full_content_hash(tmp_path: Path) -> None:
     data = os.urandom(3 * PIECE_SIZE)
     path = tmp_path / "a.ts"
     path.write_bytes(data)
-    hasher = hash_prefix(path, 2 * PIECE_SIZE + 7)
+    hasher = hash_prefix(path, 2 * PIECE_SIZE + 7, _judged(path), RULE)
     hasher.update(data[2 * PIECE_SIZE + 7 :])
     assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
     with pytest.raises(SourceChanged):
-        hash_prefix(path, len(data) + 1)
+        hash_prefix(path, len(data) + 1, _judged(path), RULE)
