@@ -38,7 +38,7 @@ import aiosqlite
 
 from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 # Test hook, not a setting: ``INGESTD_LEDGER_MAX_PAGES=N`` applies ``PRAGMA
 # max_page_count=N`` at open (SQLite raises it to the current size if smaller),
@@ -144,6 +144,15 @@ CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs(fingerprint);
 -- Version 1 ran the after-upload action inline with "done".
 UPDATE jobs SET after_done=1 WHERE state='done';
 """,
+    # The identity of the copy that move_to / failed_to made (a copy across file systems
+    # has an inode of its own), and why an after-upload step left a file alone.
+    3: """
+ALTER TABLE jobs ADD COLUMN final_size INTEGER;
+ALTER TABLE jobs ADD COLUMN final_mtime_ns INTEGER;
+ALTER TABLE jobs ADD COLUMN final_inode INTEGER;
+ALTER TABLE jobs ADD COLUMN final_device INTEGER;
+ALTER TABLE jobs ADD COLUMN left_alone TEXT;
+""",
 }
 
 
@@ -196,6 +205,14 @@ class Job:
     final_path: str | None = None  # where the source is after move_to / failed_to
     after_done: int = 0  # the after-upload action has been applied
     cleaned_at: float | None = None  # keep_for: when the kept copy was deleted
+    # Schema 3: the moved copy's identity (None: not moved, or moved by a version-2 ingestd)
+    final_size: int | None = None
+    final_mtime_ns: int | None = None
+    final_inode: int | None = None
+    final_device: int | None = None
+    # Why the after-upload action, keep_for or failed_to left the file alone
+    # ("replaced", "missing", "owned"); set, it is not tried again.
+    left_alone: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -633,10 +650,21 @@ class Ledger:
         """Done jobs whose kept source (or moved copy) is due for deletion (``keep_for``)."""
         rows = await self._conn.fetchall(
             "SELECT * FROM jobs WHERE state='done' AND after_done=1 AND cleaned_at IS NULL "
-            "AND done_at<=? ORDER BY id",
+            "AND left_alone IS NULL AND done_at<=? ORDER BY id",
             (before,),
         )
         return [Job.from_row(row) for row in rows]
+
+    async def live_owner(self, paths: Iterable[str], job_id: int) -> int | None:
+        """A live job other than ``job_id`` whose file is at one of ``paths`` (None: none)."""
+        wanted = sorted(set(paths))
+        marks = ",".join("?" * len(LIVE))
+        row = await self._conn.fetchone(
+            f"SELECT id FROM jobs WHERE path IN ({','.join('?' * len(wanted))}) AND id<>? "
+            f"AND state IN ({marks}) ORDER BY id LIMIT 1",
+            (*wanted, job_id, *[s.value for s in LIVE]),
+        )
+        return None if row is None else int(row[0])
 
     async def next_due(self, exclude: Sequence[int]) -> float | None:
         """When the next job a worker could take becomes due (None: none is waiting)."""
