@@ -31,6 +31,7 @@ from pathlib import Path
 from ingestd.errors import LedgerError
 from ingestd.ledger import BACKUP_INFIX, State, existing_backups
 from ingestd.lock import LedgerLock
+from ingestd.own_files import create_private, fsync_path
 
 BACKUP_EVERY = 24 * 3600.0
 # Meta keys. ``backup_taken_at`` is written into each backup; the others into a
@@ -83,14 +84,6 @@ def _connect(path: Path, *, readonly: bool) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy(source: Path, target: Path, meta: dict[str, str]) -> list[str]:
     """A consistent copy of ``source`` at ``target`` (one file, no WAL) with ``meta`` added.
 
@@ -98,6 +91,7 @@ def _copy(source: Path, target: Path, meta: dict[str, str]) -> list[str]:
     is fsynced; renaming it into place is the caller's.
     """
     target.unlink(missing_ok=True)
+    create_private(target)  # 0600 like the ledger, whatever the umask
     with _connect(source, readonly=True) as src, _connect(target, readonly=False) as dst:
         src.backup(dst)  # all pages in one step: one read transaction, one snapshot
         dst.execute("PRAGMA journal_mode=DELETE")  # self-contained: no -wal beside it
@@ -108,7 +102,7 @@ def _copy(source: Path, target: Path, meta: dict[str, str]) -> list[str]:
                 (key, value),
             )
         problems = [str(row[0]) for row in dst.execute("PRAGMA quick_check")]
-    _fsync(target)
+    fsync_path(target)
     return [] if problems == ["ok"] else problems
 
 
@@ -133,7 +127,7 @@ def make_backup(ledger: Path, keep: int) -> Path:
                 "may be damaged; run `ingestd ledger check`"
             )
         os.rename(temporary, target)
-        _fsync(target.parent)
+        fsync_path(target.parent)
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot back up {ledger}: {exc}") from None
     finally:
@@ -296,7 +290,7 @@ def restore(ledger: Path, *, force: bool = False) -> RestoreReport:
                 raise LedgerError(f"the copy of {chosen} fails quick_check: {problems[0]}")
             aside = _keep_aside(ledger, now) if ledger.exists() else None
             os.rename(temporary, ledger)
-            _fsync(ledger.parent)
+            fsync_path(ledger.parent)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot restore {chosen}: {exc}") from None
         finally:

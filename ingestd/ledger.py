@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import aiosqlite
 
 from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
+from ingestd.own_files import create_private, make_private_folders
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
@@ -311,7 +312,11 @@ class Ledger:
                     f"file:{path}?mode=ro", uri=True, isolation_level=None
                 )
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_private_folders(path.parent)
+                # 0600 before SQLite makes it 0644; its -wal and -shm then take the same mode.
+                # A folder that cannot be written: SQLite's own error says it below.
+                with contextlib.suppress(OSError):
+                    create_private(path)
                 conn = await aiosqlite.connect(str(path), isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
