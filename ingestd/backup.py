@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingestd.errors import LedgerError
-from ingestd.ledger import BACKUP_INFIX, State, existing_backups
+from ingestd.ledger import BACKUP_INFIX, State, existing_backups, sqlite_uri
 from ingestd.lock import LedgerLock
 from ingestd.own_files import create_private, fsync_path
 
@@ -76,8 +76,9 @@ def next_backup_due(ledger: Path) -> float:
 @contextlib.contextmanager
 def _connect(path: Path, *, readonly: bool) -> Iterator[sqlite3.Connection]:
     """A plain sqlite3 connection (these run in a thread or a short CLI command)."""
-    target = path.resolve().as_uri() + ("?mode=ro" if readonly else "")
-    conn = sqlite3.connect(target, uri=True, isolation_level=None)
+    conn = sqlite3.connect(
+        sqlite_uri(path.resolve(), readonly=readonly), uri=True, isolation_level=None
+    )
     try:
         yield conn
     finally:

@@ -309,7 +309,7 @@ class Ledger:
         try:
             if readonly:
                 conn = await aiosqlite.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None
+                    sqlite_uri(path, readonly=True), uri=True, isolation_level=None
                 )
             else:
                 make_private_folders(path.parent)
@@ -1028,6 +1028,12 @@ class _Guarded:
         problem = f"{what}: {self._ledger.path}: {exc}"
         self._ledger._note_write_failure(problem)
         return LedgerUnwritable(problem)
+
+
+def sqlite_uri(path: Path, *, readonly: bool) -> str:
+    """``file:`` URI of ``path``, percent-escaped: a ``?``, ``#`` or ``%`` in a folder's name
+    would otherwise end the path or start a query (issue 11, finding 13)."""
+    return Path(os.path.abspath(path)).as_uri() + ("?mode=ro" if readonly else "")
 
 
 def _refuse_lost_ledger(path: Path) -> None:
