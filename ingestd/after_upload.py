@@ -194,9 +194,9 @@ async def _leave_alone(
     fields: dict[str, Any] = {"job_id": job.id, "path": path, "action": step, "reason": reason}
     if owner is not None:
         fields["owner_job"] = owner
+    await ledger.update(job.id, left_alone=reason, **changes)
     # A file already gone is no one's loss; another file under its name is worth a look.
     (log.info if reason == "missing" else log.warning)("file.left_alone", **fields)
-    await ledger.update(job.id, left_alone=reason, **changes)
 
 
 async def _owner(ledger: Ledger, job: Job, path: str, step: Step, **changes: Any) -> bool:
