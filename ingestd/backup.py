@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingestd.errors import LedgerError
-from ingestd.ledger import BACKUP_INFIX, State, existing_backups
+from ingestd.ledger import BACKUP_INFIX, State, existing_backups, sqlite_uri
 from ingestd.lock import LedgerLock
+from ingestd.own_files import create_private, fsync_path
 
 BACKUP_EVERY = 24 * 3600.0
 # Meta keys. ``backup_taken_at`` is written into each backup; the others into a
@@ -75,20 +76,13 @@ def next_backup_due(ledger: Path) -> float:
 @contextlib.contextmanager
 def _connect(path: Path, *, readonly: bool) -> Iterator[sqlite3.Connection]:
     """A plain sqlite3 connection (these run in a thread or a short CLI command)."""
-    target = path.resolve().as_uri() + ("?mode=ro" if readonly else "")
-    conn = sqlite3.connect(target, uri=True, isolation_level=None)
+    conn = sqlite3.connect(
+        sqlite_uri(path.resolve(), readonly=readonly), uri=True, isolation_level=None
+    )
     try:
         yield conn
     finally:
         conn.close()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy(source: Path, target: Path, meta: dict[str, str]) -> list[str]:
@@ -98,6 +92,7 @@ def _copy(source: Path, target: Path, meta: dict[str, str]) -> list[str]:
     is fsynced; renaming it into place is the caller's.
     """
     target.unlink(missing_ok=True)
+    create_private(target)  # 0600 like the ledger, whatever the umask
     with _connect(source, readonly=True) as src, _connect(target, readonly=False) as dst:
         src.backup(dst)  # all pages in one step: one read transaction, one snapshot
         dst.execute("PRAGMA journal_mode=DELETE")  # self-contained: no -wal beside it
@@ -108,7 +103,7 @@ def _copy(source: Path, target: Path, meta: dict[str, str]) -> list[str]:
                 (key, value),
             )
         problems = [str(row[0]) for row in dst.execute("PRAGMA quick_check")]
-    _fsync(target)
+    fsync_path(target)
     return [] if problems == ["ok"] else problems
 
 
@@ -133,7 +128,7 @@ def make_backup(ledger: Path, keep: int) -> Path:
                 "may be damaged; run `ingestd ledger check`"
             )
         os.rename(temporary, target)
-        _fsync(target.parent)
+        fsync_path(target.parent)
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot back up {ledger}: {exc}") from None
     finally:
@@ -296,7 +291,7 @@ def restore(ledger: Path, *, force: bool = False) -> RestoreReport:
                 raise LedgerError(f"the copy of {chosen} fails quick_check: {problems[0]}")
             aside = _keep_aside(ledger, now) if ledger.exists() else None
             os.rename(temporary, ledger)
-            _fsync(ledger.parent)
+            fsync_path(ledger.parent)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot restore {chosen}: {exc}") from None
         finally:

@@ -37,8 +37,9 @@ from typing import Any, NamedTuple
 import aiosqlite
 
 from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
+from ingestd.own_files import create_private, make_private_folders
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 # Test hook, not a setting: ``INGESTD_LEDGER_MAX_PAGES=N`` applies ``PRAGMA
 # max_page_count=N`` at open (SQLite raises it to the current size if smaller),
@@ -156,6 +157,15 @@ CREATE TABLE IF NOT EXISTS suspected_orphans (
     noted_at REAL NOT NULL
 );
 """,
+    # The identity of the copy that move_to / failed_to made (a copy across file systems
+    # has an inode of its own), and why an after-upload step left a file alone.
+    4: """
+ALTER TABLE jobs ADD COLUMN final_size INTEGER;
+ALTER TABLE jobs ADD COLUMN final_mtime_ns INTEGER;
+ALTER TABLE jobs ADD COLUMN final_inode INTEGER;
+ALTER TABLE jobs ADD COLUMN final_device INTEGER;
+ALTER TABLE jobs ADD COLUMN left_alone TEXT;
+""",
 }
 
 
@@ -208,6 +218,14 @@ class Job:
     final_path: str | None = None  # where the source is after move_to / failed_to
     after_done: int = 0  # the after-upload action has been applied
     cleaned_at: float | None = None  # keep_for: when the kept copy was deleted
+    # Schema 3: the moved copy's identity (None: not moved, or moved by a version-2 ingestd)
+    final_size: int | None = None
+    final_mtime_ns: int | None = None
+    final_inode: int | None = None
+    final_device: int | None = None
+    # Why the after-upload action, keep_for or failed_to left the file alone
+    # ("replaced", "missing", "owned"); set, it is not tried again.
+    left_alone: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -303,10 +321,14 @@ class Ledger:
         try:
             if readonly:
                 conn = await aiosqlite.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None
+                    sqlite_uri(path, readonly=True), uri=True, isolation_level=None
                 )
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_private_folders(path.parent)
+                # 0600 before SQLite makes it 0644; its -wal and -shm then take the same mode.
+                # A folder that cannot be written: SQLite's own error says it below.
+                with contextlib.suppress(OSError):
+                    create_private(path)
                 conn = await aiosqlite.connect(str(path), isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
@@ -645,10 +667,21 @@ class Ledger:
         """Done jobs whose kept source (or moved copy) is due for deletion (``keep_for``)."""
         rows = await self._conn.fetchall(
             "SELECT * FROM jobs WHERE state='done' AND after_done=1 AND cleaned_at IS NULL "
-            "AND done_at<=? ORDER BY id",
+            "AND left_alone IS NULL AND done_at<=? ORDER BY id",
             (before,),
         )
         return [Job.from_row(row) for row in rows]
+
+    async def live_owner(self, paths: Iterable[str], job_id: int) -> int | None:
+        """A live job other than ``job_id`` whose file is at one of ``paths`` (None: none)."""
+        wanted = sorted(set(paths))
+        marks = ",".join("?" * len(LIVE))
+        row = await self._conn.fetchone(
+            f"SELECT id FROM jobs WHERE path IN ({','.join('?' * len(wanted))}) AND id<>? "
+            f"AND state IN ({marks}) ORDER BY id LIMIT 1",
+            (*wanted, job_id, *[s.value for s in LIVE]),
+        )
+        return None if row is None else int(row[0])
 
     async def next_due(self, exclude: Sequence[int]) -> float | None:
         """When the next job a worker could take becomes due (None: none is waiting)."""
@@ -1028,6 +1061,12 @@ class _Guarded:
         problem = f"{what}: {self._ledger.path}: {exc}"
         self._ledger._note_write_failure(problem)
         return LedgerUnwritable(problem)
+
+
+def sqlite_uri(path: Path, *, readonly: bool) -> str:
+    """``file:`` URI of ``path``, percent-escaped: a ``?``, ``#`` or ``%`` in a folder's name
+    would otherwise end the path or start a query (issue 11, finding 13)."""
+    return Path(os.path.abspath(path)).as_uri() + ("?mode=ro" if readonly else "")
 
 
 def _refuse_lost_ledger(path: Path) -> None:

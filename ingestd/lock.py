@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ingestd.errors import LedgerBusy, LedgerError
+from ingestd.own_files import make_private_folders, open_private
 
 
 def lock_path(ledger: Path) -> Path:
@@ -61,8 +62,8 @@ class LedgerLock:
 
     def _open(self) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            make_private_folders(self.path.parent)
+            return open_private(self.path, os.O_RDWR)
         except OSError as first:
             # A read-only folder or lock file: flock works on a read-only descriptor too.
             try:

@@ -1,0 +1,74 @@
+"""Files and folders ingestd makes for itself: 0600 and 0700, whatever the umask.
+
+The ledger (and so its ``-wal`` and ``-shm``, which SQLite creates with the
+ledger's own mode), its backups, the lock file and ``NAME.error.txt`` hold
+file names and error texts that are nobody else's business. The Docker image
+sets no umask, and systemd's default one leaves files world-readable, so the
+mode is set explicitly (``fchmod``/``chmod``) rather than left to the umask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PRIVATE_FILE = 0o600
+PRIVATE_FOLDER = 0o700
+
+
+def make_private_folders(folder: Path) -> None:
+    """Make ``folder`` and its missing parents, each 0700; existing folders are left as they are."""
+    missing = []
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            os.mkdir(made, PRIVATE_FOLDER)
+        except FileExistsError:  # made by someone else meanwhile: theirs, not ours
+            continue
+        os.chmod(made, PRIVATE_FOLDER)
+
+
+def open_private(path: Path, flags: int) -> int:
+    """``os.open(path, flags)``, creating the file 0600 first if it is missing."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    except FileExistsError:
+        return os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` empty and 0600 unless it exists (SQLite then keeps that mode)."""
+    os.close(open_private(path, os.O_WRONLY))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (0600), never through a symlink planted under that name."""
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE
+    )
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        data = text.encode()
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by name (a folder: so a rename or link in it is durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

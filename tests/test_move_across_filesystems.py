@@ -1,0 +1,122 @@
+"""``move_to`` on another file system: a full copy or none, never a partial file or ``(N)`` litter.
+
+The target is a real small tmpfs (the tests run as root), so the copy runs
+out of space for real.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    KiB,
+    ledger_rows,
+    random_file,
+    run_cli,
+    sha256_file,
+    write_config,
+)
+from structlog.testing import capture_logs
+
+from ingestd.after_upload import housekeeping
+from ingestd.config import load_config
+from ingestd.fake_valt import FakeValtThread
+from ingestd.ledger import Ledger, State
+
+
+def _mount_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 300 KiB file system: too small for the 400,000-byte recording."""
+    yield from _mount_tmpfs(tmp_path / "small", "300k")
+
+
+@pytest.fixture
+def roomy_fs(tmp_path: Path) -> Iterator[Path]:
+    yield from _mount_tmpfs(tmp_path / "roomy", "4m")
+
+
+def _once(config: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
+
+
+async def test_a_full_target_leaves_no_partial_copy_and_no_litter(
+    tmp_path: Path, server: FakeValtThread, export: Path, small_fs: Path
+) -> None:
+    big = export / "room" / "big.mp4"
+    digest = random_file(big, 400_000)
+    (export / "room" / "big.json").write_text('{"name": "Big"}')
+    config_file = write_config(
+        tmp_path,
+        server.url,
+        watch={"settle": "0.1s"},
+        after_upload={"action": "move", "move_to": str(small_fs)},
+    )
+    result = _once(config_file)  # the upload, and the move's first try
+    assert result.returncode == 0
+    assert '"after_upload.failed"' in result.stdout
+    assert sorted(small_fs.rglob("*")) == []  # no partial copy, not even an empty folder
+    ledger = await Ledger.open(tmp_path / "ledger.db")
+    try:
+        for _ in range(3):  # the retries that housekeeping makes every minute
+            with capture_logs() as logs:
+                await housekeeping(load_config(config_file), ledger)
+            assert [e["event"] for e in logs] == ["after_upload.failed"]
+            assert sorted(small_fs.rglob("*")) == []
+        [job] = await ledger.jobs_in([State.DONE])
+        assert (job.after_done, job.final_path) == (0, None)
+    finally:
+        await ledger.close()
+    assert sha256_file(big) == digest and (export / "room" / "big.json").exists()
+    assert len(server.snapshot()["records"]) == 1
+
+
+def test_a_move_across_file_systems_keeps_the_file_its_mode_and_time(
+    tmp_path: Path, server: FakeValtThread, export: Path, roomy_fs: Path
+) -> None:
+    clip = export / "room" / "clip.mp4"
+    digest = random_file(clip, 300 * KiB)
+    (export / "room").chmod(0o750)
+    clip.chmod(0o640)
+    os.utime(clip, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    (roomy_fs / "room").mkdir()
+    (roomy_fs / "room" / "clip.mp4").write_bytes(b"an older clip of the same name")
+    config = write_config(
+        tmp_path,
+        server.url,
+        watch={"settle": "0.1s"},
+        after_upload={"action": "move", "move_to": str(roomy_fs / "archive")},
+    )
+    (roomy_fs / "archive" / "room").mkdir(parents=True)
+    (roomy_fs / "archive" / "room" / "clip.mp4").write_bytes(b"taken")
+    assert _once(config).returncode == 0
+    moved = roomy_fs / "archive" / "room" / "clip (1).mp4"
+    assert sha256_file(moved) == digest
+    info = moved.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o640
+    assert info.st_mtime_ns == 1_600_000_000_123_456_789
+    assert (roomy_fs / "archive" / "room" / "clip.mp4").read_bytes() == b"taken"
+    assert sorted(p.name for p in (roomy_fs / "archive" / "room").iterdir()) == [
+        "clip (1).mp4",
+        "clip.mp4",
+    ]
+    assert not clip.exists()
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert (row["final_path"], row["final_inode"], row["final_size"]) == (
+        str(moved),
+        info.st_ino,
+        info.st_size,
+    )
