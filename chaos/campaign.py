@@ -13,6 +13,11 @@ through ``INGESTD_FAILPOINTS``, and at random moments in between, with a new
 every file finish; then the server's records, the ledger and the moved files
 are checked against the sources.
 
+Then the file-system part (``chaos_fs.py``): the disk changes under a daemon
+run as nobody, in one phase per after-upload action; its rows count private
+bytes uploaded, never-uploaded files deleted or moved, and daemon or loop
+stops.
+
     .venv/bin/python chaos/campaign.py                 # the long form (make chaos)
     .venv/bin/python chaos/campaign.py --short         # the short form (as in make test)
     .venv/bin/python chaos/campaign.py --seed 1234     # replay a run's plan
@@ -41,7 +46,6 @@ import random
 import secrets
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -54,6 +58,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+# Run as a script or loaded by its path (tests): its sibling modules sit beside it.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chaos_fs import FsOptions, FsReport, run_fs_campaign
+from chaos_ledger import ledger_state, newest_jobs, sha256_file
 
 from ingestd.failpoints import ENV_VAR, FAILPOINTS
 from ingestd.fake_valt import FakeValtThread, Faults
@@ -105,6 +115,13 @@ class Options:
     workdir: Path | None = None
     keep: bool = False
     verbose: bool = True
+    fs: FsOptions | None = None
+    """The file-system part (``chaos_fs``); None: its long form. Off with ``--no-fs``."""
+    run_fs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fs is None:
+            self.fs = FsOptions(seed=self.seed)
 
     @classmethod
     def short(cls, seed: int) -> Options:
@@ -120,6 +137,7 @@ class Options:
             failpoint_timeout=8.0,
             random_delay=(0.8, 2.0),
             final_timeout=60.0,
+            fs=FsOptions.short(seed),
         )
 
 
@@ -187,6 +205,7 @@ class Report:
     internal_errors: int = 0
     seconds: float = 0.0
     runs: list[RunRecord] = field(default_factory=list)
+    fs: FsReport | None = None
     problems: list[str] = field(default_factory=list)
     workdir: str = ""
 
@@ -246,6 +265,7 @@ class Report:
                 f"{self.overhead:.3f} (resend overhead {100 * (self.overhead - 1):.1f} %)",
             ),
             ("internal errors logged (must be 0)", str(self.internal_errors)),
+            *(fs_rows(self.fs) if self.fs is not None else []),
             ("result", "PASS" if self.ok else "FAIL"),
         ]
         width = max(len(k) for k, _ in rows)
@@ -257,6 +277,49 @@ class Report:
             if len(self.problems) > 40:
                 lines.append(f"... and {len(self.problems) - 40} more")
         return "\n".join(lines)
+
+
+def fs_rows(fs: FsReport) -> list[tuple[str, str]]:
+    """The file-system part's rows: what was done, and its three must-be-0 counts."""
+    kinds: Counter[str] = Counter()
+    states: Counter[str] = Counter()
+    for label, count in fs.actions.items():
+        kind, state = label.split("@")
+        kinds[kind] += count
+        states[state] += count
+    done = sum(fs.actions.values())
+    shown = sum(fs.private_shown.values())
+    return [
+        (
+            "file-system actions (daemon as nobody; keep + keep_for, move, delete)",
+            f"{done}: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+        ),
+        ("file-system actions by job state", ", ".join(f"{k} {v}" for k, v in states.items())),
+        (
+            "file-system actions given up (no file reached the state in time)",
+            f"{sum(fs.missed.values())}"
+            + (f" ({', '.join(sorted(fs.missed))})" if fs.missed else ""),
+        ),
+        (
+            "symlink/FIFO/folder swaps left in place, never done (must be all)",
+            f"{fs.replacements_ok} of {fs.replacements}",
+        ),
+        ("regular files whose last version was never uploaded (must be 0)", str(fs.stale_files)),
+        (
+            "private bytes uploaded (must be 0)",
+            f"{fs.private_bytes}"
+            + (f" (+ {shown} copies in logs, ledger or metadata)" if shown else ""),
+        ),
+        (
+            "never-uploaded files deleted or moved (must be 0)",
+            f"{fs.lost + fs.moved_unuploaded} ({fs.lost} deleted, "
+            f"{fs.moved_unuploaded} moved to move_to)",
+        ),
+        (
+            "daemon or loop stops (must be 0)",
+            f"{fs.stops} ({fs.daemon_exits} exits, {fs.canaries_missed} canaries not uploaded)",
+        ),
+    ]
 
 
 def chunk_label(size: int) -> str:
@@ -341,14 +404,6 @@ def append_to(spec: FileSpec, root: Path, seed: int, rng: random.Random) -> None
     spec.sha256 = sha256_file(path)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class SlowWriter:
     """A thread that writes files in pieces, holding them open, while the daemon runs."""
 
@@ -428,41 +483,6 @@ class ServerEvents:
             if len(held) > 1:
                 worst[name] = max(worst.get(name, 0), len(held))
         return worst
-
-
-# --- the ledger, read from outside ---------------------------------------------------------------
-
-
-def ledger_state(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Every job row (newest last) and the number of pending deletions."""
-    if not path.exists():
-        return [], 0
-    for _ in range(50):
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        except sqlite3.OperationalError:
-            time.sleep(0.1)
-            continue
-        conn.row_factory = sqlite3.Row
-        try:
-            rows = [dict(r) for r in conn.execute("SELECT * FROM jobs ORDER BY id")]
-            pending = int(conn.execute("SELECT COUNT(*) FROM deletions").fetchone()[0])
-            return rows, pending
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return [], 0
-            time.sleep(0.1)
-        finally:
-            conn.close()
-    raise RuntimeError(f"cannot read the ledger {path}")
-
-
-def newest_jobs(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Path -> its newest job."""
-    newest: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        newest[row["path"]] = row
-    return newest
 
 
 # --- the campaign ------------------------------------------------------------------------------
@@ -911,6 +931,18 @@ class Campaign:
 
     # --- the whole -----------------------------------------------------------------------
 
+    def filesystem(self) -> None:
+        """The file-system part, against its own server; its problems join the report's."""
+        assert self.options.fs is not None
+        self.options.fs.verbose = self.options.verbose
+        self.say("file-system actions, the daemon as nobody:")
+        fs = run_fs_campaign(self.options.fs)
+        self.report.fs = fs
+        self.report.internal_errors += fs.internal_errors
+        self.report.problems += [f"fs: {p}" for p in fs.problems]
+        if fs.problems:
+            self.say(f"file-system work folder kept: {fs.workdir}")
+
     def run(self) -> Report:
         options = self.options
         self.say(f"ingestd crash campaign: seed {options.seed} (replay: --seed {options.seed})")
@@ -931,6 +963,8 @@ class Campaign:
                 finally:
                     self.writer.close()
                 self.verify()
+            if options.run_fs:
+                self.filesystem()
         finally:
             self.report.seconds = time.monotonic() - self.started_at
         if self.report.ok and not options.keep and options.workdir is None:
@@ -964,6 +998,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="work here (kept) instead of a temp folder")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
+    parser.add_argument("--fs-actions", type=int, help="file-system actions per phase")
+    parser.add_argument("--no-fs", action="store_true", help="skip the file-system actions")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else secrets.randbelow(10**9)
     options = Options.short(seed) if args.short else Options(seed=seed)
@@ -974,6 +1010,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_size:
         options.max_size = parse_size(args.max_size, "--max-size")
     options.workdir, options.keep, options.verbose = args.workdir, args.keep, not args.quiet
+    options.run_fs = not args.no_fs
+    if args.fs_actions is not None and options.fs is not None:
+        options.fs.actions_per_phase = args.fs_actions
     print(f"seed: {seed}", flush=True)
     report = run_campaign(options)
     print()
