@@ -662,7 +662,7 @@ class Campaign:
             return min(12, chunks)
         if point == "in_confirming":
             return min(3, before_confirm + len(coming))
-        if point in ("after_ready", "before_after_action"):
+        if point in ("after_ready", "before_after_action", "after_move"):
             return min(3, len(live) + len(coming))
         if point == "after_delete_response":
             return min(2, pending) or (1 if self.changeable(rows) else 0)

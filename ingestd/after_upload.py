@@ -33,14 +33,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ingestd.config import Config
+from ingestd.failpoints import failpoint
 from ingestd.file_moves import (
     Identity,
     NotThatFile,
     check_identity,
+    find_moved_copy,
     make_folders_like,
     move_into,
     remove_folders,
 )
+from ingestd.fingerprint import full_sha256
+from ingestd.judged import FileSnapshot, OpenRule
 from ingestd.ledger import Job, Ledger
 from ingestd.logs import get_logger
 from ingestd.metadata import relative_path
@@ -140,13 +144,27 @@ class Moved:
 
 
 def _move_to(
-    source: Path, root: Path, target_root: Path, belongs: Belongings, expected: Identity
+    source: Path,
+    root: Path,
+    target_root: Path,
+    belongs: Belongings,
+    expected: Identity,
+    sha256: str | None = None,
 ) -> Moved:
     """Move ``source`` (only while it is ``expected``) and its companions below ``target_root``,
-    keeping the relative path."""
+    keeping the relative path. A source already moved there by an attempt that crashed
+    before its commit (its copy found by identity, or by ``sha256``) counts as moved."""
     rel = relative_path(source, root)
     folder = target_root / rel.parent
-    check_identity(source, expected)  # before anything is made for it
+    try:
+        check_identity(source, expected)  # before anything is made for it
+    except NotThatFile as exc:
+        done = (
+            _already_moved(folder, rel.name, expected, sha256) if exc.reason == "missing" else None
+        )
+        if done is None:
+            raise
+        return Moved(done, Identity.of(os.lstat(done)), [])
     made = make_folders_like(folder, target_root, root)
     extras = companions(source, belongs)
     try:
@@ -163,6 +181,23 @@ def _move_to(
             stuck.append((extra, exc.strerror or str(exc)))
     remove_empty_parents(source, root)
     return Moved(destination, identity, stuck)
+
+
+def _already_moved(folder: Path, name: str, expected: Identity, sha256: str | None) -> Path | None:
+    """The copy an interrupted move left in ``folder`` (file_moves.find_moved_copy)."""
+
+    def same_content(path: Path) -> bool:
+        if not sha256:
+            return False
+        try:
+            return full_sha256(path, FileSnapshot.of(os.lstat(path)), OpenRule()) == sha256
+        except OSError:
+            return False
+
+    try:
+        return find_moved_copy(folder, name, expected, same_content)
+    except OSError:
+        return None
 
 
 def _renamed_with(extra: Path, source: Path, destination: Path) -> str:
@@ -229,8 +264,15 @@ async def apply_after_upload(config: Config, ledger: Ledger, job: Job) -> None:
         if action == "move":
             assert config.after_upload.move_to is not None
             moved = await asyncio.to_thread(
-                _move_to, source, root, config.after_upload.move_to, belongs, source_identity(job)
+                _move_to,
+                source,
+                root,
+                config.after_upload.move_to,
+                belongs,
+                source_identity(job),
+                job.sha256,
             )
+            failpoint("after_move")
             changes = moved.ledger_fields()
             log.info("file.moved", job_id=job.id, path=job.path, dest=changes["final_path"])
             _stuck(job, moved, "move")

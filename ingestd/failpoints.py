@@ -26,6 +26,7 @@ FAILPOINTS: tuple[str, ...] = (
     "in_confirming",  # all bytes sent and "confirming" committed
     "after_ready",  # the server said ready, "done" not yet committed
     "before_after_action",  # "done" committed, the file not yet kept/moved/deleted
+    "after_move",  # the file was moved to move_to, where it went not yet committed
     "after_delete_response",  # a partial record was deleted, the ledger not yet told
 )
 

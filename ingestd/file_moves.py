@@ -24,7 +24,7 @@ import ctypes
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,34 @@ def candidate_names(name: str) -> Iterator[str]:
     while True:
         number += 1
         yield fit_name(stem, f" ({number}){suffix}")
+
+
+def find_moved_copy(
+    folder: Path, name: str, expected: Identity, same_content: Callable[[Path], bool]
+) -> Path | None:
+    """The copy of ``expected`` that an interrupted :func:`move_into` already put into
+    ``folder`` as ``name`` or ``name (N)``, if any.
+
+    A crash between the move and the ledger's commit leaves the source gone and its
+    copy in place: the move is done, and only its commit is missing. A rename keeps
+    the inode; a copy across file systems keeps size and mtime, and
+    ``same_content(path)`` (the full sha256 against the uploaded one) decides.
+    Candidates are looked at up to the first free name (where a move would have put it).
+    """
+    for candidate in candidate_names(name):
+        target = folder / candidate
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode) or (info.st_size, info.st_mtime_ns) != (
+            expected.size,
+            expected.mtime_ns,
+        ):
+            continue
+        if info.st_ino == expected.inode or same_content(target):
+            return target
+    raise AssertionError("unreachable")  # candidate_names never ends
 
 
 def rename_no_replace(source: Path, target: Path) -> None:

@@ -13,6 +13,7 @@ from conftest import (
     random_file,
     run_cli,
     server_videos,
+    sha256_file,
     write_config,
 )
 
@@ -163,4 +164,30 @@ def test_keep_is_settled_in_the_same_commit_as_done(
     )
     assert _once(config) == 0
     assert (export / "clip.mp4").exists()
+    assert len(server.snapshot()["records"]) == 1
+
+
+def test_a_crash_between_a_move_and_its_commit_finds_the_moved_copy(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    """The source is gone and its copy is in move_to, but the ledger never heard: the next
+    start recognises the copy (same inode) and commits the move, instead of leaving the
+    job alone as "missing"."""
+    digest = random_file(export / "room" / "clip.mp4", 1000)
+    moved = tmp_path / "moved"
+    config = write_config(
+        tmp_path,
+        server.url,
+        watch={"settle": "0.1s"},
+        after_upload={"action": "move", "move_to": str(moved)},
+    )
+    assert _once(config, INGESTD_FAILPOINTS="after_move") == -signal.SIGKILL
+    copy = moved / "room" / "clip.mp4"
+    assert copy.exists() and not (export / "room" / "clip.mp4").exists()
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert (row["state"], row["after_done"]) == ("done", 0)
+    assert _once(config) == 0
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert (row["after_done"], row["final_path"], row["left_alone"]) == (1, str(copy), None)
+    assert sha256_file(copy) == digest
     assert len(server.snapshot()["records"]) == 1

@@ -7,6 +7,7 @@ out of space for real.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     KiB,
+    ingestd_env,
     ledger_rows,
     random_file,
     run_cli,
@@ -120,3 +122,37 @@ def test_a_move_across_file_systems_keeps_the_file_its_mode_and_time(
         info.st_ino,
         info.st_size,
     )
+
+
+def test_a_crash_after_a_copy_across_file_systems_finds_the_copy_by_its_content(
+    tmp_path: Path, server: FakeValtThread, export: Path, roomy_fs: Path
+) -> None:
+    """Across file systems the copy has an inode of its own: after a crash between the move
+    and its commit, the copy in move_to (taken name and all) is recognised by size, mtime
+    and the uploaded sha256, and a same-sized file of other bytes under the plain name is
+    not mistaken for it."""
+    clip = export / "room" / "clip.mp4"
+    digest = random_file(clip, 200 * KiB)
+    target = roomy_fs / "archive" / "room"
+    target.mkdir(parents=True)
+    impostor = target / "clip.mp4"
+    random_file(impostor, 200 * KiB, seed=99)
+    mtime = clip.stat().st_mtime_ns
+    os.utime(impostor, ns=(mtime, mtime))  # same size and mtime, other bytes
+    config = write_config(
+        tmp_path,
+        server.url,
+        watch={"settle": "0.1s"},
+        after_upload={"action": "move", "move_to": str(roomy_fs / "archive")},
+    )
+    env = ingestd_env(INGESTD_FAILPOINTS="after_move")
+    crashed = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s", env=env)
+    assert crashed.returncode == -signal.SIGKILL
+    assert not clip.exists()
+    assert _once(config).returncode == 0
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    copy = target / "clip (1).mp4"
+    assert (row["after_done"], row["final_path"], row["left_alone"]) == (1, str(copy), None)
+    assert row["final_inode"] == copy.stat().st_ino
+    assert sha256_file(copy) == digest
+    assert sorted(p.name for p in target.iterdir()) == ["clip (1).mp4", "clip.mp4"]
