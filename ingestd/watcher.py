@@ -29,6 +29,7 @@ from ingestd.judged import FileSnapshot, OpenRule, snapshot
 from ingestd.ledger import Job, Known, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.matching import PathFilter, iter_file_entries
+from ingestd.memory import release_free_memory
 from ingestd.sidecar import sidecar_wait_reason
 
 log = get_logger("ingestd.watcher")
@@ -238,6 +239,7 @@ class Intake:
         if clean:
             self._forget_absent(present)
         self.last_scan_at = time.time()
+        release_free_memory()  # what the walk and its jobs used is free again: give it back
         log.info(
             "watcher.rescan",
             why=why,
