@@ -12,10 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The power-cut tests mount a FUSE file system (powercut/): libfuse 3 and fusermount3.
+.PHONY: fuse3
+fuse3:
+	@command -v fusermount3 >/dev/null || (apt-get update -qq && apt-get install -y -qq fuse3)
+
 demo: $(STAMP)
 	$(BIN)/ingestd demo
 
-test: $(STAMP)
+test: $(STAMP) fuse3
 	$(BIN)/pytest
 
 # The long crash and fault campaign (the short form runs inside `make test`).
@@ -38,8 +43,8 @@ bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale $(if $(FILES),--files $(FILES)) --json build/scale.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingestd tests
-	$(BIN)/ruff format --check ingestd tests
+	$(BIN)/ruff check ingestd tests powercut
+	$(BIN)/ruff format --check ingestd tests powercut
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	systemd-analyze verify systemd/ingestd.service 2>&1 | grep -v 'is not executable' | (! grep .)
