@@ -29,6 +29,14 @@ chaos: $(STAMP)
 	mkdir -p build
 	$(BIN)/python chaos/campaign.py $(if $(SEED),--seed $(SEED)) --json build/chaos.json
 
+# The power-cut campaign (powercut/campaign.py): three daemons on a FUSE file system that
+# forgets what was not fsynced, hundreds of power cuts; the short form runs inside `make test`.
+# SEED=N replays a run, MODE=ordered models ext4's journal; the table goes to build/power.json.
+.PHONY: power
+power: $(STAMP) fuse3
+	mkdir -p build
+	$(BIN)/python -m powercut.campaign $(if $(SEED),--seed $(SEED)) $(if $(MODE),--mode $(MODE)) --json build/power.json
+
 # ingestd against curl and its own targets on loopback (bench/run.py); prints one table
 # and writes bench/results.json. Needs curl and ~13 GiB under $$INGESTD_BENCH_DIR (default
 # /var/tmp/ingestd-bench, a real disk), written once and reused; under 10 min on 2 cores.
