@@ -126,6 +126,8 @@ class Recording:
     data: bytes = b""
     sha256: str = ""
     finished: bool = False
+    broken_sidecar: bool = False
+    """Its ``NAME.json`` is not JSON: the job fails for good and goes to ``failed_to``."""
     handle: IO[bytes] | None = None
     written: int = 0
 
@@ -187,6 +189,7 @@ class Report:
     done_incomplete: int = 0
     partial_records_left: int = 0
     actions_undone: int = 0
+    failed_not_set_aside: int = 0
     backups_aged: int = 0
     daemon_exits: int = 0
     faults: dict[str, int] = field(default_factory=dict)
@@ -234,6 +237,10 @@ class Report:
             (
                 "after-upload actions the ledger holds and the disk lost (must be 0)",
                 str(self.actions_undone),
+            ),
+            (
+                "failed recordings never set aside to failed_to (must be 0)",
+                str(self.failed_not_set_aside),
             ),
             ("daemons that exited by themselves (must be 0)", str(self.daemon_exits)),
             ("remounts with another device number (must be 0)", str(self.device_changes)),
@@ -297,6 +304,7 @@ class Campaign:
                 rec = Recording(
                     action, number * 1000 + index, str(Path(folder) / name), size, style, appear
                 )
+                rec.broken_sidecar = index == 1
                 rec.data = b"".join(_content(options.seed, rec.index, 0, size))
                 rec.sha256 = hashlib.sha256(rec.data).hexdigest()
                 self.recordings.append(rec)
@@ -419,6 +427,12 @@ class Campaign:
         target = final.with_name(final.name + ".part") if rec.style == "part" else final
         if rec.handle is None:
             make_dirs(final.parent, export)
+            if rec.broken_sidecar:
+                sidecar = final.with_name(final.name + ".json")
+                with open(sidecar, "wb") as handle:
+                    handle.write(b'{"name": "half a sidecar')
+                    os.fsync(handle.fileno())
+                fsync_path(final.parent)
             rec.handle = open(target, "wb")  # noqa: SIM115 - held open across steps
             rec.written = 0
         piece = rec.size if rec.style == "fast" else max(1, rec.size // self.rng.randint(3, 8))
@@ -538,6 +552,7 @@ class Campaign:
             for row in rows:
                 if row["state"] == "done":
                     self.check_done(station, row, by_id.get(row["record_id"]))
+                if row["state"] in ("done", "failed"):
                     self.check_action(station, row)
             for rec in self.recordings:
                 if rec.action == station.action and rec.finished:
@@ -609,6 +624,8 @@ class Campaign:
                     path = Path(folder) / name
                     if name.startswith(".") or name.endswith(TEMPORARY):
                         continue  # a temporary name: not a final one
+                    if name.endswith(".json"):
+                        continue  # a sidecar, travelling with its video
                     if name.endswith(".error.txt"):
                         text = path.read_text(errors="replace")
                         if "To try again" not in text or not text.endswith("\n"):
@@ -643,11 +660,16 @@ class Campaign:
 
     def check_action(self, station: Station, row: dict[str, Any]) -> None:
         """What the ledger says the after-upload action did is what the disk shows."""
-        if not row["after_done"]:
-            return
         source, final = Path(row["path"]), row["final_path"]
         wrong = ""
-        if station.action == "move" and final:
+        if row["state"] == "failed" and final:
+            if sha256_of(Path(final)) is None:
+                wrong = f"set aside to {final} by the ledger, not there on disk"
+            elif source.exists():
+                wrong = f"set aside to {final}, yet the source is back in the watch folder"
+        elif not row["after_done"]:
+            return
+        elif station.action == "move" and final:
             if sha256_of(Path(final)) != row["sha256"]:
                 wrong = f"moved to {final} by the ledger, not there on disk"
             elif source.exists():
@@ -706,9 +728,15 @@ class Campaign:
                 if rec.action != station.action:
                     continue
                 row = newest.get(str(station.export / rec.relpath))
-                if row is None or row["state"] != "done" or not row["after_done"]:
+                if not self.settled(rec, row):
                     state = row["state"] if row else "no job"
-                    self.report.problem(f"{station.action}/{rec.relpath}: not done but {state}")
+                    self.report.problem(f"{station.action}/{rec.relpath}: not finished: {state}")
+                elif rec.broken_sidecar and not row["final_path"]:  # type: ignore[index]
+                    self.report.flag(
+                        "failed_not_set_aside",
+                        f"aside:{rec.relpath}",
+                        f"{station.action}/{rec.relpath}: failed, never moved to failed_to",
+                    )
 
     # --- the whole --------------------------------------------------------------------
 
@@ -740,12 +768,20 @@ class Campaign:
             for rec in self.recordings:
                 if rec.action != station.action:
                     continue
-                row = newest.get(str(station.export / rec.relpath))
-                if row is None or row["state"] != "done" or not row["after_done"]:
+                if not self.settled(rec, newest.get(str(station.export / rec.relpath))):
                     return False
             if pending:
                 return False
         return True
+
+    @staticmethod
+    def settled(rec: Recording, row: dict[str, Any] | None) -> bool:
+        """Done with its action taken; or, with a broken sidecar, failed."""
+        if row is None:
+            return False
+        if rec.broken_sidecar:
+            return bool(row["state"] == "failed")
+        return bool(row["state"] == "done" and row["after_done"])
 
     def run(self) -> Report:
         options = self.options
