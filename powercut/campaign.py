@@ -3,7 +3,9 @@
 Three daemons (``python -m ingestd run``, real processes), one per
 after-upload action - ``keep`` with ``keep_for``, ``move``, ``delete`` - run
 on the power-cut file system (``powercut/``): each one's ledger and its
-backups, watch folder, ``move_to`` and ``failed_to`` all live on it. The
+backups, watch folder, ``move_to`` and ``failed_to`` all live on it (the
+move daemon's ``move_to`` and ``failed_to`` on a second such volume, so its
+moves cross file systems; the others' set-asides are renames). The
 fake Valt server (in this process, on the real disk: another machine)
 injects the crash campaign's faults (``chaos/campaign.py``). Recordings
 arrive while the daemons run: some at once, some written slowly under their
@@ -144,6 +146,8 @@ class Station:
     root: Path
     config: Path
     log: Path
+    aside: Path
+    """Where ``move_to`` and ``failed_to`` are: the same file system, or the other one."""
     process: subprocess.Popen[bytes] | None = None
     log_offset: int = 0
 
@@ -159,11 +163,11 @@ class Station:
 
     @property
     def moved(self) -> Path:
-        return self.root / "moved"
+        return self.aside / "moved"
 
     @property
     def failed(self) -> Path:
-        return self.root / "failed"
+        return self.aside / "failed"
 
     @property
     def ledger(self) -> Path:
@@ -318,13 +322,20 @@ class Campaign:
 
     def setup(self, work: Path) -> None:
         self.work = work
+        # The move daemon's move_to and failed_to are on a second volume (a move across file
+        # systems is a copy); the others set failed files aside on their own volume (a rename).
         self.disk: PowerCutMount = mount(work / "backing", work / "mnt", self.options.mode)
+        self.other: PowerCutMount = mount(work / "backing2", work / "mnt2", self.options.mode)
         self.stations: dict[str, Station] = {}
         for action in ACTIONS:
             root = self.disk.mountpoint / action
-            station = Station(action, root, work / f"{action}.yaml", work / f"{action}.log")
-            for folder in (station.export, station.moved, station.failed, station.ledger.parent):
+            volume = self.other if action == "move" else self.disk
+            aside = volume.mountpoint / action
+            station = Station(action, root, work / f"{action}.yaml", work / f"{action}.log", aside)
+            for folder in (station.export, station.ledger.parent):
                 make_dirs(folder, self.disk.mountpoint)
+            for folder in (station.moved, station.failed):
+                make_dirs(folder, volume.mountpoint)
             self.stations[action] = station
 
     def write_config(self, station: Station) -> None:
@@ -500,6 +511,7 @@ class Campaign:
         self.kill_daemons()
         dropped = self.drop_writers()
         self.disk.cut()
+        self.other.cut()
         self.cut_number += 1
         self.report.cuts += 1
         self.check(final=False)
@@ -756,6 +768,7 @@ class Campaign:
             self.report.problem(f"not all done within {self.options.final_timeout:.0f} s")
         self.stop_daemons()
         self.disk.cut()  # a power cut after a clean stop: all that was claimed must be on disk
+        self.other.cut()
         self.report.cuts += 1
         self.cut_number += 1
         self.check(final=False)
@@ -814,7 +827,10 @@ class Campaign:
                     self.kill_daemons()
                     self.drop_writers()
                     self.disk.close()
-                    self.report.device_changes = len(set(self.disk.devices)) - 1
+                    self.other.close()
+                    self.report.device_changes = sum(
+                        len(set(d.devices)) - 1 for d in (self.disk, self.other)
+                    )
         finally:
             self.report.seconds = time.monotonic() - self.started_at
         if self.report.ok and not options.keep and options.workdir is None:
