@@ -28,7 +28,8 @@ cut once more and everything is checked a last time.
 Invariants, after every cut and at the end:
 
 - every ledger opens and passes ``quick_check``; every backup under a
-  backup's final name does too;
+  backup's final name does too; no more backups are left than
+  ``ledger.backups`` (one more between a backup and its rotation);
 - every recording that finished arriving is complete and byte-identical in
   at least one place: the watch folder, ``move_to``, or the server (a
   ``ready`` video there);
@@ -92,6 +93,8 @@ DAY = 24 * 3600
 STARTUP_CUTS = 0.15
 """The share of cuts that come while the daemons start (before ``daemon.started``)."""
 STARTUP_TIMEOUT = 60.0
+BACKUPS = 2
+"""``ledger.backups``: backups are aged by a day now and then, so rotations happen."""
 
 
 @dataclass
@@ -194,6 +197,7 @@ class Report:
     partial_records_left: int = 0
     actions_undone: int = 0
     failed_not_set_aside: int = 0
+    rotations_undone: int = 0
     backups_aged: int = 0
     daemon_exits: int = 0
     faults: dict[str, int] = field(default_factory=dict)
@@ -245,6 +249,10 @@ class Report:
             (
                 "failed recordings never set aside to failed_to (must be 0)",
                 str(self.failed_not_set_aside),
+            ),
+            (
+                "ledgers with more backups than ledger.backups (must be 0)",
+                str(self.rotations_undone),
             ),
             ("daemons that exited by themselves (must be 0)", str(self.daemon_exits)),
             ("remounts with another device number (must be 0)", str(self.device_changes)),
@@ -359,7 +367,7 @@ class Campaign:
                 "backoff_max": "0.5s",
             },
             "after_upload": after,
-            "ledger": {"path": str(station.ledger), "backups": 2},
+            "ledger": {"path": str(station.ledger), "backups": BACKUPS},
             "log": {"format": "json", "level": "info"},
             "status": {"listen": None},
         }
@@ -608,7 +616,15 @@ class Campaign:
         return rows
 
     def check_backups(self, station: Station) -> None:
-        for backup in self.backups(station):
+        backups = self.backups(station)
+        if len(backups) > BACKUPS + 1:  # one more: a cut between a backup and its rotation
+            self.report.flag(
+                "rotations_undone",
+                f"rotation:{station.action}",
+                f"{station.action}: cut {self.cut_number}: {len(backups)} backups on disk, "
+                f"ledger.backups is {BACKUPS} (the rotation's deletions were not durable)",
+            )
+        for backup in backups:
             try:
                 conn = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
                 try:
