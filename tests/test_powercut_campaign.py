@@ -54,7 +54,6 @@ def test_power_cuts_lose_no_recording_and_damage_no_ledger(report: Report) -> No
         "done_incomplete": report.done_incomplete,
         "partial_records_left": report.partial_records_left,
         "daemon_exits": report.daemon_exits,
-        "device_changes": report.device_changes,
     }
     assert figures == dict.fromkeys(figures, 0), report.table()
 
