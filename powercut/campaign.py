@@ -762,6 +762,11 @@ class Campaign:
                 if not self.settled(rec, row):
                     state = row["state"] if row else "no job"
                     self.report.problem(f"{station.action}/{rec.relpath}: not finished: {state}")
+                elif row is not None and row["state"] == "skipped":
+                    self.report.problem(
+                        f"{station.action}/{rec.relpath}: came back after its action and was "
+                        "skipped as a duplicate of its own upload"
+                    )
                 elif rec.broken_sidecar and not row["final_path"]:  # type: ignore[index]
                     self.report.flag(
                         "failed_not_set_aside",
@@ -813,7 +818,8 @@ class Campaign:
             return False
         if rec.broken_sidecar:
             return bool(row["state"] == "failed")
-        return bool(row["state"] == "done" and row["after_done"])
+        # skipped: a file whose deletion a cut undid came back and matched its own upload
+        return bool(row["state"] == "skipped" or (row["state"] == "done" and row["after_done"]))
 
     def run(self) -> Report:
         options = self.options
