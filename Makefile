@@ -12,10 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The power-cut tests mount a FUSE file system (powercut/): libfuse 3 and fusermount3.
+.PHONY: fuse3
+fuse3:
+	@command -v fusermount3 >/dev/null || (apt-get update -qq && apt-get install -y -qq fuse3)
+
 demo: $(STAMP)
 	$(BIN)/ingestd demo
 
-test: $(STAMP)
+test: $(STAMP) fuse3
 	$(BIN)/pytest
 
 # The long crash and fault campaign (the short form runs inside `make test`).
@@ -23,6 +28,14 @@ test: $(STAMP)
 chaos: $(STAMP)
 	mkdir -p build
 	$(BIN)/python chaos/campaign.py $(if $(SEED),--seed $(SEED)) --json build/chaos.json
+
+# The power-cut campaign (powercut/campaign.py): three daemons on a FUSE file system that
+# forgets what was not fsynced, hundreds of power cuts; the short form runs inside `make test`.
+# SEED=N replays a run, MODE=ordered models ext4's journal; the table goes to build/power.json.
+.PHONY: power
+power: $(STAMP) fuse3
+	mkdir -p build
+	$(BIN)/python -m powercut.campaign $(if $(SEED),--seed $(SEED)) $(if $(MODE),--mode $(MODE)) --json build/power.json
 
 # ingestd against curl and its own targets on loopback (bench/run.py); prints one table
 # and writes bench/results.json. Needs curl and ~13 GiB under $$INGESTD_BENCH_DIR (default
@@ -38,8 +51,8 @@ bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale $(if $(FILES),--files $(FILES)) --json build/scale.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingestd tests
-	$(BIN)/ruff format --check ingestd tests
+	$(BIN)/ruff check ingestd tests powercut
+	$(BIN)/ruff format --check ingestd tests powercut
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	systemd-analyze verify systemd/ingestd.service 2>&1 | grep -v 'is not executable' | (! grep .)
