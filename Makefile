@@ -27,7 +27,7 @@ test: $(STAMP) fuse3
 # SEED=N replays a run; the table is also written to build/chaos.json.
 chaos: $(STAMP)
 	mkdir -p build
-	$(BIN)/python chaos/campaign.py $(if $(SEED),--seed $(SEED)) --json build/chaos.json
+	$(BIN)/python -m chaos.campaign $(if $(SEED),--seed $(SEED)) --json build/chaos.json
 
 # The power-cut campaign (powercut/campaign.py): three daemons on a FUSE file system that
 # forgets what was not fsynced, hundreds of power cuts; the short form runs inside `make test`.

@@ -18,9 +18,9 @@ run as nobody, in one phase per after-upload action; its rows count private
 bytes uploaded, never-uploaded files deleted or moved, and daemon or loop
 stops.
 
-    .venv/bin/python chaos/campaign.py                 # the long form (make chaos)
-    .venv/bin/python chaos/campaign.py --short         # the short form (as in make test)
-    .venv/bin/python chaos/campaign.py --seed 1234     # replay a run's plan
+    .venv/bin/python -m chaos.campaign                 # the long form (make chaos)
+    .venv/bin/python -m chaos.campaign --short         # the short form (as in make test)
+    .venv/bin/python -m chaos.campaign --seed 1234     # replay a run's plan
 
 The seed fixes the files, the plan of kills, every failpoint count, every
 random delay, the chunk sizes and the server's fault dice. Timing still
@@ -59,12 +59,8 @@ from typing import Any
 
 import yaml
 
-# Run as a script or loaded by its path (tests): its sibling modules sit beside it.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from chaos_fs import FsOptions, FsReport, run_fs_campaign
-from chaos_ledger import ledger_state, newest_jobs, sha256_file
-
+from chaos.chaos_fs import FsOptions, FsReport, run_fs_campaign
+from chaos.chaos_ledger import ledger_state, newest_jobs, sha256_file
 from ingestd.failpoints import ENV_VAR, FAILPOINTS
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.units import format_size, parse_size

@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from chaos_ledger import ledger_state, newest_jobs, sha256_file
 
+from chaos.chaos_ledger import ledger_state, newest_jobs, sha256_file
 from ingestd.failpoints import ENV_VAR
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.fake_valt.multipart import MultipartStream

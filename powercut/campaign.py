@@ -75,9 +75,8 @@ from chaos.campaign import (
     ServerEvents,
     _content,
     _size,
-    ledger_state,
-    newest_jobs,
 )
+from chaos.chaos_ledger import ledger_state, newest_jobs
 from ingestd.backup import backup_time
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.ledger import BACKUP_INFIX

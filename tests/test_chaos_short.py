@@ -11,36 +11,29 @@ three phases (keep with keep_for, move, delete), the daemon as nobody.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from chaos import chaos_fs
 from ingestd.failpoints import FAILPOINTS
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SEED = 20261128
 
 
 def _campaign() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("chaos_campaign", REPO / "chaos" / "campaign.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("chaos.campaign")
 
 
 def campaign_kinds() -> tuple[str, ...]:
-    return tuple(sys.modules["chaos_fs"].KINDS)
+    return tuple(chaos_fs.KINDS)
 
 
 def campaign_states() -> tuple[str, ...]:
-    return tuple(sys.modules["chaos_fs"].STATES)
+    return tuple(chaos_fs.STATES)
 
 
 @pytest.fixture(scope="module")
