@@ -48,7 +48,7 @@ from ingestd.judged import FileSnapshot, OpenRule
 from ingestd.ledger import Job, Ledger
 from ingestd.logs import get_logger
 from ingestd.metadata import relative_path
-from ingestd.own_files import write_private
+from ingestd.own_files import fsync_folder, write_private
 from ingestd.sidecar import sidecar_paths
 
 log = get_logger("ingestd.after_upload")
@@ -213,6 +213,7 @@ def _delete(source: Path, root: Path, belongs: Belongings, expected: Identity) -
     for extra in companions(source, belongs):
         extra.unlink(missing_ok=True)
     source.unlink(missing_ok=True)
+    fsync_folder(source.parent)  # durable before the ledger says "deleted"
     remove_empty_parents(source, root)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from ingestd.errors import LedgerError
 from ingestd.ledger import BACKUP_INFIX, State, existing_backups, sqlite_uri
 from ingestd.lock import LedgerLock
-from ingestd.own_files import create_private, fsync_path
+from ingestd.own_files import create_private, fsync_folder, fsync_path
 
 BACKUP_EVERY = 24 * 3600.0
 # Meta keys. ``backup_taken_at`` is written into each backup; the others into a
@@ -143,6 +143,8 @@ def rotate(ledger: Path, keep: int) -> list[Path]:
     removed = backups[: max(0, len(backups) - keep)]
     for path in removed:
         path.unlink(missing_ok=True)
+    if removed:  # else a power cut brings them back, and backups pile up past ``keep``
+        fsync_folder(ledger.parent)
     prefix = ledger.name + BACKUP_INFIX
     with contextlib.suppress(OSError):
         for name in os.listdir(ledger.parent):

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingestd.own_files import fsync_path
+from ingestd.own_files import fsync_folder
 
 NAME_MAX = 255
 _COPY_BLOCK = 1024 * 1024
@@ -193,8 +193,10 @@ def move_into(source: Path, folder: Path, name: str, expected: Identity | None =
         if exc.errno != errno.EXDEV:
             raise
         return _copy_across(source, folder, name, expected)
-    with contextlib.suppress(OSError):  # the rename is done; a retry would redo it anyway
-        fsync_path(folder)
+    # Both names durable before the ledger says "moved" (a retry finds the copy anyway).
+    fsync_folder(folder)
+    if source.parent != folder:
+        fsync_folder(source.parent)
     return placed
 
 
@@ -213,25 +215,15 @@ def _copy_across(source: Path, folder: Path, name: str, expected: Identity | Non
     finally:
         temporary.unlink(missing_ok=True)
     try:
-        _fsync_folder(folder)  # the copy's name is durable before the source goes
+        fsync_folder(folder)  # the copy's name is durable before the source goes
         if expected is not None:  # replaced while it was copied: the copy is not of it
             check_identity(source, expected)
         os.unlink(source)
     except BaseException:
         placed.unlink(missing_ok=True)
         raise
-    with contextlib.suppress(OSError):  # durability of the unlink; the copy is safe already
-        fsync_path(source.parent)
+    fsync_folder(source.parent)  # the unlink durable before the ledger says "moved"
     return placed
-
-
-def _fsync_folder(folder: Path) -> None:
-    """fsync ``folder``, unless its file system cannot fsync a folder at all."""
-    try:
-        fsync_path(folder)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
 
 
 def _copy_to_temporary(fd: int, info: os.stat_result, folder: Path) -> Path:
@@ -294,6 +286,7 @@ def make_folders_like(folder: Path, target_root: Path, source_root: Path) -> lis
         os.chmod(made, stat.S_IMODE(info.st_mode))
         with contextlib.suppress(PermissionError):
             os.chown(made, info.st_uid, info.st_gid)
+        fsync_folder(made.parent)  # the new folder's name survives a power cut
     return made_here
 
 
