@@ -47,6 +47,7 @@ EVALUATE_EVERY = 2.0
 WATCHER_GRACE = 15.0
 LEDGER_ERROR_WINDOW = 120.0  # a ledger error this recent still makes /healthz fail
 FREE_SPACE_TIMEOUT = 5.0  # statvfs on a hung network mount must not hold the monitor
+CREDENTIALS_REFUSED = "credentials refused by the server: check valt.username and the password"
 
 
 @dataclass
@@ -76,6 +77,7 @@ class StatusService:
         self._ledger_error: tuple[float, str] | None = None
         self._watcher_seen: float | None = None  # set when the periodic task starts
         self._probing: asyncio.Future[dict[int, int]] | None = None
+        self._server_problem: str | None = None  # as last written to the ledger
 
     # --- the daemon's hooks -----------------------------------------------------------------
 
@@ -122,6 +124,21 @@ class StatusService:
         self.alerter.backlog(self.view.backlog.files, self.view.backlog.oldest)
         self.alerter.auth(daemon.client.auth_failed)
         self.metrics.healthy.set(0 if self.problems() else 1)
+        await self._record_server_problem(daemon)
+
+    async def _record_server_problem(self, daemon: Daemon) -> None:
+        """Keep the ledger's word on what keeps us from the server in step (``ingestd
+        status`` reads it); written only when it changes."""
+        problem = daemon.client.redirect or (
+            CREDENTIALS_REFUSED if daemon.client.auth_failed else None
+        )
+        if problem == self._server_problem:
+            return
+        try:
+            await daemon.ledger.set_server_problem(problem, time.time())
+        except (sqlite3.Error, LedgerError):
+            return  # the ledger's own problem is reported; try again at the next look
+        self._server_problem = problem
 
     async def _refresh(self) -> None:
         """Read counts and the unsent files from the ledger; set the ledger gauges."""
@@ -160,7 +177,7 @@ class StatusService:
             *self._ledger_problems(),
         ]
         if daemon.client.auth_failed:
-            found.append("credentials refused by the server: check valt.username and the password")
+            found.append(CREDENTIALS_REFUSED)
         if daemon.client.redirect is not None:
             found.append(daemon.client.redirect)
         if daemon.client.last_contact_ok is False:

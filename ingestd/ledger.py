@@ -448,6 +448,18 @@ class Ledger:
     async def is_paused(self) -> bool:
         return await self.get_meta("paused") == "1"
 
+    async def set_server_problem(self, problem: str | None, since: float) -> None:
+        """What keeps the daemon from the server (refused credentials, a redirect), for
+        ``ingestd status``, which runs in another process; None when there is nothing."""
+        await self._set_meta("server_problem", problem or "")
+        await self._set_meta("server_problem_since", repr(since) if problem else "")
+
+    async def server_problem(self) -> tuple[str, float] | None:
+        """:meth:`set_server_problem`'s last word: the problem and since when, or None."""
+        problem = await self.get_meta("server_problem")
+        since = await self.get_meta("server_problem_since")
+        return (problem, float(since)) if problem and since else None
+
     # --- jobs -------------------------------------------------------------------------
 
     async def add_job(

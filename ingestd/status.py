@@ -55,6 +55,7 @@ async def gather_status(ledger: Ledger) -> dict[str, Any]:
     failed = await ledger.jobs_in([State.FAILED], order="updated_at DESC")
     waiting = await ledger.jobs_in([State.WAITING], order="discovered_at")
     oldest = waiting[0] if waiting else None
+    problem = await ledger.server_problem()
     return {
         "ledger": str(ledger.path),
         "paused": await ledger.is_paused(),
@@ -67,6 +68,7 @@ async def gather_status(ledger: Ledger) -> dict[str, Any]:
         else {"path": oldest.path, "age_s": round(now - oldest.discovered_at)},
         "pending_deletions": await ledger.pending_deletions(),
         "suspected_orphans": await ledger.suspected_orphans(),
+        "server_problem": None if problem is None else {"problem": problem[0], "since": problem[1]},
     }
 
 
@@ -87,6 +89,10 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append("  " + _line(item))
         if len(items) > 50:
             lines.append(f"  ... and {len(items) - 50} more")
+    problem = status["server_problem"]
+    if problem:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(problem["since"]))
+        lines.append(f"SERVER: {problem['problem']} (since {since}); no upload goes on until then")
     oldest = status["oldest_waiting"]
     if oldest:
         lines.append(f"oldest waiting: {oldest['path']} ({format_duration(oldest['age_s'])})")

@@ -547,6 +547,8 @@ def test_a_wrong_password_is_tried_once_a_minute_and_fails_no_job(
             # (on the next attempt, the search for a record made meanwhile finds none).
             assert [row["state"] for row in rows] == ["creating"]
             assert rows[0]["attempts"] == 0
+            shown = run_cli("status", "-c", str(config)).stdout
+            assert "SERVER: credentials refused by the server" in shown, shown
         finally:
             assert stop_process(daemon) == 0
     events = log_events(log)

@@ -86,6 +86,18 @@ def test_redirect_waits_for_valt_url_and_says_so(
         row = wait_for(lambda: (ledger_rows(tmp_path / "ledger.db") or [None])[0])
         assert row["attempts"] == 0 and row["state"] != "failed"
         assert _get(port, "/healthz")[0] == 503
+        # `ingestd status` (another process) says it too, from the ledger.
+        status = wait_for(
+            lambda: (
+                (shown := run_cli("status", "-c", str(config), "--json")).returncode == 0
+                and json.loads(shown.stdout)["server_problem"]
+            ),
+            timeout=15,
+        )
+        assert f"valt.url {server.url} redirects to {elsewhere.url}" in status["problem"]
+        text = run_cli("status", "-c", str(config)).stdout
+        assert f"SERVER: valt.url {server.url} redirects to {elsewhere.url}" in text
+        assert "moved" not in text
     finally:
         assert stop_process(daemon) == 0
     [row] = ledger_rows(tmp_path / "ledger.db")
