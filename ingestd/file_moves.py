@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingestd.own_files import fsync_folder
+from ingestd.own_files import fsync_folder, missing_folders
 
 NAME_MAX = 255
 _COPY_BLOCK = 1024 * 1024
@@ -263,14 +263,8 @@ def make_folders_like(folder: Path, target_root: Path, source_root: Path) -> lis
     """Make ``folder`` (at or below ``target_root``) and its missing parents, each with the mode
     of the source folder in the same place below ``source_root`` (above it: the root's mode).
     Returns the folders made, outermost first."""
-    missing = []
-    while not os.path.lexists(folder):
-        missing.append(folder)
-        if folder.parent == folder:
-            break
-        folder = folder.parent
     made_here = []
-    for made in reversed(missing):
+    for made in missing_folders(folder):
         like = source_root
         if made.is_relative_to(target_root):
             like = source_root / made.relative_to(target_root)

@@ -19,15 +19,20 @@ PRIVATE_FILE = 0o600
 PRIVATE_FOLDER = 0o700
 
 
-def make_private_folders(folder: Path) -> None:
-    """Make ``folder`` and its missing parents, each 0700; existing folders are left as they are."""
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, outermost first."""
     missing = []
     while not os.path.lexists(folder):
         missing.append(folder)
         if folder.parent == folder:
             break
         folder = folder.parent
-    for made in reversed(missing):
+    return missing[::-1]
+
+
+def make_private_folders(folder: Path) -> None:
+    """Make ``folder`` and its missing parents, each 0700; existing folders are left as they are."""
+    for made in missing_folders(folder):
         try:
             os.mkdir(made, PRIVATE_FOLDER)
         except FileExistsError:  # made by someone else meanwhile: theirs, not ours

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from ingestd.fake_valt import FakeValtThread, Faults
+from powercut import PowerCutMount, missing, mount
 
 PASSWORD = "s3cret-Pass-w0rd-xyz"
 USERNAME = "ingest"
@@ -30,6 +31,16 @@ REPO = Path(__file__).resolve().parent.parent
 def server(tmp_path: Path) -> Iterator[FakeValtThread]:
     with FakeValtThread(tmp_path / "server", users={USERNAME: PASSWORD}, faults=Faults()) as fake:
         yield fake
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[PowerCutMount]:
+    """The power-cut test file system (powercut/), mounted over a folder of the test's."""
+    reason = missing()
+    if reason:  # a skipped test is not a pass: say what to install
+        pytest.fail(f"the power-cut file system cannot run here: {reason}")
+    with mount(tmp_path / "backing", tmp_path / "mnt") as handle:
+        yield handle
 
 
 @pytest.fixture

@@ -20,18 +20,9 @@ from ingestd.backup import rotate
 from ingestd.file_moves import Identity
 from ingestd.ledger import existing_backups
 from ingestd.own_files import write_private
-from powercut import PowerCutMount, missing, mount
+from powercut import PowerCutMount, mount
 
 NO_COMPANIONS = Belongings(done_marker=None, sidecars=False)
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[PowerCutMount]:
-    reason = missing()
-    if reason:  # a skipped test is not a pass: say what to install
-        pytest.fail(f"the power-cut file system cannot run here: {reason}")
-    with mount(tmp_path / "backing", tmp_path / "mnt") as handle:
-        yield handle
 
 
 @pytest.fixture

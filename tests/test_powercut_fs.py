@@ -18,25 +18,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from powercut import PowerCutMount, missing, mount
+from powercut import PowerCutMount, mount
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[PowerCutMount]:
-    reason = missing()
-    if reason:  # a skipped test is not a pass: say what to install
-        pytest.fail(f"the power-cut file system cannot run here: {reason}")
-    with mount(tmp_path / "backing", tmp_path / "mnt") as handle:
-        yield handle
 
 
 @pytest.fixture
