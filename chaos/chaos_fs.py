@@ -741,7 +741,8 @@ class Phase:
         self.check_log()
 
     def check_replacement(self, item: FsFile, jobs: dict[str, dict[str, Any]]) -> bool:
-        """A symlink, FIFO or folder put in place of a video: left as it is, never done."""
+        """A symlink, FIFO or folder put in place of a video: left as it is, and never done
+        unless every byte had been sent before the swap."""
         path = self.path(item)
         found = kind_of(path)
         ok = True
@@ -756,7 +757,12 @@ class Phase:
             self.problem(f"{item.relpath}: the {item.replaced_with} was moved to {moved[0]}")
             ok = False
         row = jobs.get(str(path))
-        if row is not None and row["state"] == "done" and float(row["done_at"]) > item.replaced_at:
+        # Swapped after every byte was sent (confirming): the server holds the judged file,
+        # read through descriptors that proved it, so "done" is that upload's right end (the
+        # after-upload action then leaves the swapped-in thing alone). Before that, never.
+        uploaded_at = None if row is None else row["uploaded_at"]
+        sent_before = uploaded_at is not None and float(uploaded_at) <= item.replaced_at
+        if row is not None and row["state"] == "done" and not sent_before:
             self.problem(
                 f"{item.relpath}: its job became done after it was replaced by a "
                 f"{item.replaced_with} (record {row['record_id']})"

@@ -136,6 +136,11 @@ class SourceMissing(IngestdError):
     """The source file disappeared before its upload finished."""
 
 
+class SourceUnreadable(IngestdError):
+    """The source file, or a folder above it, cannot be looked at or opened now (permissions
+    taken away, an I/O error): that file's trouble, tried again later like a failed request."""
+
+
 class SidecarError(IngestdError):
     """A video's sidecar file cannot be used: unreadable, bad JSON/YAML, or wrong keys/types.
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingestd.errors import SourceChanged, SourceMissing
+from ingestd.errors import SourceChanged, SourceMissing, SourceUnreadable
 from ingestd.judged import Judged, OpenRule, open_judged
 from ingestd.pacing import Pacer
 
@@ -140,6 +140,8 @@ class Source:
             fd = await asyncio.to_thread(open_judged, path, judged, rule)
         except FileNotFoundError:
             raise SourceMissing(str(path)) from None
+        except PermissionError as exc:
+            raise SourceUnreadable(f"cannot open the file ({exc.strerror})") from None
         return cls(path, fd)
 
     async def pieces(

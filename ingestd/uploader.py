@@ -33,6 +33,7 @@ from ingestd.errors import (
     RetryableError,
     SourceChanged,
     SourceMissing,
+    SourceUnreadable,
 )
 from ingestd.failpoints import failpoint
 from ingestd.judged import OpenRule, snapshot
@@ -99,6 +100,8 @@ class Uploader:
             await self._source_changed(job, str(exc), bound)
         except SourceMissing:
             await self._source_missing(job, bound)
+        except SourceUnreadable as exc:
+            await self._retry_later(job, "source_unreadable", str(exc), bound)
         except AuthFailed:
             # Not the job's fault: it keeps its state and goes on after a login works.
             await self.ledger.update(job.id, next_attempt_at=time.time() + AUTH_RETRY_DELAY)
@@ -117,9 +120,12 @@ class Uploader:
     # --- source ---------------------------------------------------------------------
 
     async def _check_source(self, job: Job) -> None:
-        current = await asyncio.to_thread(
-            snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
-        )
+        try:
+            current = await asyncio.to_thread(
+                snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
+            )
+        except PermissionError as exc:  # a folder above it locked: not gone, not a bug
+            raise SourceUnreadable(f"cannot look at the file ({exc.strerror})") from None
         if current is None:
             raise SourceMissing(job.path)
         if (current.size, current.mtime_ns, current.inode, current.device) != job.snapshot:

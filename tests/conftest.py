@@ -6,9 +6,11 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,6 +97,20 @@ def ingestd_env(**extra: str) -> dict[str, str]:
 
 
 NOBODY = 65534  # root ignores file permissions: where they are the point, run as nobody
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A folder an unprivileged user can reach (pytest's tmp_path is root's, mode 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="ingestd-nobody-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        for folder in base.rglob("*"):
+            if folder.is_dir():
+                folder.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def start_as_nobody(config: Path, log_file: Path, **env: str) -> subprocess.Popen[bytes]:

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    NOBODY,
     ledger_rows,
+    log_events,
     random_file,
     run_cli,
     server_videos,
     sha256_file,
+    start_as_nobody,
     start_daemon,
     stop_process,
     wait_for,
@@ -396,3 +399,42 @@ def test_container_verdicts_are_bounded(tmp_path: Path, monkeypatch: pytest.Monk
         path.write_bytes(struct.pack(">I4s", 8, b"moof"))
         checks.why_not_finished(path, 8)
     assert len(checks._verdicts) == 8
+
+
+def test_a_folder_locked_during_an_upload_is_that_files_retry_not_an_internal_error(
+    nobody_dir: Path, server: FakeValtThread
+) -> None:
+    """The daemon runs as nobody (root reads any folder). A folder above a file in upload is
+    made unreadable: the job is retried as ``source_unreadable`` (no traceback, no
+    ``job.internal_error``), and once the folder is readable again the file is uploaded."""
+    room = nobody_dir / "export" / "room"
+    room.mkdir(parents=True)
+    state = nobody_dir / "state"
+    state.mkdir()
+    digest = random_file(room / "clip.mp4", 1024 * 1024)
+    for path in (nobody_dir / "export", room, room / "clip.mp4", state):
+        os.chown(path, NOBODY, NOBODY)
+    config = write_config(
+        nobody_dir,
+        server.url,
+        watch={"paths": [str(nobody_dir / "export")], "settle": "0.1s"},
+        upload={"chunk_size": "64KiB", "max_attempts": 100},
+        ledger={"path": str(state / "ledger.db"), "backups": 0},
+    )
+    config.chmod(0o644)
+    server.set_faults(slow_rate=1.0, slow_seconds=0.2)  # 16 chunks: time to lock the folder
+    log = nobody_dir / "daemon.log"
+    daemon = start_as_nobody(config, log)
+    try:
+        wait_for(lambda: [r["state"] for r in ledger_rows(state / "ledger.db")] == ["uploading"])
+        room.chmod(0o000)
+        wait_for(lambda: '"source_unreadable"' in log.read_text(), timeout=30)
+        room.chmod(0o755)
+        server.set_faults(slow_rate=0.0)
+        wait_for(lambda: [r["state"] for r in ledger_rows(state / "ledger.db")] == ["done"], 60)
+    finally:
+        room.chmod(0o755)
+        assert stop_process(daemon) == 0
+    events = [e["event"] for e in log_events(log)]
+    assert "job.internal_error" not in events and "upload.retry" in events
+    assert [video["sha256"] for video in server_videos(server).values()] == [digest]

@@ -22,7 +22,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -326,20 +325,6 @@ def test_a_full_disk_stops_new_work_and_loses_nothing(
     assert _records_per_name(server) == Counter(list(digests))
     assert {name: video["sha256"] for name, video in server_videos(server).items()} == digests
     print(f"\nfull disk: {inside_jobs} write failure(s) inside jobs, {len(records)} files sent")
-
-
-@pytest.fixture
-def nobody_dir() -> Any:
-    """A folder an unprivileged user can reach (pytest's tmp_path is root's, mode 0700)."""
-    base = Path(tempfile.mkdtemp(prefix="ingestd-ro-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        for folder in base.rglob("*"):
-            if folder.is_dir():
-                folder.chmod(0o755)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root+setpriv")
