@@ -19,7 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
+from ingestd.config import load_config
 from ingestd.fake_valt import FakeValtThread, Faults
+from ingestd.finished import FinishedChecks
+from ingestd.ledger import Ledger
+from ingestd.watcher import Intake
 from powercut import PowerCutMount, missing, mount
 
 PASSWORD = "s3cret-Pass-w0rd-xyz"
@@ -86,6 +90,21 @@ def write_config(tmp_path: Path, url: str, **sections: dict[str, Any]) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_merge(base, sections)))
     return path
+
+
+async def intake_for_tests(tmp_path: Path, **watch: Any) -> tuple[Intake, Ledger]:
+    """An in-process intake over ``tmp_path/export`` and its ledger, the finished checks off
+    (the caller closes the ledger)."""
+    config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch=watch))
+    ledger = await Ledger.open(config.ledger.path)
+    intake = Intake(
+        config=config,
+        ledger=ledger,
+        checks=FinishedChecks(check_open_writers=False, check_container=False, done_marker=None),
+        is_active=lambda _job: False,
+        on_ready=lambda: None,
+    )
+    return intake, ledger
 
 
 def ingestd_env(**extra: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     NOBODY,
+    intake_for_tests,
     ledger_rows,
     log_events,
     random_file,
@@ -30,13 +31,12 @@ from conftest import (
 )
 
 from ingestd import finished, mp4, watcher
-from ingestd.config import load_config
 from ingestd.errors import FileRefused, SourceMissing
 from ingestd.fake_valt import FakeValtThread
 from ingestd.fingerprint import fingerprint, full_sha256
 from ingestd.finished import FinishedChecks
 from ingestd.judged import OpenRule, open_judged, snapshot
-from ingestd.ledger import Ledger, State
+from ingestd.ledger import State
 from ingestd.pieces import Sending, Source, hash_prefix
 from ingestd.sidecar import examine_sidecar, find_sidecar
 
@@ -97,7 +97,7 @@ async def test_an_unexpected_error_judging_one_file_does_not_stop_the_others(
 ) -> None:
     """Whatever one file's judging raises, that file waits (with the reason) and the
     pass goes on to queue the others."""
-    intake, ledger = await _intake(tmp_path, settle="0s")
+    intake, ledger = await intake_for_tests(tmp_path, settle="0s")
     try:
         random_file(export / "bad.mkv", 100, seed=1)
         random_file(export / "fine.mkv", 200, seed=2)
@@ -336,21 +336,8 @@ def test_the_box_walk_keeps_no_list(tmp_path: Path) -> None:
 # --- 10. what the daemon remembers of files is bounded -----------------------------------------
 
 
-async def _intake(tmp_path: Path, **watch: object) -> tuple[watcher.Intake, Ledger]:
-    config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch=watch))
-    ledger = await Ledger.open(config.ledger.path)
-    intake = watcher.Intake(
-        config=config,
-        ledger=ledger,
-        checks=FinishedChecks(check_open_writers=False, check_container=False, done_marker=None),
-        is_active=lambda _job: False,
-        on_ready=lambda: None,
-    )
-    return intake, ledger
-
-
 async def test_the_settled_cache_forgets_files_moved_away(tmp_path: Path, export: Path) -> None:
-    intake, ledger = await _intake(tmp_path)
+    intake, ledger = await intake_for_tests(tmp_path)
     try:
         for index in range(20):
             random_file(export / f"{index}.mkv", 100, seed=index)
@@ -374,7 +361,7 @@ async def test_the_settled_cache_forgets_files_moved_away(tmp_path: Path, export
 
 
 async def test_bad_names_are_remembered_only_while_present(tmp_path: Path, export: Path) -> None:
-    intake, ledger = await _intake(tmp_path)
+    intake, ledger = await intake_for_tests(tmp_path)
     try:
         bad = [os.path.join(os.fsencode(export), b"caf\xe9-%d.mkv" % n) for n in range(5)]
         for name in bad:

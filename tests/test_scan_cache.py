@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import random_file, write_config
+from conftest import intake_for_tests, random_file
 
 from ingestd import watcher
-from ingestd.config import load_config
-from ingestd.finished import FinishedChecks
 from ingestd.ledger import Ledger, State
-
-
-async def _intake(tmp_path: Path, **watch: Any) -> tuple[watcher.Intake, Ledger]:
-    config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch=watch))
-    ledger = await Ledger.open(config.ledger.path)
-    intake = watcher.Intake(
-        config=config,
-        ledger=ledger,
-        checks=FinishedChecks(check_open_writers=False, check_container=False, done_marker=None),
-        is_active=lambda _job: False,
-        on_ready=lambda: None,
-    )
-    return intake, ledger
 
 
 async def _finish_all(ledger: Ledger) -> None:
@@ -36,7 +20,7 @@ async def _finish_all(ledger: Ledger) -> None:
 async def test_rescans_read_only_live_jobs_and_still_see_a_replaced_file(
     tmp_path: Path, export: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    intake, ledger = await _intake(tmp_path)
+    intake, ledger = await intake_for_tests(tmp_path)
     try:
         random_file(export / "a.mkv", 1000, seed=1)
         random_file(export / "b.mkv", 1000, seed=2)
@@ -66,7 +50,7 @@ async def test_rescans_read_only_live_jobs_and_still_see_a_replaced_file(
 
 
 async def test_a_forgotten_job_does_not_hide_its_file(tmp_path: Path, export: Path) -> None:
-    intake, ledger = await _intake(tmp_path)
+    intake, ledger = await intake_for_tests(tmp_path)
     try:
         random_file(export / "a.mkv", 1000, seed=1)
         assert await intake.scan("startup") == 1
@@ -79,7 +63,7 @@ async def test_a_forgotten_job_does_not_hide_its_file(tmp_path: Path, export: Pa
 
 
 async def test_one_pass_queues_one_of_two_identical_files(tmp_path: Path, export: Path) -> None:
-    intake, ledger = await _intake(tmp_path, settle=0)
+    intake, ledger = await intake_for_tests(tmp_path, settle=0)
     try:
         for name in ("one.mkv", "two.mkv", "other.mkv"):
             random_file(export / name, 5000, seed=9 if name != "other.mkv" else 10)
