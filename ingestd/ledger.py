@@ -593,6 +593,21 @@ class Ledger:
             )
         return found
 
+    async def snapshots_for_paths(self, paths: Iterable[str]) -> dict[str, Known]:
+        """As :meth:`known_snapshots`, for the newest job of each of ``paths`` that has one."""
+        wanted = sorted(set(paths))
+        found: dict[str, Known] = {}
+        for first in range(0, len(wanted), _MAX_VARIABLES):
+            part = wanted[first : first + _MAX_VARIABLES]
+            found.update(
+                await self._snapshots(
+                    "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs "
+                    f"WHERE path IN ({','.join('?' * len(part))})",
+                    part,
+                )
+            )
+        return found
+
     async def _snapshots(self, query: str, parameters: Sequence[Any] = ()) -> dict[str, Known]:
         # One fetchall: iterating a cursor would cost a thread hop every 64 rows.
         rows = await self._conn.fetchall(query + " ORDER BY id", parameters)

@@ -141,8 +141,8 @@ class Intake:
         # each time: done and skipped jobs, which no longer change, are kept here (loaded
         # once), and only the live ones are read per scan, with those that were live
         # before (or were added since) and may have settled meanwhile. A clean scan drops
-        # the paths it did not find (moved or deleted files); a path missing from here
-        # is then looked up in the ledger before it counts as new (_pruned).
+        # the paths it did not find (moved or deleted files); paths missing from here
+        # are then looked up in the ledger before they count as new (_recall_settled).
         self._settled: dict[str, Known] | None = None
         self._pruned = False
         self._maybe_settled: set[int] = set()
@@ -225,11 +225,13 @@ class Intake:
             clean = clean and readable
             async with self._observing:
                 settled, live = await self._known()  # again: jobs moved on during the walk
+                if self._pruned:
+                    await self._recall_settled(
+                        [path for path, _snap in candidates if path not in live]
+                    )
                 new: list[tuple[str, Snap]] = []
                 for path, snap in candidates:
                     known = live.get(path) or settled.get(path)
-                    if known is None and self._pruned:
-                        known = await self._settled_in_ledger(path)
                     if known is None or (known[2] in SETTLED and known[1] != snap):
                         new.append((path, snap))
                     else:
@@ -259,15 +261,17 @@ class Intake:
             del self._settled[path]
         self._pruned = self._pruned or bool(gone)
 
-    async def _settled_in_ledger(self, path: str) -> Known | None:
-        """A path the cache does not hold, after a prune: its newest job, if settled (a
-        file moved away and back, a folder readable again), kept in the cache again."""
-        known = await self.ledger.known_snapshots_for(path)
-        if known is None or known[2] not in SETTLED:
-            return None
-        if self._settled is not None:
-            self._settled[path] = known
-        return known
+    async def _recall_settled(self, paths: list[str]) -> None:
+        """After a prune, the paths the cache does not hold may still have a settled job (a
+        file moved away and back, a folder readable again): one ledger query for all of
+        them, and those that do go back into the cache."""
+        assert self._settled is not None
+        missing = [path for path in paths if path not in self._settled]
+        if not missing:
+            return
+        for path, known in (await self.ledger.snapshots_for_paths(missing)).items():
+            if known[2] in SETTLED:
+                self._settled[path] = known
 
     async def _known(self) -> tuple[dict[str, Known], dict[str, Known]]:
         """The newest job of every path, as (settled: done or skipped, live: the others)."""
