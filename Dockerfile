@@ -27,6 +27,6 @@ STOPSIGNAL SIGTERM
 # a token, and publish the port. status.listen: null makes the container unhealthy.
 EXPOSE 9465
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "ingestd.healthcheck"]
+    CMD ["python", "-m", "ingestd.observe.healthcheck"]
 ENTRYPOINT ["ingestd"]
 CMD ["run"]

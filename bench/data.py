@@ -148,7 +148,7 @@ def _build_done_ledger(folder: Path, ledger: Path) -> None:
     """A ledger as the daemon leaves it after uploading every file under ``folder``."""
     import asyncio
 
-    from ingestd.ledger import Ledger
+    from ingestd.ledger.store import Ledger
 
     async def create() -> None:
         opened = await Ledger.open(ledger)

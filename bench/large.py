@@ -14,8 +14,8 @@ from typing import Any
 from bench.common import MB, Bench, GiB, MiB, median, spread, wait_record
 from bench.procs import Ingestd, Server, write_config
 from bench.server import PASSWORD, USERNAME
-from ingestd import valt_rules
-from ingestd.valt import _multipart_frame
+from ingestd.valt import rules as valt_rules
+from ingestd.valt.client import _multipart_frame
 
 CHUNK = 8 * MiB
 LARGE = 2 * GiB

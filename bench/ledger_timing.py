@@ -64,7 +64,7 @@ def _dump() -> None:
 def main() -> None:
     aiosqlite.core.Connection._execute = _execute  # type: ignore[method-assign]
     atexit.register(_dump)
-    from ingestd.cli import main as ingestd_main
+    from ingestd.commands.main import main as ingestd_main
 
     ingestd_main()
 

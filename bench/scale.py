@@ -37,11 +37,11 @@ from typing import Any
 
 import yaml
 
-from ingestd.config import load_config
-from ingestd.finished import FinishedChecks
-from ingestd.ledger import Ledger, State
+from ingestd.config.schema import load_config
+from ingestd.intake.finished import FinishedChecks
+from ingestd.intake.watcher import Intake
+from ingestd.ledger.store import Ledger, State
 from ingestd.logs import configure_logging, register_secret
-from ingestd.watcher import Intake
 
 TARGET_GROWTH = 0.10
 FILE_BYTES = 1024
@@ -184,7 +184,9 @@ async def measure(files: int, batch: int, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scale", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=2_000)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")

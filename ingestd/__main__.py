@@ -1,6 +1,6 @@
 """python -m ingestd"""
 
-from ingestd.cli import main
+from ingestd.commands.main import main
 
 if __name__ == "__main__":
     main()

@@ -77,9 +77,9 @@ from chaos.campaign import (
     _size,
 )
 from chaos.chaos_ledger import ledger_state, newest_jobs
-from ingestd.backup import backup_time
 from ingestd.fake_valt import FakeValtThread, Faults
-from ingestd.ledger import BACKUP_INFIX
+from ingestd.ledger.backup import backup_time
+from ingestd.ledger.store import BACKUP_INFIX
 from powercut.control import PowerCutMount, mount
 
 KiB = 1024

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ingestd.config import load_config
+from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread, Faults
-from ingestd.finished import FinishedChecks
-from ingestd.ledger import Ledger
-from ingestd.watcher import Intake
+from ingestd.intake.finished import FinishedChecks
+from ingestd.intake.watcher import Intake
+from ingestd.ledger.store import Ledger
 from powercut import PowerCutMount, missing, mount
 
 PASSWORD = "s3cret-Pass-w0rd-xyz"

@@ -32,11 +32,11 @@ from conftest import (
 )
 from structlog.testing import capture_logs
 
-from ingestd.after_upload import apply_after_upload, housekeeping, move_failed
-from ingestd.config import load_config
+from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
-from ingestd.finished import snapshot
-from ingestd.ledger import _MIGRATIONS, _SCHEMA, Ledger, State
+from ingestd.intake.finished import snapshot
+from ingestd.ledger.store import _MIGRATIONS, _SCHEMA, Ledger, State
+from ingestd.upload.after_upload import apply_after_upload, housekeeping, move_failed
 
 
 def _once(config: Path, max_wait: str = "10s", **env: str) -> subprocess.CompletedProcess[str]:

@@ -432,7 +432,7 @@ def test_files_deleted_or_truncated_before_and_during_upload(
 async def test_two_workers_ledger_transactions_at_once_do_not_collide(tmp_path: Path) -> None:
     """What the test above ran into: two workers' transactions on the one connection
     (a file gone and a file changed, each with a partial record) at the same moment."""
-    from ingestd.ledger import Ledger, State
+    from ingestd.ledger.store import Ledger, State
 
     ledger = await Ledger.open(tmp_path / "ledger.db")
     try:

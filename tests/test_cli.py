@@ -179,8 +179,8 @@ def test_export_writes_the_audit_csv(tmp_path: Path, server: FakeValtThread) -> 
 def test_progress_line_counts_files_bytes_rate_and_eta() -> None:
     import io
 
-    from ingestd.ledger import Job, State
-    from ingestd.progress import ProgressLine
+    from ingestd.daemon.progress import ProgressLine
+    from ingestd.ledger.store import Job, State
 
     def job(state: State, size: int, acked: int) -> Job:
         return Job(

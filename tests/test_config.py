@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ingestd.config import (
+from ingestd.config.placeholders import BUILTIN_PLACEHOLDERS, placeholder_names, render
+from ingestd.config.schema import (
     DEFAULT_CONFIG_PATH,
     AfterUploadConfig,
     AlertsConfig,
@@ -35,7 +36,6 @@ from ingestd.config import (
     resolve_password,
 )
 from ingestd.errors import ConfigError
-from ingestd.placeholders import BUILTIN_PLACEHOLDERS, placeholder_names, render
 from ingestd.units import format_duration, format_size, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from conftest import REPO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ingestd.config import Config, load_config
+from ingestd.config.schema import Config, load_config
 from ingestd.errors import ConfigError
 
 SETTINGS = settings(

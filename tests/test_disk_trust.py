@@ -30,15 +30,15 @@ from conftest import (
     write_config,
 )
 
-from ingestd import finished, mp4, watcher
+from ingestd.disk.judged import OpenRule, open_judged, snapshot
 from ingestd.errors import FileRefused, SourceMissing
 from ingestd.fake_valt import FakeValtThread
-from ingestd.fingerprint import fingerprint, full_sha256
-from ingestd.finished import FinishedChecks
-from ingestd.judged import OpenRule, open_judged, snapshot
-from ingestd.ledger import State
-from ingestd.pieces import Sending, Source, hash_prefix
-from ingestd.sidecar import examine_sidecar, find_sidecar
+from ingestd.intake import finished, mp4, watcher
+from ingestd.intake.finished import FinishedChecks
+from ingestd.intake.identity import fingerprint, full_sha256
+from ingestd.intake.sidecar import examine_sidecar, find_sidecar
+from ingestd.ledger.store import State
+from ingestd.upload.pieces import Sending, Source, hash_prefix
 
 SECRET = "root:$6$PRIVATE-HASH-never-to-be-seen:19000:0:99999:7:::"
 DEEP = "[" * 100_000 + "]" * 100_000

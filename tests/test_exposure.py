@@ -23,7 +23,7 @@ from conftest import (
     write_config,
 )
 
-from ingestd.config import StatusConfig, is_loopback, resolve_status_token
+from ingestd.config.schema import StatusConfig, is_loopback, resolve_status_token
 from ingestd.errors import ConfigError
 from ingestd.fake_valt import FakeValtThread, Faults
 

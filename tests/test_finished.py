@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.finished import FileSnapshot, FinishedChecks, open_writers, snapshot
-from ingestd.mp4 import check_boxes, is_mp4_name
+from ingestd.intake.finished import FileSnapshot, FinishedChecks, open_writers, snapshot
+from ingestd.intake.mp4 import check_boxes, is_mp4_name
 
 NOBODY = "65534"
 
@@ -421,7 +421,7 @@ def shared_dir() -> Iterator[Path]:
 CHECK_AS_NOBODY = """
 import json, os, sys
 from pathlib import Path
-from ingestd.finished import FinishedChecks, open_writers
+from ingestd.intake.finished import FinishedChecks, open_writers
 path = Path(sys.argv[1])
 logged = []
 checks = FinishedChecks(

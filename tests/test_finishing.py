@@ -40,13 +40,13 @@ from conftest import (
     write_config,
 )
 
-from ingestd import watcher
-from ingestd.config import load_config
-from ingestd.demo import mp4_pieces
+from ingestd.commands.demo import mp4_pieces
+from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
-from ingestd.finished import FinishedChecks
-from ingestd.ledger import Ledger
-from ingestd.mp4 import check_boxes
+from ingestd.intake import watcher
+from ingestd.intake.finished import FinishedChecks
+from ingestd.intake.mp4 import check_boxes
+from ingestd.ledger.store import Ledger
 
 SETTLE = 0.5
 CHECKS_ON = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingestd.ledger import Ledger, State
+from ingestd.ledger.store import Ledger, State
 
 
 async def test_unsent_counts_in_sqlite_and_names_the_oldest(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path, PurePath
 
 import pytest
 
-from ingestd.matching import PathFilter, gitignore_match, iter_files
+from ingestd.config.patterns import PathFilter, gitignore_match, iter_files
 
 INCLUDE = ["*.mp4", "*.mov", "*.mkv"]
 EXCLUDE = ["*.part", "*.tmp", ".*", "~*"]
@@ -325,7 +325,7 @@ def run_unprivileged(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 WALK_AS_NOBODY = """
 import json, os, sys
 from pathlib import Path
-from ingestd.matching import PathFilter, iter_files
+from ingestd.config.patterns import PathFilter, iter_files
 root = Path(sys.argv[1])
 errors = []
 found = iter_files(

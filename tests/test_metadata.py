@@ -28,15 +28,15 @@ from conftest import (
 
 from ingestd.errors import ShareNameError, SidecarError
 from ingestd.fake_valt import FakeValtThread
-from ingestd.sharing import ShareDirectory
-from ingestd.sidecar import (
+from ingestd.intake.sidecar import (
     MALFORMED_GRACE,
     find_sidecar,
     read_sidecar,
     sidecar_paths,
     sidecar_wait_reason,
 )
-from ingestd.valt import ValtClient
+from ingestd.valt.client import ValtClient
+from ingestd.valt.shares import ShareDirectory
 
 ADMIN_CALLS = ("GET /api/v3/admin/users", "GET /api/v3/admin/user_groups")
 

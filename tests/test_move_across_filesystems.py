@@ -25,10 +25,10 @@ from conftest import (
 )
 from structlog.testing import capture_logs
 
-from ingestd.after_upload import housekeeping
-from ingestd.config import load_config
+from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
-from ingestd.ledger import Ledger, State
+from ingestd.ledger.store import Ledger, State
+from ingestd.upload.after_upload import housekeeping
 
 
 def _mount_tmpfs(folder: Path, size: str) -> Iterator[Path]:

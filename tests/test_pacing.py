@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import random_file, start_daemon, stop_process, wait_for, write_config
 
-from ingestd import pacing
-from ingestd.config import BandwidthLimit, BandwidthWindow
+from ingestd.config.schema import BandwidthLimit, BandwidthWindow
 from ingestd.fake_valt import FakeValtThread
-from ingestd.pacing import Pacer
+from ingestd.upload import pacing
+from ingestd.upload.pacing import Pacer
 
 KB = 1000
 MB = 1000 * 1000

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ingestd.disk.judged import FileSnapshot, OpenRule, snapshot
 from ingestd.errors import SourceChanged, SourceMissing
-from ingestd.judged import FileSnapshot, OpenRule, snapshot
-from ingestd.pieces import PIECE_SIZE, Sending, Source, hash_prefix
+from ingestd.upload.pieces import PIECE_SIZE, Sending, Source, hash_prefix
 
 RULE = OpenRule()
 

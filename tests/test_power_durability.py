@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.after_upload import Belongings, _delete, _move_to
-from ingestd.backup import rotate
-from ingestd.file_moves import Identity
-from ingestd.ledger import existing_backups
-from ingestd.own_files import write_private
+from ingestd.disk.moves import Identity
+from ingestd.disk.private import write_private
+from ingestd.ledger.backup import rotate
+from ingestd.ledger.store import existing_backups
+from ingestd.upload.after_upload import Belongings, _delete, _move_to
 from powercut import PowerCutMount, mount
 
 NO_COMPANIONS = Belongings(done_marker=None, sidecars=False)

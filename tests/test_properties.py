@@ -16,13 +16,13 @@ from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestd import watcher
-from ingestd.config import load_config
+from ingestd.config.schema import load_config
 from ingestd.errors import SidecarError
-from ingestd.finished import FinishedChecks
-from ingestd.ledger import Ledger, State
-from ingestd.mp4 import BoxVerdict, walk_boxes
-from ingestd.sidecar import Sidecar, read_sidecar
+from ingestd.intake import watcher
+from ingestd.intake.finished import FinishedChecks
+from ingestd.intake.mp4 import BoxVerdict, walk_boxes
+from ingestd.intake.sidecar import Sidecar, read_sidecar
+from ingestd.ledger.store import Ledger, State
 
 QUICK = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

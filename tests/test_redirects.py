@@ -30,7 +30,7 @@ from test_health import _get, _unhealthy_with
 
 from ingestd.errors import Redirected
 from ingestd.fake_valt import FakeValtThread, Faults
-from ingestd.valt import ValtClient
+from ingestd.valt.client import ValtClient
 
 
 @pytest.fixture

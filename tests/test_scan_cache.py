@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import intake_for_tests, random_file
 
-from ingestd import watcher
-from ingestd.ledger import Ledger, State
+from ingestd.intake import watcher
+from ingestd.ledger.store import Ledger, State
 
 
 async def _finish_all(ledger: Ledger) -> None:

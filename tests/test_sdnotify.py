@@ -17,10 +17,10 @@ from conftest import (
     write_config,
 )
 
-from ingestd.config import load_config
-from ingestd.daemon import Daemon
+from ingestd.config.schema import load_config
+from ingestd.daemon.lifecycle import Daemon
+from ingestd.daemon.sdnotify import Notifier
 from ingestd.fake_valt import FakeValtThread
-from ingestd.sdnotify import Notifier
 
 
 def _listen(path: Path) -> socket.socket:

@@ -32,14 +32,14 @@ from conftest import (
     write_config,
 )
 
-from ingestd import valt_rules
-from ingestd.config import load_config
-from ingestd.confirmer import PartialSweeper
+from ingestd.config.schema import load_config
 from ingestd.errors import ValtError
 from ingestd.fake_valt import FakeValtThread, Faults
-from ingestd.ledger import Ledger
+from ingestd.ledger.store import Ledger
 from ingestd.logs import secrets_in
-from ingestd.valt import ValtClient
+from ingestd.upload.confirm import PartialSweeper
+from ingestd.valt import rules as valt_rules
+from ingestd.valt.client import ValtClient
 
 SHORT_PASSWORD = "Zq9"  # under 4 characters: too short to be scrubbed from every line
 
@@ -196,7 +196,7 @@ def test_cli_catch_all_prints_one_scrubbed_line(tmp_path: Path) -> None:
     token = "e82632d19c523678fea3d1016c6df9e9"
     script = (
         "import sys\n"
-        "from ingestd import cli\n"
+        "from ingestd.commands import main as cli\n"
         "from ingestd.logs import register_secret, configure_logging\n"
         f"register_secret({token!r}, token=True)\n"
         "if sys.argv[1] == 'debug':\n"

@@ -37,7 +37,7 @@ from conftest import (
 from structlog.testing import capture_logs
 
 from ingestd.fake_valt import FakeValtThread
-from ingestd.status_http import start_status_server
+from ingestd.observe.http import start_status_server
 
 FD_LIMIT = 128
 IDLE_CONNECTIONS = 200
@@ -177,7 +177,7 @@ def test_a_token_guards_every_path_of_the_status_port(
 
 def _healthcheck(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ingestd.healthcheck"],
+        [sys.executable, "-m", "ingestd.observe.healthcheck"],
         env=ingestd_env(INGESTD_CONFIG=str(config)),
         capture_output=True,
         text=True,

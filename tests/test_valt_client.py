@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from conftest import PASSWORD, REPO, USERNAME, KiB, MiB
 
-from ingestd import valt_rules
 from ingestd.errors import (
     AuthFailed,
     BodyTooLarge,
@@ -27,7 +26,8 @@ from ingestd.errors import (
 )
 from ingestd.fake_valt import FakeValt, FakeValtThread
 from ingestd.logs import secrets_in
-from ingestd.valt import ValtClient
+from ingestd.valt import rules as valt_rules
+from ingestd.valt.client import ValtClient
 
 
 def _client(
@@ -284,8 +284,8 @@ async def test_create_upload_answered_with_text_is_retryable_bad_answer(
 
 _STREAM_SCRIPT = r"""
 import asyncio, json, resource, sys
-from ingestd.valt import ValtClient
-from ingestd import valt_rules
+from ingestd.valt.client import ValtClient
+from ingestd.valt import rules as valt_rules
 
 URL, USER, PASSWORD, SIZE = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 PIECE = 256 * 1024

@@ -1,0 +1,263 @@
+"""``ingestd check``: line by line, what is fine and what is not, for the admin setting up.
+
+Exit 0 only when every line is fine; 1 when the environment or the server is
+the problem (a bad configuration never gets this far: the CLI exits 2).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ingestd.commands.probe import probe_upload
+from ingestd.config.schema import (
+    CLEARTEXT_DETAIL,
+    Config,
+    RecordConfig,
+    cleartext_password,
+    is_loopback,
+)
+from ingestd.errors import AuthFailed, Redirected, ShareNameError, ValtError
+from ingestd.logs import redact_url
+from ingestd.units import format_size
+from ingestd.valt.client import ValtClient
+from ingestd.valt.shares import KINDS, ShareDirectory, configured_names
+
+Out = Callable[[str], None]
+CLOCK_TOLERANCE = 60.0
+
+
+class _Report:
+    def __init__(self, out: Out) -> None:
+        self.out = out
+        self.problems = 0
+
+    def ok(self, text: str) -> None:
+        self.out(f"ok    {text}")
+
+    def fail(self, text: str) -> None:
+        self.problems += 1
+        self.out(f"FAIL  {text}")
+
+    def say(self, ok: bool, text: str) -> None:
+        (self.ok if ok else self.fail)(text)
+
+    def warn(self, text: str) -> None:
+        """Worth fixing, but nothing fails because of it: the exit code stays."""
+        self.out(f"warn  {text}")
+
+    def skip(self, text: str) -> None:
+        """Something that could not be checked, and need not be: not a problem."""
+        self.out(f"skip  {text}")
+
+
+def _check_folders(config: Config, report: _Report) -> None:
+    needs_write = config.after_upload.action in ("move", "delete")
+    for folder in config.watch.paths:
+        if not folder.is_dir():
+            report.fail(f"watch folder {folder} does not exist (watch.paths)")
+        elif not os.access(folder, os.R_OK | os.X_OK):
+            report.fail(f"watch folder {folder} is not readable by this user")
+        elif needs_write and not os.access(folder, os.W_OK):
+            report.fail(f"watch folder {folder} is not writable (after_upload.action needs it)")
+        else:
+            report.ok(f"watch folder {folder}")
+            _free_space_line(folder, config.watch.min_free, report)
+    ledger_dir = _existing_parent(config.ledger.path)
+    if os.access(ledger_dir, os.W_OK):
+        report.ok(f"ledger folder {config.ledger.path.parent} is writable")
+    else:
+        report.fail(f"ledger folder {config.ledger.path.parent} is not writable (ledger.path)")
+
+
+def _free_space_line(folder: Path, min_free: int, report: _Report) -> None:
+    try:
+        stats = os.statvfs(folder)
+    except OSError as exc:
+        report.fail(f"free space of {folder} cannot be read ({exc.strerror})")
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if free < min_free:
+        report.fail(
+            f"only {format_size(free)} free on the volume of {folder} "
+            f"(watch.min_free is {format_size(min_free)}): the capture disk is filling up"
+        )
+    else:
+        report.ok(f"{format_size(free)} free on the volume of {folder}")
+
+
+def _existing_parent(path: Path) -> Path:
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _clock_line(date_header: str | None, report: _Report) -> None:
+    if not date_header:
+        return
+    try:
+        server_time = email.utils.parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError):
+        return
+    skew = server_time - time.time()
+    if abs(skew) > CLOCK_TOLERANCE:
+        report.fail(f"the server's clock differs from ours by {skew:+.0f} s (fix NTP on one side)")
+    else:
+        report.ok(f"server clock within {abs(skew):.0f} s of ours")
+
+
+async def _check_server(
+    config: Config, password: str, report: _Report, *, probe: bool = False
+) -> None:
+    where = redact_url(config.valt.url)
+    async with ValtClient(
+        base_url=config.valt.url,
+        username=config.valt.username,
+        password=password,
+        timeout=config.valt.timeout,
+        verify_tls=config.valt.verify_tls,
+        ca_file=config.valt.ca_file,
+    ) as client:
+        try:
+            await client.login()
+        except Redirected as exc:
+            report.fail(f"server: {exc}")
+            return
+        except AuthFailed:
+            report.fail(
+                f"credentials: {where} refused user {config.valt.username!r} "
+                "(check valt.username and the password)"
+            )
+            return
+        except ValtError as exc:
+            report.fail(f"server {where} cannot be reached: {exc}")
+            return
+        report.ok(f"server {where} reachable, logged in as {config.valt.username!r}")
+        try:
+            version, date_header = await client.server_version()
+        except ValtError as exc:
+            report.fail(f"server version: {exc}")
+            return
+        report.ok(f"server version {version}")
+        _clock_line(date_header, report)
+        await _check_share_names(config.record, client, report)
+        if config.record.template_id is not None:
+            await _check_template(config.record, config.record.template_id, client, report)
+        if probe:
+            await probe_upload(client, report.say, chunked=config.upload.chunk_size != 0)
+
+
+async def _check_share_names(record: RecordConfig, client: ValtClient, report: _Report) -> None:
+    """Every name in ``share`` must be one user or group on the server (ids are not
+    looked up: an account that may not list them works with ids)."""
+    names = configured_names(record)
+    if not names:
+        return
+    directory = ShareDirectory(client)
+    found: list[str] = []
+    failed_before = report.problems
+    refused: set[str] = set()
+    for key, kind, name in names:
+        if kind in refused:
+            continue
+        try:
+            number = await directory.lookup(kind, name)
+        except ShareNameError as exc:
+            if exc.forbidden:
+                refused.add(kind)
+            report.fail(f"{key}: {exc}")
+            continue
+        except ValtError as exc:
+            report.fail(f"share names cannot be looked up: {exc}")
+            return
+        found.append(f"{KINDS[kind][0]} {name!r} = {number}")
+    if found and report.problems == failed_before:
+        report.ok(f"share names found on the server: {', '.join(found)}")
+
+
+async def _check_template(
+    record: RecordConfig, template_id: int, client: ValtClient, report: _Report
+) -> None:
+    """``record.template`` (and each rule's) against ``admin/templates/{template_id}``:
+    field ids that exist, and every required field set."""
+    try:
+        data = await client.get_template(template_id)
+    except ValtError as exc:
+        if exc.status == 404:
+            report.fail(f"record.template_id: there is no template {template_id} on the server")
+        else:
+            report.fail(f"record.template_id: template {template_id} cannot be read: {exc}")
+        return
+    if data is None:
+        report.skip(
+            f"record.template_id: template {template_id} not checked: the account "
+            f"{client.username!r} may not read admin/templates"
+        )
+        return
+    fields = _template_fields(data)
+    title = f"template {template_id} {str(data.get('name', ''))!r}"
+    listing = ", ".join(f"{fid} {name!r}" for fid, (name, _required) in fields.items())
+    failed_before = report.problems
+    for key, values in _record_templates(record):
+        for field_id in values:
+            if field_id not in fields:
+                report.fail(f"{key}.{field_id}: {title} has no field {field_id} ({listing})")
+        for field_id, (name, required) in fields.items():
+            if required and not values.get(field_id, "").strip():
+                report.fail(
+                    f"{key}: required field {field_id} {name!r} of {title} is not set"
+                    " (a sidecar may set it, but every file needs it)"
+                )
+    if report.problems == failed_before:
+        report.ok(f"record.template fits {title}: fields exist, required fields set")
+
+
+def _template_fields(data: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """field id (as the config writes it) -> (name, required), from the server's answer."""
+    fields: dict[str, tuple[str, bool]] = {}
+    raw = data.get("fields")
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, Mapping) and item.get("id") is not None:
+            field_id = str(item["id"]).strip()
+            field_id = str(int(field_id)) if field_id.isdigit() else field_id
+            fields[field_id] = (str(item.get("name", "")), bool(item.get("required")))
+    return fields
+
+
+def _record_templates(record: RecordConfig) -> Iterator[tuple[str, Mapping[str, str]]]:
+    """Each template a file can get: the default, and every rule's own (it replaces it)."""
+    yield "record.template", record.template
+    for index, rule in enumerate(record.rules):
+        if rule.template is not None:
+            yield f"record.rules[{index}].template", rule.template
+
+
+def _exposure_warnings(config: Config, report: _Report, *, status_token: bool) -> None:
+    """What a listener on the network could take: the password, or the status pages."""
+    if cleartext_password(config.valt):
+        report.warn(CLEARTEXT_DETAIL)
+    listen = config.status.listen
+    if listen is not None and not is_loopback(listen[0]) and not status_token:
+        report.warn(
+            f"status.listen is {listen[0]}:{listen[1]}, reachable from the network, and no"
+            " token is set: set status.token_file (or the credential status-token)"
+        )
+
+
+async def run_check(
+    config: Config, password: str, out: Out, *, probe: bool = False, status_token: bool = False
+) -> int:
+    """``status_token``: whether the status port has a token (its value is not needed)."""
+    report = _Report(out)
+    report.ok(f"configuration {config.source or ''} is valid".replace("  ", " "))
+    if not config.valt.verify_tls:
+        report.fail("valt.verify_tls is false: the server's identity is not checked")
+    _exposure_warnings(config, report, status_token=status_token)
+    _check_folders(config, report)
+    await _check_server(config, password, report, probe=probe)
+    return 1 if report.problems else 0

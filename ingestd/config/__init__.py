@@ -1,0 +1,1 @@
+"""The configuration: typed frozen sections, their parsers, and where secrets come from."""

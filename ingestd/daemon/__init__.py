@@ -1,0 +1,1 @@
+"""The daemon's lifecycle: startup, the main loop, the worker pool, shutdown."""

@@ -1,0 +1,1 @@
+"""Finding files and judging when each is finished: scan, events, settle, identity, sidecars."""

@@ -1,0 +1,1 @@
+"""Watching a daemon: health, metrics, alerts and the status port."""

@@ -1,0 +1,269 @@
+"""``/healthz`` and ``/metrics`` on ``status.listen``, and the periodic health and alert look.
+
+``/healthz`` answers 200 with a small JSON body when all is well, 503 with
+the list of problems otherwise: the folder watcher is dead, the ledger is not
+writable, the server refuses the credentials or redirects, the last attempt to reach the
+server failed, or a watched volume has less than ``watch.min_free`` free.
+Being idle is healthy: nothing here ever sends a request to Valt, so health
+reflects the last real contact only.
+
+The daemon owns one :class:`StatusService`: it makes the telemetry object the
+engine reports to, serves HTTP while the daemon runs (``serving``) and runs
+one supervised task (``run``) that probes free space and raises alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ingestd.aio import wait_event
+from ingestd.config.schema import Config
+from ingestd.errors import LedgerError
+from ingestd.intake.watcher import NO_EVENTS_ENV
+from ingestd.ledger.store import State, Unsent
+from ingestd.logs import get_logger, redact_text
+from ingestd.observe.alerts import Alerter
+from ingestd.observe.http import StatusServer, start_status_server
+from ingestd.observe.metrics import CONTENT_TYPE, Metrics, MetricsTelemetry
+from ingestd.units import format_size
+
+if TYPE_CHECKING:
+    from ingestd.daemon.lifecycle import Daemon
+
+log = get_logger("ingestd.observe.health")
+
+EVALUATE_EVERY = 2.0
+# The watcher restarts itself WATCH_RESTART_DELAY (5 s) after a failure; longer down is a problem.
+WATCHER_GRACE = 15.0
+LEDGER_ERROR_WINDOW = 120.0  # a ledger error this recent still makes /healthz fail
+FREE_SPACE_TIMEOUT = 5.0  # statvfs on a hung network mount must not hold the monitor
+CREDENTIALS_REFUSED = "credentials refused by the server: check valt.username and the password"
+
+
+@dataclass
+class LedgerView:
+    """What the ledger said at the last look (a scrape, a health check or a tick)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    backlog: Unsent = field(default_factory=lambda: Unsent(0, 0, None))
+    error: str | None = None
+
+
+class StatusService:
+    """Health, metrics and alerts of one daemon."""
+
+    def __init__(self, config: Config, *, token: str | None = None) -> None:
+        self.config = config
+        self._token = token  # status.token_file: every path then needs it
+        self.metrics = Metrics()
+        self.alerter = Alerter(
+            config.alerts, redact_paths=config.log.redact_paths, metrics=self.metrics
+        )
+        self.telemetry = MetricsTelemetry(self.metrics, on_job_failed=self.alerter.job_failed)
+        self.view = LedgerView()
+        self.free_bytes: dict[int, int] = {}
+        self._daemon: Daemon | None = None
+        self._server: StatusServer | None = None
+        self._ledger_error: tuple[float, str] | None = None
+        self._watcher_seen: float | None = None  # set when the periodic task starts
+        self._probing: asyncio.Future[dict[int, int]] | None = None
+        self._server_problem: str | None = None  # as last written to the ledger
+
+    # --- the daemon's hooks -----------------------------------------------------------------
+
+    def task_failed(self, task: str, exc: BaseException) -> None:
+        """A supervised task failed; remember it if the ledger was the cause."""
+        if isinstance(exc, sqlite3.Error | LedgerError):
+            self._ledger_error = (time.monotonic(), f"{task}: {redact_text(str(exc))}")
+
+    @contextlib.asynccontextmanager
+    async def serving(self, daemon: Daemon) -> AsyncIterator[None]:
+        """Serve ``/healthz`` and ``/metrics`` on ``status.listen`` (if set) while inside."""
+        self._daemon = daemon
+        listen = self.config.status.listen
+        if listen is not None:
+            self._server = await start_status_server(self._routes, *listen, token=self._token)
+        try:
+            yield
+        finally:
+            if self._server is not None:
+                await self._server.close()
+                self._server = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Every few seconds: read the ledger, probe free space, raise alerts; then flush."""
+        self._watcher_seen = time.monotonic()
+        evaluated = asyncio.Event()  # the sender flushes and ends after the last look
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.alerter.run(evaluated))
+            while not stop.is_set():
+                await self._evaluate()
+                await wait_event(stop, EVALUATE_EVERY)
+            try:
+                await self._evaluate()  # a last look: ``--once`` can end right after a change
+            finally:
+                evaluated.set()
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    async def _evaluate(self) -> None:
+        daemon = self._require_daemon()
+        await self._refresh()
+        self.free_bytes = await self._probe_free_space()
+        self.metrics.set_free_space(self.free_bytes)
+        self.alerter.backlog(self.view.backlog.files, self.view.backlog.oldest)
+        self.alerter.auth(daemon.client.auth_failed)
+        self.metrics.healthy.set(0 if self.problems() else 1)
+        await self._record_server_problem(daemon)
+
+    async def _record_server_problem(self, daemon: Daemon) -> None:
+        """Keep the ledger's word on what keeps us from the server in step (``ingestd
+        status`` reads it); written only when it changes."""
+        problem = daemon.client.redirect or (
+            CREDENTIALS_REFUSED if daemon.client.auth_failed else None
+        )
+        if problem == self._server_problem:
+            return
+        try:
+            await daemon.ledger.set_server_problem(problem, time.time())
+        except (sqlite3.Error, LedgerError):
+            return  # the ledger's own problem is reported; try again at the next look
+        self._server_problem = problem
+
+    async def _refresh(self) -> None:
+        """Read counts and the unsent files from the ledger; set the ledger gauges."""
+        daemon = self._require_daemon()
+        try:
+            counts = await daemon.ledger.counts()
+            backlog = await daemon.ledger.unsent(busy=daemon.in_workers())
+        except (sqlite3.Error, LedgerError) as exc:
+            self.view.error = redact_text(str(exc))
+            return
+        self.view = LedgerView(counts, backlog)
+        oldest = backlog.oldest
+        self.metrics.set_jobs(counts)
+        self.metrics.queue_depth.set(backlog.queued)
+        self.metrics.oldest_waiting_age.set(
+            0 if oldest is None else time.time() - oldest.discovered_at
+        )
+        self.metrics.auth_failed.set(1 if daemon.client.auth_failed else 0)
+
+    async def _probe_free_space(self) -> dict[int, int]:
+        """Free bytes per watch root (by index); the previous answer if a probe hangs."""
+        if self._probing is None or self._probing.done():
+            roots = list(self.config.watch.paths)
+            self._probing = asyncio.ensure_future(asyncio.to_thread(_free_space, roots))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._probing), FREE_SPACE_TIMEOUT)
+        except TimeoutError:
+            log.warning("health.free_space_slow", timeout_s=FREE_SPACE_TIMEOUT)
+            return self.free_bytes
+
+    def problems(self) -> list[str]:
+        """What is wrong now, one sentence each; empty when healthy."""
+        daemon = self._require_daemon()
+        found = [
+            *self._watcher_problems(daemon),
+            *self._ledger_problems(),
+        ]
+        if daemon.client.auth_failed:
+            found.append(CREDENTIALS_REFUSED)
+        if daemon.client.redirect is not None:
+            found.append(daemon.client.redirect)
+        if daemon.client.last_contact_ok is False:
+            found.append(
+                "the last attempt to reach the Valt server failed "
+                "(connection error, timeout or 5xx answer)"
+            )
+        minimum = self.config.watch.min_free
+        for index, free in sorted(self.free_bytes.items()):
+            if free < minimum:
+                found.append(
+                    f"low free space: watch.paths[{index}] has {format_size(free)} free, "
+                    f"less than watch.min_free ({format_size(minimum)})"
+                )
+        return found
+
+    def _watcher_problems(self, daemon: Daemon) -> list[str]:
+        if daemon.once or os.environ.get(NO_EVENTS_ENV) or self._watcher_seen is None:
+            return []  # --once watches nothing; events off on purpose; not started yet
+        now = time.monotonic()
+        if daemon.intake.watcher_alive:
+            self._watcher_seen = now
+            return []
+        down = now - self._watcher_seen
+        if down < WATCHER_GRACE:
+            return []
+        return [f"the folder watcher is not running (for {down:.0f} s)"]
+
+    def _ledger_problems(self) -> list[str]:
+        found = []
+        ledger = self.config.ledger.path
+        folder_ok = os.access(ledger.parent, os.W_OK | os.X_OK)
+        if not folder_ok or (ledger.exists() and not os.access(ledger, os.W_OK)):
+            found.append("the ledger is not writable: check ledger.path and its folder")
+        if self.view.error is not None:
+            found.append(f"the ledger cannot be read: {self.view.error}")
+        if self._ledger_error is not None:
+            at, message = self._ledger_error
+            if time.monotonic() - at < LEDGER_ERROR_WINDOW:
+                found.append(f"a ledger write failed {time.monotonic() - at:.0f} s ago: {message}")
+        return found
+
+    def _require_daemon(self) -> Daemon:
+        if self._daemon is None:
+            raise RuntimeError("StatusService.serving() has not been entered")
+        return self._daemon
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        daemon = self._require_daemon()
+        await self._refresh()
+        problems = self.problems()
+        self.metrics.healthy.set(0 if problems else 1)
+        oldest = self.view.backlog.oldest
+        body: dict[str, Any] = {
+            "status": "unhealthy" if problems else "ok",
+            "problems": problems,
+            "mode": "once" if daemon.once else "daemon",
+            "paused": daemon.paused,
+            "uploading": len(daemon.in_workers()),
+            "backlog": self.view.backlog.files,
+            "failed": self.view.counts.get(State.FAILED.value, 0),
+            "oldest_waiting_s": None
+            if oldest is None
+            else round(time.time() - oldest.discovered_at),
+            "last_upload_at": self.telemetry.last_upload_at,
+        }
+        return web.json_response(body, status=503 if problems else 200)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        await self._refresh()
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def _free_space(roots: Sequence[Path]) -> dict[int, int]:
+    """Bytes available to this user on each root's volume; roots that are missing are left out."""
+    free = {}
+    for index, root in enumerate(roots):
+        try:
+            stats = os.statvfs(root)
+        except OSError:
+            continue
+        free[index] = stats.f_bavail * stats.f_frsize
+    return free

@@ -1,0 +1,1 @@
+"""The Valt server: the HTTP client, every server assumption (rules), share names."""

@@ -1,0 +1,594 @@
+"""The Valt client: one aiohttp session, login and re-login, typed failures.
+
+No URL, token or password ever leaves this module unredacted: every aiohttp
+exception is turned into one of ours with a message built from the call's
+name (``POST records/create-upload``) and the exception's redacted text, and
+raised ``from None`` so the original (whose text may hold the URL) is not
+chained into tracebacks. What the server is *assumed* to do lives in
+:mod:`ingestd.valt.rules`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import secrets
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from ingestd.errors import (
+    AuthFailed,
+    BodyTooLarge,
+    ChunkRefused,
+    PermanentError,
+    Redirected,
+    RetryableError,
+    ValtError,
+)
+from ingestd.logs import get_logger, redact_text, redact_url, register_secret
+from ingestd.valt import rules as valt_rules
+
+log = get_logger("ingestd.valt.client")
+
+MAX_ANSWER_BYTES = 1024 * 1024
+LOGIN_RETRY_FIRST = 60.0
+LOGIN_RETRY_MAX = 900.0
+
+PieceSource = Callable[[], AsyncIterator[bytes | memoryview]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A server answer: status, parsed JSON (None if not JSON) and text."""
+
+    status: int
+    body: Any
+    text: str
+    date: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedRecord:
+    record_id: str
+    video_id: str
+
+
+class _StallGuard:
+    """Cancels a request when its body stops moving for ``idle`` seconds.
+
+    aiohttp's ``sock_read`` covers waiting for the answer, but nothing covers a
+    server that stops reading our body; a total timeout would cut off a large
+    upload on a slow link, so the deadline moves with every piece sent.
+    """
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self.timeout: asyncio.Timeout | None = None
+
+    def progress(self) -> None:
+        if self.timeout is not None:
+            self.timeout.reschedule(asyncio.get_running_loop().time() + self.idle)
+
+    def body_done(self) -> None:
+        if self.timeout is not None:
+            self.timeout.reschedule(None)
+
+
+class ValtClient:
+    """Talks to one Valt server on behalf of one account."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        username: str,
+        password: str,
+        timeout: float = 30.0,
+        verify_tls: bool = True,
+        ca_file: Path | None = None,
+        on_contact: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.on_contact = on_contact or (lambda ok: None)
+        self.base_url = base_url.rstrip("/") + valt_rules.API_PREFIX
+        self._url_shown = redact_url(base_url.rstrip("/"))
+        self.username = username
+        self._password = password
+        register_secret(password)
+        self.timeout = timeout
+        self._verify_tls = verify_tls
+        self._ca_file = ca_file
+        self._session: aiohttp.ClientSession | None = None
+        self._token: str | None = None
+        self._token_at = 0.0
+        self._login_lock = asyncio.Lock()
+        self._login_blocked_until = 0.0
+        self._login_retry = LOGIN_RETRY_FIRST
+        self.auth_failed = False
+        # While the server redirects: one sentence naming valt.url and where it points.
+        self.redirect: str | None = None
+        self.last_contact_ok: bool | None = None
+        self.logins = 0
+
+    async def __aenter__(self) -> ValtClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self._verify_tls:
+            return False
+        if self._ca_file is not None:
+            return ssl.create_default_context(cafile=str(self._ca_file))
+        return True
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=self.timeout, sock_connect=self.timeout, sock_read=self.timeout
+            )
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=0)
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, connector=connector, raise_for_status=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- authentication -----------------------------------------------------
+
+    def login_blocked_for(self) -> float:
+        """Seconds until another login may be tried after refused credentials (0 = now)."""
+        return max(0.0, self._login_blocked_until - time.monotonic())
+
+    async def login(self) -> None:
+        """Log in now (``ingestd check``), even if a token is held."""
+        async with self._login_lock:
+            await self._login_locked()
+
+    def _blocked(self) -> AuthFailed | None:
+        """The error for a call made while server work waits (refused login, redirect)."""
+        wait = self.login_blocked_for()
+        if wait <= 0:
+            return None
+        if self.redirect is not None:
+            return Redirected(f"{self.redirect}; next attempt in {wait:.0f} s", reason="redirected")
+        return AuthFailed(
+            f"credentials refused by the server; next login attempt in {wait:.0f} s",
+            status=401,
+            reason="auth_failed",
+        )
+
+    def _block(self) -> float:
+        """Make server work wait (growing pauses: accounts lock after a few failures)."""
+        self._login_blocked_until = time.monotonic() + self._login_retry
+        retry_in = self._login_retry
+        self._login_retry = min(LOGIN_RETRY_MAX, self._login_retry * 2)
+        return retry_in
+
+    async def _login_locked(self) -> None:
+        blocked = self._blocked()
+        if blocked is not None:
+            raise blocked
+        answer = await self._exchange(
+            "POST",
+            "/login",
+            "POST login",
+            json_body={"username": self.username, "password": self._password},
+        )
+        if answer.status == 401:
+            self.auth_failed = True
+            retry_in = self._block()
+            # The server's words are not logged: a login answer may quote the credentials.
+            log.error("auth.failed", username=self.username, next_attempt_s=round(retry_in))
+            raise AuthFailed(
+                f"the server refused the credentials of user {self.username!r} "
+                "(check valt.username and the password)",
+                status=401,
+                reason="auth_failed",
+            )
+        self._raise_for(answer, "POST login", quote=False)
+        token = _dig(answer.body, "data", "access_token")
+        if not isinstance(token, str) or not token:
+            raise PermanentError(
+                "POST login: the answer holds no access token", reason="bad_answer"
+            )
+        register_secret(token, token=True)
+        self._token, self._token_at = token, time.monotonic()
+        self.auth_failed = False
+        self._login_retry = LOGIN_RETRY_FIRST
+        self.logins += 1
+        log.info("auth.login", username=self.username)
+
+    async def _current_token(self) -> str:
+        async with self._login_lock:
+            fresh = time.monotonic() - self._token_at < valt_rules.RELOGIN_INTERVAL
+            if self._token is None or not fresh:
+                await self._login_locked()
+            assert self._token is not None
+            return self._token
+
+    def _drop_token(self, token: str) -> None:
+        if self._token == token:
+            self._token = None
+
+    # --- transport ------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        json_body: object = None,
+        pieces: PieceSource | None = None,
+        headers: Mapping[str, str] | None = None,
+        length: int | None = None,
+    ) -> Answer:
+        """An authenticated call; on a 401, log in once more and repeat it."""
+        blocked = self._blocked()
+        if blocked is not None:
+            raise blocked  # a redirect: nothing goes to the server until the pause is over
+        for attempt in (1, 2):
+            token = await self._current_token()
+            answer = await self._exchange(
+                method,
+                path,
+                what,
+                json_body=json_body,
+                pieces=pieces,
+                headers=headers,
+                length=length,
+                token=token,
+            )
+            if answer.status != 401:
+                return answer
+            self._drop_token(token)
+            if attempt == 1:
+                log.info("auth.expired", call=what)
+        raise PermanentError(
+            f"{what}: refused (401) even after a fresh login: the account may lack permission",
+            status=401,
+            reason="unauthorized",
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        json_body: object = None,
+        pieces: PieceSource | None = None,
+        headers: Mapping[str, str] | None = None,
+        length: int | None = None,
+        token: str | None = None,
+    ) -> Answer:
+        """One HTTP request; every client-side failure becomes a RetryableError."""
+        url = self.base_url + path
+        params = {"access_token": token} if token else None
+        guard = _StallGuard(self.timeout)
+        send_headers = dict(headers or {})
+        data: Any = None
+        if pieces is not None:
+            data = _guarded(pieces(), guard)
+            send_headers["Content-Length"] = str(length)
+        try:
+            async with asyncio.timeout(None) as timeout:
+                guard.timeout = timeout
+                guard.progress()
+                if pieces is None:
+                    guard.body_done()
+                async with self._get_session().request(
+                    method,
+                    url,
+                    params=params,
+                    json=json_body,
+                    data=data,
+                    headers=send_headers,
+                    # A redirect would re-send the password, or the token, wherever it points.
+                    allow_redirects=False,
+                ) as response:
+                    guard.body_done()
+                    raw = await response.content.read(MAX_ANSWER_BYTES)
+                    answer = _answer(response.status, raw, response.headers.get("Date"))
+                    location = response.headers.get("Location")
+        except TimeoutError:
+            self._contact(False)
+            raise RetryableError(
+                f"{what}: no progress for {self.timeout:.0f} s (valt.timeout)", reason="timeout"
+            ) from None
+        except aiohttp.ClientConnectorCertificateError:
+            self._contact(False)
+            raise RetryableError(
+                f"{what}: the server's TLS certificate is not trusted "
+                "(set valt.ca_file to the CA that signed it)",
+                reason="tls",
+            ) from None
+        except aiohttp.ClientError as exc:
+            self._contact(False)
+            raise RetryableError(
+                f"{what}: {type(exc).__name__}: {redact_text(str(exc))}", reason="connection"
+            ) from None
+        self._contact(answer.status < 500)
+        if 300 <= answer.status < 400:
+            self._redirected(what, answer.status, url, location)
+        self.redirect = None
+        return answer
+
+    def _redirected(self, what: str, status: int, url: str, location: str | None) -> None:
+        """A 3xx: not followed; server work waits as after a refused login."""
+        target = redirect_target(url, location)
+        self.redirect = (
+            f"valt.url {self._url_shown} redirects to {target} ({status} on {what}); "
+            "redirects are not followed: set valt.url to the address the server answers on"
+        )
+        retry_in = self._block()
+        log.error(
+            "valt.redirected", status=status, call=what, target=target, next_attempt_s=retry_in
+        )
+        raise Redirected(self.redirect, status=status, reason="redirected")
+
+    def _contact(self, ok: bool) -> None:
+        self.last_contact_ok = ok
+        self.on_contact(ok)
+
+    def _raise_for(self, answer: Answer, what: str, *, quote: bool = True) -> None:
+        """Turn a non-2xx answer into the right exception.
+
+        ``quote=False`` leaves the server's words out (``login``: its answer may
+        quote the password, which is too short to be scrubbed if under 4 characters).
+        """
+        if 200 <= answer.status < 300:
+            return
+        if quote:
+            words = valt_rules.status_message(answer.status, answer.body, answer.text)
+        else:
+            words = (
+                f"{answer.status} {_phrase(answer.status)} "
+                "(the server's words are not shown: they may quote the credentials)"
+            )
+        message = f"{what}: {words}"
+        if answer.status == 413:
+            raise BodyTooLarge(message, status=413, reason="too_large")
+        if valt_rules.is_retryable_status(answer.status):
+            raise RetryableError(message, status=answer.status)
+        raise PermanentError(message, status=answer.status)
+
+    # --- calls --------------------------------------------------------------
+
+    async def server_version(self) -> tuple[str, str | None]:
+        """The server's version and its ``Date`` header (for the clock check)."""
+        answer = await self._call("GET", "/admin/general", "GET admin/general")
+        self._raise_for(answer, "GET admin/general")
+        version = _dig(answer.body, "data", "version")
+        return (str(version) if version is not None else "unknown"), answer.date
+
+    async def create_upload(
+        self, name: str, template: Mapping[str, str], share: Mapping[str, list[int]]
+    ) -> CreatedRecord:
+        """``POST records/create-upload``: a new record and the id of its empty video."""
+        what = "POST records/create-upload"
+        body: dict[str, object] = {"name": name}
+        if template:
+            body["template"] = dict(template)
+        if any(share.values()):
+            body["share"] = {key: list(value) for key, value in share.items()}
+        answer = await self._call("POST", "/records/create-upload", what, json_body=body)
+        self._raise_for(answer, what)
+        record_id = _dig(answer.body, "id")
+        videos = _dig(answer.body, "videos")
+        if record_id is None and isinstance(_dig(answer.body, "data"), Mapping):
+            record_id, videos = _dig(answer.body, "data", "id"), _dig(answer.body, "data", "videos")
+        video_ids = valt_rules.parse_video_ids(videos)
+        if record_id is None or not video_ids:
+            # The record may exist: the caller reconciles by search before creating again.
+            raise RetryableError(
+                f"{what}: the answer holds no record and video id", reason="bad_answer"
+            )
+        return CreatedRecord(str(record_id), video_ids[0])
+
+    async def upload_chunk(
+        self,
+        record_id: str,
+        video_id: str,
+        *,
+        filename: str,
+        content_range: str,
+        length: int,
+        pieces: PieceSource,
+    ) -> None:
+        """Send one chunk (``length`` bytes from ``pieces``) as multipart ``file``."""
+        what = "POST records/{id}/videos/{id}"
+        boundary = "ingestd" + secrets.token_hex(12)
+        head, tail = _multipart_frame(boundary, filename)
+
+        async def framed() -> AsyncIterator[bytes | memoryview]:
+            yield head
+            async for piece in pieces():
+                yield piece
+            yield tail
+
+        answer = await self._call(
+            "POST",
+            f"/records/{record_id}/videos/{video_id}",
+            what,
+            pieces=framed,
+            length=len(head) + length + len(tail),
+            headers={
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Range": content_range,
+            },
+        )
+        if 400 <= answer.status < 500 and answer.status not in (401, 413, 408, 425, 429):
+            message = valt_rules.status_message(answer.status, answer.body, answer.text)
+            raise ChunkRefused(f"{what}: {message}", status=answer.status, reason="refused")
+        self._raise_for(answer, what)
+
+    async def get_record(self, record_id: str) -> Mapping[str, Any] | None:
+        """``GET records/{id}``'s ``data``, or None when the record does not exist."""
+        what = "GET records/{id}"
+        answer = await self._call("GET", f"/records/{record_id}", what)
+        if answer.status == 404:
+            return None
+        self._raise_for(answer, what)
+        data = _dig(answer.body, "data")
+        if not isinstance(data, Mapping):
+            raise RetryableError(f"{what}: the answer holds no record", reason="bad_answer")
+        return data
+
+    async def search_records(self, text: str, since: float) -> list[valt_rules.FoundRecord]:
+        """Records whose name contains ``text`` (a substring search), created since ``since``."""
+        what = "POST records (search)"
+        start_date, end_date = valt_rules.search_dates(since)
+        found: list[valt_rules.FoundRecord] = []
+        for page in range(valt_rules.SEARCH_MAX_PAGES):
+            body = {
+                "search": text,
+                "start_date": start_date,
+                "end_date": end_date,
+                "offset": page * valt_rules.SEARCH_PAGE,
+                "limit": valt_rules.SEARCH_PAGE,
+            }
+            answer = await self._call("POST", "/records", what, json_body=body)
+            self._raise_for(answer, what)
+            records = _dig(answer.body, "data", "records")
+            if not isinstance(records, list):
+                raise RetryableError(
+                    f"{what}: the answer holds no record list", reason="bad_answer"
+                )
+            found.extend(r for r in map(_found, records) if r is not None)
+            if len(records) < valt_rules.SEARCH_PAGE:
+                break
+        return found
+
+    async def delete_record(self, record_id: str) -> bool:
+        """Delete a record; False when it was already gone."""
+        what = "POST records/{id}/delete"
+        answer = await self._call("POST", f"/records/{record_id}/delete", what, json_body={})
+        if answer.status == 404:
+            return False
+        self._raise_for(answer, what)
+        return True
+
+    async def _admin_get(self, path: str, what: str) -> Answer | None:
+        """An ``admin/*`` GET; None when the account may not make it (403, or 401 even
+        after a fresh login): valt-api.md, ordinary accounts may be refused there."""
+        try:
+            answer = await self._call("GET", path, what)
+        except PermanentError as exc:
+            if exc.status == 401:
+                return None
+            raise
+        if answer.status in (401, 403):
+            return None
+        return answer
+
+    async def admin_list(self, kind: str) -> list[Mapping[str, Any]] | None:
+        """``admin/users`` or ``admin/user_groups``; None when the account may not list them."""
+        what = f"GET admin/{kind}"
+        answer = await self._admin_get(f"/admin/{kind}", what)
+        if answer is None:
+            return None
+        self._raise_for(answer, what)
+        key = "users" if kind == "users" else "userGroups"
+        items = _dig(answer.body, "data", key)
+        return [i for i in items if isinstance(i, Mapping)] if isinstance(items, list) else []
+
+    async def get_template(self, template_id: int) -> Mapping[str, Any] | None:
+        """``admin/templates/{id}``'s ``data`` (its ``fields``); None when the account may
+        not read it. A template that does not exist is a PermanentError with status 404."""
+        what = "GET admin/templates/{id}"
+        answer = await self._admin_get(f"/admin/templates/{template_id}", what)
+        if answer is None:
+            return None
+        self._raise_for(answer, what)
+        data = _dig(answer.body, "data")
+        if not isinstance(data, Mapping):
+            raise PermanentError(f"{what}: the answer holds no template", reason="bad_answer")
+        return data
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase of a status (ours, not the server's words)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "(unknown status)"
+
+
+def redirect_target(url: str, location: str | None) -> str:
+    """Where a redirect points: scheme, host and port only (never a path's query string,
+    nor user:password@), bounded, since the ``Location`` is the server's text."""
+    if not location:
+        return "an address it does not give (no Location header)"
+    try:
+        parts = urlsplit(urljoin(url, location.strip()))
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an address that is not a URL"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme or '?'}://{host}{port}"[:120]
+
+
+def _found(raw: object) -> valt_rules.FoundRecord | None:
+    return valt_rules.parse_found_record(raw) if isinstance(raw, Mapping) else None
+
+
+async def _guarded(
+    pieces: AsyncIterator[bytes | memoryview], guard: _StallGuard
+) -> AsyncIterator[bytes | memoryview]:
+    async for piece in pieces:
+        guard.progress()
+        yield piece
+    guard.progress()
+
+
+def _multipart_frame(boundary: str, filename: str) -> tuple[bytes, bytes]:
+    """The bytes before and after the file in a one-field multipart body.
+
+    The filename is escaped the way browsers do (HTML's form encoding):
+    ``"`` and line breaks percent-encoded, everything else raw UTF-8.
+    """
+    safe = filename.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="{valt_rules.UPLOAD_FIELD}"; filename="{safe}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode("utf-8", "surrogateescape")
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head, tail
+
+
+def _answer(status: int, raw: bytes, date: str | None) -> Answer:
+    text = raw.decode("utf-8", "replace")
+    body: Any = None
+    if text.strip()[:1] in ("{", "["):
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+    return Answer(status=status, body=body, text=text, date=date)
+
+
+def _dig(body: object, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(body, Mapping):
+            return None
+        body = body.get(key)
+    return body
+
+
+__all__ = ["Answer", "CreatedRecord", "ValtClient", "ValtError"]
