@@ -183,7 +183,7 @@ class Uploader:
     # --- the record ------------------------------------------------------------------------
 
     async def _after_restore(self, job: Job, bound: Any) -> Job:
-        """upload/after_restore.py: a file a restored ledger may have lost is checked on the server."""
+        """A file a restored ledger may have lost is checked on the server (after_restore.py)."""
         checked = await self.after_restore.settle(job, bound)
         if checked is None:
             raise _Restart  # a record on the server settled it: done or confirming
