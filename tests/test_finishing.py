@@ -40,12 +40,12 @@ from conftest import (
     write_config,
 )
 
-from ingestd.commands.demo import mp4_pieces
 from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.intake import watcher
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.mp4 import check_boxes
+from ingestd.intake.mp4_build import FRAG_MOOV, FTYP, MOOV, box, large_box, moof, mp4_pieces
 from ingestd.ledger.store import Ledger
 
 SETTLE = 0.5
@@ -55,29 +55,6 @@ CHECKS_ON = {
     "check_open_writers": True,
     "check_container": True,
 }
-
-# --- MP4 boxes ------------------------------------------------------------------------------------
-
-
-def box(box_type: bytes, payload: bytes = b"", *, size: int | None = None) -> bytes:
-    """A box with a 32-bit size; ``size`` overrides the true size (0 = to the end of the file)."""
-    return struct.pack(">I4s", 8 + len(payload) if size is None else size, box_type) + payload
-
-
-def large_box(box_type: bytes, payload: bytes) -> bytes:
-    """A box whose size is in the 64-bit largesize field (32-bit size = 1)."""
-    return struct.pack(">I4sQ", 1, box_type, 16 + len(payload)) + payload
-
-
-FTYP = box(b"ftyp", b"isom\x00\x00\x02\x00isomiso2mp41")
-MOOV = box(b"moov", box(b"mvhd", bytes(100)))
-# A fragmented file's moov announces fragments (mvex); the samples follow in moof + mdat pairs.
-FRAG_MOOV = box(b"moov", box(b"mvhd", bytes(100)) + box(b"mvex", box(b"trex", bytes(24))))
-
-
-def moof(sequence: int) -> bytes:
-    return box(b"moof", box(b"mfhd", struct.pack(">II", 0, sequence)))
-
 
 # --- a capture program as a real process ---------------------------------------------------------
 
