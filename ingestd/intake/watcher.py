@@ -21,13 +21,14 @@ from pathlib import Path
 import watchfiles
 
 from ingestd.aio import wait_any, wait_event
-from ingestd.config.patterns import PathFilter, iter_file_entries
+from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import Config
 from ingestd.disk.judged import FileSnapshot, OpenRule, snapshot
 from ingestd.errors import FileRefused, LedgerUnwritable
 from ingestd.intake.finished import FinishedChecks, WritersVerdict
 from ingestd.intake.identity import fingerprint, full_sha256
 from ingestd.intake.sidecar import sidecar_wait_reason
+from ingestd.intake.walk import iter_file_entries
 from ingestd.ledger.store import Job, Known, Ledger, State
 from ingestd.logs import get_logger
 from ingestd.memory import release_free_memory
