@@ -42,11 +42,11 @@ from conftest import (
 
 from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
-from ingestd.intake import watcher
+from ingestd.intake import settle, waiting, watcher
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.mp4 import check_boxes
 from ingestd.intake.mp4_build import FRAG_MOOV, FTYP, MOOV, box, large_box, moof, mp4_pieces
-from ingestd.ledger.store import Ledger
+from ingestd.ledger.store import Ledger, State
 
 SETTLE = 0.5
 CHECKS_ON = {
@@ -543,9 +543,10 @@ async def test_still_changing_is_logged_at_a_low_rate(
 ) -> None:
     after, every, run_for = 0.5, 1.0, 3.6
     recorder = Recorder()
-    monkeypatch.setattr(watcher, "log", recorder)
-    monkeypatch.setattr(watcher, "STILL_CHANGING_AFTER", after)
-    monkeypatch.setattr(watcher, "STILL_CHANGING_EVERY", every)
+    monkeypatch.setattr(settle, "log", recorder)
+    monkeypatch.setattr(waiting, "log", recorder)  # file.waiting
+    monkeypatch.setattr(settle, "STILL_CHANGING_AFTER", after)
+    monkeypatch.setattr(settle, "STILL_CHANGING_EVERY", every)
     config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch={"settle": "0.3s"}))
     ledger = await Ledger.open(config.ledger.path)
     ready: list[int] = []
@@ -557,14 +558,14 @@ async def test_still_changing_is_logged_at_a_low_rate(
         on_ready=lambda: ready.append(1),
     )
     changes = 0
-    original = intake._log_still_changing
+    original = intake.settler._log_still_changing
 
     def counting(*args: Any) -> None:
         nonlocal changes
         changes += 1
         original(*args)
 
-    monkeypatch.setattr(intake, "_log_still_changing", counting)
+    monkeypatch.setattr(intake.settler, "_log_still_changing", counting)
     path = export / "growing.mkv"
     grower = await asyncio.create_subprocess_exec(
         sys.executable, "-c", GROWER, str(path), str(run_for + 2), stdout=asyncio.subprocess.PIPE
@@ -578,7 +579,7 @@ async def test_still_changing_is_logged_at_a_low_rate(
         await asyncio.sleep(run_for)
         stop.set()
         await settling
-        [job] = await ledger.jobs_in(list(watcher.State))
+        [job] = await ledger.jobs_in(list(State))
     finally:
         grower.kill()
         await grower.wait()
@@ -594,7 +595,7 @@ async def test_still_changing_is_logged_at_a_low_rate(
     assert all(entry[2]["job_id"] == job.id for entry in logged)
     assert [entry[2]["size"] for entry in logged] == sorted({entry[2]["size"] for entry in logged})
     assert recorder.named("file.waiting") == []  # "still being written" is not logged each time
-    assert job.state == watcher.State.WAITING
+    assert job.state == State.WAITING
     assert job.wait_reason == "still being written"
     assert ready == []
 
