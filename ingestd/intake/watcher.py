@@ -42,11 +42,7 @@ class Intake:
         on_ready: Callable[[], None],
     ) -> None:
         self.watch = config.watch
-        self.sidecars = config.record.sidecar
         self.ledger = ledger
-        self.checks = checks
-        self.is_active = is_active
-        self.on_ready = on_ready
         self.filter = PathFilter(self.watch.include, self.watch.exclude)
         self.roots = [Path(os.path.abspath(p)) for p in self.watch.paths]
         self.rule = OpenRule.for_watch(self.roots, self.watch.follow_symlinks)
@@ -69,7 +65,7 @@ class Intake:
         self.ready = Ready(ledger=ledger, rule=self.rule, waiting=self.waiting, on_ready=on_ready)
         self.settler = Settler(
             watch=self.watch,
-            sidecars=self.sidecars,
+            sidecars=config.record.sidecar,
             ledger=ledger,
             checks=checks,
             rule=self.rule,
