@@ -33,7 +33,7 @@ from conftest import (
 from ingestd.disk.judged import OpenRule, open_judged, snapshot
 from ingestd.errors import FileRefused, SourceMissing
 from ingestd.fake_valt import FakeValtThread
-from ingestd.intake import finished, mp4, watcher
+from ingestd.intake import finished, mp4, settle
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.identity import fingerprint, full_sha256
 from ingestd.intake.sidecar import examine_sidecar, find_sidecar
@@ -102,14 +102,14 @@ async def test_an_unexpected_error_judging_one_file_does_not_stop_the_others(
         random_file(export / "bad.mkv", 100, seed=1)
         random_file(export / "fine.mkv", 200, seed=2)
         assert await intake.scan("startup") == 2
-        real = watcher.sidecar_wait_reason
+        real = settle.sidecar_wait_reason
 
         def exploding(video: Path, *args: object) -> str | None:
             if video.name == "bad.mkv":
                 raise RuntimeError("a bug")
             return real(video, *args)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(watcher, "sidecar_wait_reason", exploding)
+        monkeypatch.setattr(settle, "sidecar_wait_reason", exploding)
         await intake.settle()
         await intake.settle()
         jobs = {Path(job.path).name: job for job in await ledger.jobs_in(list(State))}
@@ -345,13 +345,13 @@ async def test_the_settled_cache_forgets_files_moved_away(tmp_path: Path, export
         for job in await ledger.jobs_in([State.WAITING]):
             await ledger.update(job.id, state=State.DONE, done_at=1.0)
         assert await intake.scan("interval") == 0
-        assert intake._settled is not None and len(intake._settled) == 20
+        assert intake.scanner._settled is not None and len(intake.scanner._settled) == 20
         moved = tmp_path / "archive"
         moved.mkdir()
         for index in range(15):
             os.rename(export / f"{index}.mkv", moved / f"{index}.mkv")
         assert await intake.scan("interval") == 0
-        assert sorted(intake._settled) == sorted(str(p) for p in export.glob("*.mkv"))
+        assert sorted(intake.scanner._settled) == sorted(str(p) for p in export.glob("*.mkv"))
         # One comes back unchanged: still the done job's file, not a new job.
         os.rename(moved / "3.mkv", export / "3.mkv")
         assert await intake.scan("interval") == 0
@@ -368,11 +368,11 @@ async def test_bad_names_are_remembered_only_while_present(tmp_path: Path, expor
             with open(name, "wb") as handle:
                 handle.write(b"x" * 10)
         await intake.scan("startup")
-        assert len(intake._bad_names) == 5
+        assert len(intake.scanner._bad_names) == 5
         for name in bad[1:]:
             os.unlink(name)
         await intake.scan("interval")
-        assert len(intake._bad_names) == 1
+        assert len(intake.scanner._bad_names) == 1
         assert await ledger.jobs_in(list(State)) == []
     finally:
         await ledger.close()

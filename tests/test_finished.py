@@ -18,26 +18,13 @@ import pytest
 
 from ingestd.intake.finished import FileSnapshot, FinishedChecks, open_writers, snapshot
 from ingestd.intake.mp4 import check_boxes, is_mp4_name
+from ingestd.intake.mp4_build import FTYP, MOOV, box, large_box
 
 NOBODY = "65534"
 
 # --- building MP4 files ---------------------------------------------------------------------------
 
 
-def box(box_type: bytes, payload: bytes = b"", *, size: int | None = None) -> bytes:
-    """A box with a 32-bit size; ``size`` overrides the true size (0 = to the end of the file)."""
-    true_size = 8 + len(payload)
-    return struct.pack(">I4s", true_size if size is None else size, box_type) + payload
-
-
-def large_box(box_type: bytes, payload: bytes = b"", *, size: int | None = None) -> bytes:
-    """A box whose size is given in the 64-bit largesize field (32-bit size = 1)."""
-    true_size = 16 + len(payload)
-    return struct.pack(">I4sQ", 1, box_type, true_size if size is None else size) + payload
-
-
-FTYP = box(b"ftyp", b"isom\x00\x00\x02\x00isomiso2mp41")
-MOOV = box(b"moov", box(b"mvhd", bytes(100)))
 MDAT = box(b"mdat", bytes(5000))
 
 

@@ -40,13 +40,13 @@ from conftest import (
     write_config,
 )
 
-from ingestd.commands.demo import mp4_pieces
 from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
-from ingestd.intake import watcher
+from ingestd.intake import settle, waiting, watcher
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.mp4 import check_boxes
-from ingestd.ledger.store import Ledger
+from ingestd.intake.mp4_build import FRAG_MOOV, FTYP, MOOV, box, large_box, moof, mp4_pieces
+from ingestd.ledger.store import Ledger, State
 
 SETTLE = 0.5
 CHECKS_ON = {
@@ -55,29 +55,6 @@ CHECKS_ON = {
     "check_open_writers": True,
     "check_container": True,
 }
-
-# --- MP4 boxes ------------------------------------------------------------------------------------
-
-
-def box(box_type: bytes, payload: bytes = b"", *, size: int | None = None) -> bytes:
-    """A box with a 32-bit size; ``size`` overrides the true size (0 = to the end of the file)."""
-    return struct.pack(">I4s", 8 + len(payload) if size is None else size, box_type) + payload
-
-
-def large_box(box_type: bytes, payload: bytes) -> bytes:
-    """A box whose size is in the 64-bit largesize field (32-bit size = 1)."""
-    return struct.pack(">I4sQ", 1, box_type, 16 + len(payload)) + payload
-
-
-FTYP = box(b"ftyp", b"isom\x00\x00\x02\x00isomiso2mp41")
-MOOV = box(b"moov", box(b"mvhd", bytes(100)))
-# A fragmented file's moov announces fragments (mvex); the samples follow in moof + mdat pairs.
-FRAG_MOOV = box(b"moov", box(b"mvhd", bytes(100)) + box(b"mvex", box(b"trex", bytes(24))))
-
-
-def moof(sequence: int) -> bytes:
-    return box(b"moof", box(b"mfhd", struct.pack(">II", 0, sequence)))
-
 
 # --- a capture program as a real process ---------------------------------------------------------
 
@@ -566,9 +543,10 @@ async def test_still_changing_is_logged_at_a_low_rate(
 ) -> None:
     after, every, run_for = 0.5, 1.0, 3.6
     recorder = Recorder()
-    monkeypatch.setattr(watcher, "log", recorder)
-    monkeypatch.setattr(watcher, "STILL_CHANGING_AFTER", after)
-    monkeypatch.setattr(watcher, "STILL_CHANGING_EVERY", every)
+    monkeypatch.setattr(settle, "log", recorder)
+    monkeypatch.setattr(waiting, "log", recorder)  # file.waiting
+    monkeypatch.setattr(settle, "STILL_CHANGING_AFTER", after)
+    monkeypatch.setattr(settle, "STILL_CHANGING_EVERY", every)
     config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch={"settle": "0.3s"}))
     ledger = await Ledger.open(config.ledger.path)
     ready: list[int] = []
@@ -580,14 +558,14 @@ async def test_still_changing_is_logged_at_a_low_rate(
         on_ready=lambda: ready.append(1),
     )
     changes = 0
-    original = intake._log_still_changing
+    original = intake.settler._log_still_changing
 
     def counting(*args: Any) -> None:
         nonlocal changes
         changes += 1
         original(*args)
 
-    monkeypatch.setattr(intake, "_log_still_changing", counting)
+    monkeypatch.setattr(intake.settler, "_log_still_changing", counting)
     path = export / "growing.mkv"
     grower = await asyncio.create_subprocess_exec(
         sys.executable, "-c", GROWER, str(path), str(run_for + 2), stdout=asyncio.subprocess.PIPE
@@ -601,7 +579,7 @@ async def test_still_changing_is_logged_at_a_low_rate(
         await asyncio.sleep(run_for)
         stop.set()
         await settling
-        [job] = await ledger.jobs_in(list(watcher.State))
+        [job] = await ledger.jobs_in(list(State))
     finally:
         grower.kill()
         await grower.wait()
@@ -617,7 +595,7 @@ async def test_still_changing_is_logged_at_a_low_rate(
     assert all(entry[2]["job_id"] == job.id for entry in logged)
     assert [entry[2]["size"] for entry in logged] == sorted({entry[2]["size"] for entry in logged})
     assert recorder.named("file.waiting") == []  # "still being written" is not logged each time
-    assert job.state == watcher.State.WAITING
+    assert job.state == State.WAITING
     assert job.wait_reason == "still being written"
     assert ready == []
 

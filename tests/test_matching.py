@@ -13,7 +13,8 @@ from pathlib import Path, PurePath
 
 import pytest
 
-from ingestd.config.patterns import PathFilter, gitignore_match, iter_files
+from ingestd.config.patterns import PathFilter, gitignore_match
+from ingestd.intake.walk import iter_files
 
 INCLUDE = ["*.mp4", "*.mov", "*.mkv"]
 EXCLUDE = ["*.part", "*.tmp", ".*", "~*"]
@@ -325,7 +326,8 @@ def run_unprivileged(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 WALK_AS_NOBODY = """
 import json, os, sys
 from pathlib import Path
-from ingestd.config.patterns import PathFilter, iter_files
+from ingestd.config.patterns import PathFilter
+from ingestd.intake.walk import iter_files
 root = Path(sys.argv[1])
 errors = []
 found = iter_files(

@@ -138,7 +138,9 @@ async def _scan_names(names: list[bytes]) -> None:
                 try:
                     text = name.decode("utf-8")
                 except UnicodeDecodeError:
-                    assert Path(os.fsdecode(os.path.join(export, name))) in intake._bad_names
+                    assert (
+                        Path(os.fsdecode(os.path.join(export, name))) in intake.scanner._bad_names
+                    )
                     continue
                 assert str(base / "export" / text) in jobs
         finally:

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from conftest import intake_for_tests, random_file
 
-from ingestd.intake import watcher
+from ingestd.intake.waiting import SETTLED
 from ingestd.ledger.store import Ledger, State
 
 
 async def _finish_all(ledger: Ledger) -> None:
     """As if every live job had been uploaded and confirmed."""
-    for job in await ledger.jobs_in([s for s in State if s not in watcher.SETTLED]):
+    for job in await ledger.jobs_in([s for s in State if s not in SETTLED]):
         await ledger.update(job.id, state=State.DONE, done_at=1.0)
 
 

@@ -9,9 +9,7 @@ one arrives later in a subfolder. Prints a table when all are confirmed.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import struct
 import sys
 import tempfile
 import threading
@@ -21,31 +19,12 @@ from pathlib import Path
 from ingestd.config.schema import parse_config
 from ingestd.daemon.lifecycle import Daemon
 from ingestd.fake_valt import FakeValtThread, Faults
+from ingestd.intake.mp4_build import MiB, mp4_pieces
 from ingestd.ledger.store import Ledger, State
 from ingestd.logs import configure_logging
 
-MiB = 1024 * 1024
 DEMO_TIMEOUT = 90.0
 PASSWORD = "demo-secret"
-
-
-def _box(kind: bytes, payload_size: int) -> bytes:
-    return struct.pack(">I", 8 + payload_size) + kind
-
-
-def mp4_pieces(size: int, piece: int = MiB) -> list[bytes]:
-    """A structurally valid MP4 of ``size`` bytes (ftyp, mdat, moov last), in pieces."""
-    ftyp = _box(b"ftyp", 16) + b"isom\x00\x00\x02\x00isomiso2"
-    moov_payload = 64
-    mdat_payload = size - len(ftyp) - 8 - (8 + moov_payload)
-    pieces = [ftyp + _box(b"mdat", mdat_payload)]
-    left = mdat_payload
-    while left > 0:
-        n = min(piece, left)
-        pieces.append(os.urandom(n))
-        left -= n
-    pieces.append(_box(b"moov", moov_payload) + b"\x00" * moov_payload)
-    return pieces
 
 
 def write_file(path: Path, size: int, seconds: float = 0.0) -> None:

@@ -14,8 +14,8 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
-from ingestd.commands.demo import mp4_pieces
 from ingestd.errors import ChunkRefused, ValtError
+from ingestd.intake.mp4_build import mp4_pieces
 from ingestd.valt import rules as valt_rules
 from ingestd.valt.client import CreatedRecord, ValtClient
 

@@ -29,7 +29,7 @@ from aiohttp import web
 from ingestd.aio import wait_event
 from ingestd.config.schema import Config
 from ingestd.errors import LedgerError
-from ingestd.intake.watcher import NO_EVENTS_ENV
+from ingestd.intake.events import NO_EVENTS_ENV
 from ingestd.ledger.store import State, Unsent
 from ingestd.logs import get_logger, redact_text
 from ingestd.observe.alerts import Alerter

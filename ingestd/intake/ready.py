@@ -1,0 +1,162 @@
+"""A finished file: skipped if its content is already on the server, else queued.
+
+Copies are recognised by their fingerprint (:mod:`ingestd.intake.identity`)
+and proven by the full sha256 against the earlier upload's; a copy of a file
+still in progress waits for it. The files a settle pass finds finished are
+queued together, one transaction, then the workers are woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingestd.disk.judged import OpenRule
+from ingestd.errors import FileRefused
+from ingestd.intake.identity import fingerprint, full_sha256
+from ingestd.intake.waiting import Tracked, Verdict, Waiting, problem
+from ingestd.ledger.store import Job, Ledger, State
+from ingestd.logs import get_logger
+
+log = get_logger("ingestd.intake.ready")
+
+
+@dataclass
+class Pending:
+    """Finished files a settle pass queues together, and their fingerprints."""
+
+    jobs: list[tuple[int, Path, Tracked, float, str]] = field(default_factory=list)
+    prints: dict[str, int] = field(default_factory=dict)
+
+    def add(self, job_id: int, path: Path, tracked: Tracked, now: float, print_: str) -> None:
+        self.jobs.append((job_id, path, tracked, now, print_))
+        self.prints.setdefault(print_, job_id)
+
+
+class Ready:
+    """Decides duplicate or upload for each finished file, and queues the uploads."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        rule: OpenRule,
+        waiting: Waiting,
+        on_ready: Callable[[], None],
+    ) -> None:
+        self.ledger = ledger
+        self.rule = rule
+        self.waiting = waiting
+        self.on_ready = on_ready
+
+    async def identify(
+        self,
+        job_id: int,
+        path: Path,
+        tracked: Tracked,
+        now: float,
+        *,
+        force: bool,
+        pending: Pending,
+        verdict: Verdict | None = None,
+        twins: Mapping[int, Job | None] | None = None,
+    ) -> None:
+        """A finished file: skip it if its content is already on the server, else add it
+        to ``pending`` (queued by :meth:`queue_all`). ``verdict``: the fingerprint (or
+        the error reading it) the finished checks already took; ``twins``: the earlier
+        jobs of the same content, looked up for a batch (:meth:`Ledger.twins_of`)."""
+        try:
+            if verdict is not None and verdict.read_error is not None:
+                raise verdict.read_error
+            if verdict is not None and verdict.fingerprint is not None:
+                print_ = verdict.fingerprint
+            else:
+                print_ = await asyncio.to_thread(fingerprint, path, tracked.snap, self.rule)
+            earlier = None if force else pending.prints.get(print_)
+            if earlier is not None:
+                # Same content as a file this pass queues: that one is "in progress".
+                await self.waiting.wait(
+                    job_id, path, tracked, f"same content as job {earlier}, in progress"
+                )
+                return
+            if force:
+                twin = None
+            elif twins is not None and job_id in twins:
+                twin = twins[job_id]
+            else:
+                twin = await self.ledger.twin_of(print_, job_id)
+            same = twin is not None and twin.state == State.DONE and bool(twin.sha256)
+            if twin is not None and same:
+                same = (
+                    await asyncio.to_thread(full_sha256, path, tracked.snap, self.rule)
+                    == twin.sha256
+                )
+        except (OSError, FileRefused) as exc:
+            await self.waiting.wait(job_id, path, tracked, f"cannot read the file ({problem(exc)})")
+            return
+        if twin is not None and same:
+            size, mtime_ns, inode, device = tracked.snap
+            await self.ledger.update(
+                job_id,
+                state=State.SKIPPED,
+                # The version judged, or the next scan takes it for a changed file: a new job.
+                size=size,
+                mtime_ns=mtime_ns,
+                inode=inode,
+                device=device,
+                fingerprint=print_,
+                sha256=twin.sha256,
+                wait_reason=f"same content as {twin.path}",
+            )
+            self.waiting.tracking.pop(job_id, None)
+            log.info(
+                "file.duplicate",
+                job_id=job_id,
+                path=str(path),
+                earlier_job=twin.id,
+                earlier_path=twin.path,
+                record_id=twin.record_id,
+            )
+        elif twin is not None and twin.state != State.DONE:
+            await self.waiting.wait(
+                job_id, path, tracked, f"same content as job {twin.id}, in progress"
+            )
+        else:
+            pending.add(job_id, path, tracked, now, print_)
+
+    async def queue_all(self, pending: Pending) -> None:
+        """Queue the finished files of ``pending``: one transaction, then wake the workers."""
+        if not pending.jobs:
+            return
+        changes = []
+        for job_id, _path, tracked, _now, print_ in pending.jobs:
+            size, mtime_ns, inode, device = tracked.snap
+            changes.append(
+                (
+                    job_id,
+                    {
+                        "state": State.QUEUED,
+                        "fingerprint": print_,
+                        "size": size,
+                        "mtime_ns": mtime_ns,
+                        "inode": inode,
+                        "device": device,
+                        "wait_reason": None,
+                        "next_attempt_at": 0,
+                    },
+                )
+            )
+        await self.ledger.update_many(changes)
+        for job_id, path, tracked, now, _print in pending.jobs:
+            self.waiting.tracking.pop(job_id, None)
+            log.info(
+                "file.ready",
+                job_id=job_id,
+                path=str(path),
+                size=tracked.snap[0],
+                waited_s=round(now - tracked.first_seen, 1),
+            )
+        pending.jobs.clear()  # the fingerprints stay: later files of the pass still see them
+        self.on_ready()
