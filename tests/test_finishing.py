@@ -46,7 +46,7 @@ from ingestd.fake_valt import FakeValtThread
 from ingestd.intake import watcher
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.mp4 import check_boxes
-from ingestd.ledger.store import Ledger
+from ingestd.ledger.store import SqliteLedger
 
 SETTLE = 0.5
 CHECKS_ON = {
@@ -570,7 +570,7 @@ async def test_still_changing_is_logged_at_a_low_rate(
     monkeypatch.setattr(watcher, "STILL_CHANGING_AFTER", after)
     monkeypatch.setattr(watcher, "STILL_CHANGING_EVERY", every)
     config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch={"settle": "0.3s"}))
-    ledger = await Ledger.open(config.ledger.path)
+    ledger = await SqliteLedger.open(config.ledger.path)
     ready: list[int] = []
     intake = watcher.Intake(
         config=config,

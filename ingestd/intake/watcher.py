@@ -28,7 +28,8 @@ from ingestd.errors import FileRefused, LedgerUnwritable
 from ingestd.intake.finished import FinishedChecks, WritersVerdict
 from ingestd.intake.identity import fingerprint, full_sha256
 from ingestd.intake.sidecar import sidecar_wait_reason
-from ingestd.ledger.store import Job, Known, Ledger, State
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Job, Known, Queueing, State
 from ingestd.logs import get_logger
 from ingestd.memory import release_free_memory
 
@@ -111,7 +112,7 @@ class Intake:
         self,
         *,
         config: Config,
-        ledger: Ledger,
+        ledger: JobLedger,
         checks: FinishedChecks,
         is_active: Callable[[int], bool],
         on_ready: Callable[[], None],
@@ -299,7 +300,7 @@ class Intake:
 
     async def _add_new(self, root: Path, new: list[tuple[str, Snap]]) -> int:
         """Jobs for files seen for the first time (or changed after done): one commit."""
-        added = await self.ledger.add_jobs(root=str(root), files=new, state=State.WAITING)
+        added = await self.ledger.add_jobs(root=str(root), files=new)
         now = time.monotonic()
         for path, snap in new:
             job_id = added[path]
@@ -333,9 +334,7 @@ class Intake:
         self, path: Path, root: Path, snap: Snap, known: tuple[int, Snap, State] | None
     ) -> int:
         if known is None or (known[2] in SETTLED and known[1] != snap):
-            job = await self.ledger.add_job(
-                path=str(path), root=str(root), snapshot=snap, state=State.WAITING
-            )
+            job = await self.ledger.add_job(path=str(path), root=str(root), snapshot=snap)
             now = time.monotonic()
             self._maybe_settled.add(job.id)
             self.tracking[job.id] = _Tracked(snap, now, now)
@@ -354,7 +353,7 @@ class Intake:
         if known_snap == snap:
             return 0
         job = await self.ledger.get_job(job_id)
-        await self.ledger.reset_to_waiting(job, snap, "file changed")
+        await self.ledger.source_changed(job, snap, "file changed")
         now = time.monotonic()
         self.tracking[job_id] = _Tracked(snap, now, now)
         self.settle_now.set()
@@ -569,7 +568,7 @@ class Intake:
         """A finished file: skip it if its content is already on the server, else add it
         to ``pending`` (queued by :meth:`_queue_all`). ``verdict``: the fingerprint (or
         the error reading it) :meth:`_judge_all` already took; ``twins``: the earlier
-        jobs of the same content, looked up for a batch (:meth:`Ledger.twins_of`)."""
+        jobs of the same content, looked up for a batch (:meth:`JobLedger.twins_of`)."""
         try:
             if verdict is not None and verdict.read_error is not None:
                 raise verdict.read_error
@@ -600,18 +599,13 @@ class Intake:
             await self._wait(job_id, path, tracked, f"cannot read the file ({_problem(exc)})")
             return
         if twin is not None and same:
-            size, mtime_ns, inode, device = tracked.snap
-            await self.ledger.update(
+            await self.ledger.skip_duplicate(
                 job_id,
-                state=State.SKIPPED,
                 # The version judged, or the next scan takes it for a changed file: a new job.
-                size=size,
-                mtime_ns=mtime_ns,
-                inode=inode,
-                device=device,
-                fingerprint=print_,
-                sha256=twin.sha256,
-                wait_reason=f"same content as {twin.path}",
+                tracked.snap,
+                print_,
+                twin.sha256,
+                f"same content as {twin.path}",
             )
             self.tracking.pop(job_id, None)
             log.info(
@@ -647,23 +641,8 @@ class Intake:
             return
         changes = []
         for job_id, _path, tracked, _now, print_ in pending.jobs:
-            size, mtime_ns, inode, device = tracked.snap
-            changes.append(
-                (
-                    job_id,
-                    {
-                        "state": State.QUEUED,
-                        "fingerprint": print_,
-                        "size": size,
-                        "mtime_ns": mtime_ns,
-                        "inode": inode,
-                        "device": device,
-                        "wait_reason": None,
-                        "next_attempt_at": 0,
-                    },
-                )
-            )
-        await self.ledger.update_many(changes)
+            changes.append(Queueing(job_id, tracked.snap, print_))
+        await self.ledger.queue(changes)
         for job_id, path, tracked, now, _print in pending.jobs:
             self.tracking.pop(job_id, None)
             log.info(
