@@ -148,10 +148,10 @@ def _build_done_ledger(folder: Path, ledger: Path) -> None:
     """A ledger as the daemon leaves it after uploading every file under ``folder``."""
     import asyncio
 
-    from ingestd.ledger.store import Ledger
+    from ingestd.ledger.store import SqliteLedger
 
     async def create() -> None:
-        opened = await Ledger.open(ledger)
+        opened = await SqliteLedger.open(ledger)
         await opened.close()
 
     asyncio.run(create())

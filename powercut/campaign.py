@@ -78,8 +78,7 @@ from chaos.campaign import (
 )
 from chaos.chaos_ledger import ledger_state, newest_jobs
 from ingestd.fake_valt import FakeValtThread, Faults
-from ingestd.ledger.backup import backup_time
-from ingestd.ledger.store import BACKUP_INFIX
+from ingestd.ledger.backup import BACKUP_INFIX, backup_time
 from powercut.control import PowerCutMount, mount
 
 KiB = 1024

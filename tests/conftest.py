@@ -23,7 +23,7 @@ from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.watcher import Intake
-from ingestd.ledger.store import Ledger
+from ingestd.ledger.store import SqliteLedger
 from powercut import PowerCutMount, missing, mount
 
 PASSWORD = "s3cret-Pass-w0rd-xyz"
@@ -92,11 +92,11 @@ def write_config(tmp_path: Path, url: str, **sections: dict[str, Any]) -> Path:
     return path
 
 
-async def intake_for_tests(tmp_path: Path, **watch: Any) -> tuple[Intake, Ledger]:
+async def intake_for_tests(tmp_path: Path, **watch: Any) -> tuple[Intake, SqliteLedger]:
     """An in-process intake over ``tmp_path/export`` and its ledger, the finished checks off
     (the caller closes the ledger)."""
     config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch=watch))
-    ledger = await Ledger.open(config.ledger.path)
+    ledger = await SqliteLedger.open(config.ledger.path)
     intake = Intake(
         config=config,
         ledger=ledger,

@@ -30,12 +30,15 @@ from conftest import (
     wait_for,
     write_config,
 )
+from ledger_support import add_job_in
 from structlog.testing import capture_logs
 
 from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.intake.finished import snapshot
-from ingestd.ledger.store import _MIGRATIONS, _SCHEMA, Ledger, State
+from ingestd.ledger.model import State
+from ingestd.ledger.schema import MIGRATIONS, SCHEMA
+from ingestd.ledger.store import SqliteLedger
 from ingestd.upload.after_upload import apply_after_upload, housekeeping, move_failed
 
 
@@ -144,15 +147,16 @@ def test_the_after_upload_action_skips_a_file_replaced_after_done(
 
 async def _ledger_with(
     tmp_path: Path, video: Path, state: State, **changes: Any
-) -> tuple[Ledger, int]:
-    ledger = await Ledger.open(tmp_path / "ledger.db")
+) -> tuple[SqliteLedger, int]:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
     snap = snapshot(video)
     assert snap is not None
-    job = await ledger.add_job(
+    job = await add_job_in(
+        ledger,
+        state,
         path=str(video),
         root=str(video.parent),
         snapshot=(snap.size, snap.mtime_ns, snap.inode, snap.device),
-        state=state,
     )
     await ledger.update(job.id, done_at=time.time() - 3600, **changes)
     return ledger, job.id
@@ -210,7 +214,6 @@ async def test_no_deletion_while_another_live_job_owns_the_path(
             path=str(video),
             root=str(export),
             snapshot=(snap.size, snap.mtime_ns, snap.inode, snap.device),
-            state=State.WAITING,
         )
         with capture_logs() as logs:
             if how == "keep_for":
@@ -255,8 +258,8 @@ async def test_a_new_device_number_alone_is_the_same_file(
 def _version_2_ledger(path: Path, rows: list[dict[str, Any]]) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.executescript(_SCHEMA)
-        conn.executescript(_MIGRATIONS[2])
+        conn.executescript(SCHEMA)
+        conn.executescript(MIGRATIONS[2])
         conn.execute("INSERT INTO meta(key, value) VALUES('schema_version', '2')")
         for row in rows:
             marks = ",".join("?" * len(row))

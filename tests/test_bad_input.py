@@ -432,20 +432,28 @@ def test_files_deleted_or_truncated_before_and_during_upload(
 async def test_two_workers_ledger_transactions_at_once_do_not_collide(tmp_path: Path) -> None:
     """What the test above ran into: two workers' transactions on the one connection
     (a file gone and a file changed, each with a partial record) at the same moment."""
-    from ingestd.ledger.store import Ledger, State
+    from ledger_support import add_job_in
 
-    ledger = await Ledger.open(tmp_path / "ledger.db")
+    from ingestd.ledger.model import State
+    from ingestd.ledger.store import SqliteLedger
+
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
     try:
         jobs = []
         for n in range(6):
-            job = await ledger.add_job(
-                path=f"/x/{n}.mp4", root="/x", snapshot=(1, 1, n, 1), state=State.QUEUED
+            job = await add_job_in(
+                ledger,
+                State.UPLOADING,
+                path=f"/x/{n}.mp4",
+                root="/x",
+                snapshot=(1, 1, n, 1),
+                record_id=f"r{n}",
+                video_id="v",
             )
-            await ledger.update(job.id, state=State.UPLOADING, record_id=f"r{n}", video_id="v")
-            jobs.append(await ledger.get_job(job.id))
+            jobs.append(job)
         await asyncio.gather(
             *(ledger.fail(job, "source_missing", "gone", delete_record=True) for job in jobs[:3]),
-            *(ledger.reset_to_waiting(job, (2, 2, 2, 2), "changed") for job in jobs[3:]),
+            *(ledger.source_changed(job, (2, 2, 2, 2), "changed") for job in jobs[3:]),
             ledger.update(jobs[0].id, attempts=7),
         )
         assert await ledger.pending_deletions() == 6

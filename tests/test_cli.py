@@ -180,7 +180,7 @@ def test_progress_line_counts_files_bytes_rate_and_eta() -> None:
     import io
 
     from ingestd.daemon.progress import ProgressLine
-    from ingestd.ledger.store import Job, State
+    from ingestd.ledger.model import Job, State
 
     def job(state: State, size: int, acked: int) -> Job:
         return Job(

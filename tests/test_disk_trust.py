@@ -29,6 +29,7 @@ from conftest import (
     wait_for,
     write_config,
 )
+from ledger_support import set_state
 
 from ingestd.disk.judged import OpenRule, open_judged, snapshot
 from ingestd.errors import FileRefused, SourceMissing
@@ -37,7 +38,7 @@ from ingestd.intake import finished, mp4, settle
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.identity import fingerprint, full_sha256
 from ingestd.intake.sidecar import examine_sidecar, find_sidecar
-from ingestd.ledger.store import State
+from ingestd.ledger.model import State
 from ingestd.upload.pieces import Sending, Source, hash_prefix
 
 SECRET = "root:$6$PRIVATE-HASH-never-to-be-seen:19000:0:99999:7:::"
@@ -343,7 +344,7 @@ async def test_the_settled_cache_forgets_files_moved_away(tmp_path: Path, export
             random_file(export / f"{index}.mkv", 100, seed=index)
         assert await intake.scan("startup") == 20
         for job in await ledger.jobs_in([State.WAITING]):
-            await ledger.update(job.id, state=State.DONE, done_at=1.0)
+            await set_state(ledger, job.id, State.DONE, done_at=1.0)
         assert await intake.scan("interval") == 0
         assert intake.scanner._settled is not None and len(intake.scanner._settled) == 20
         moved = tmp_path / "archive"

@@ -46,7 +46,8 @@ from ingestd.intake import settle, waiting, watcher
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.mp4 import check_boxes
 from ingestd.intake.mp4_build import FRAG_MOOV, FTYP, MOOV, box, large_box, moof, mp4_pieces
-from ingestd.ledger.store import Ledger, State
+from ingestd.ledger.model import State
+from ingestd.ledger.store import SqliteLedger
 
 SETTLE = 0.5
 CHECKS_ON = {
@@ -548,7 +549,7 @@ async def test_still_changing_is_logged_at_a_low_rate(
     monkeypatch.setattr(settle, "STILL_CHANGING_AFTER", after)
     monkeypatch.setattr(settle, "STILL_CHANGING_EVERY", every)
     config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch={"settle": "0.3s"}))
-    ledger = await Ledger.open(config.ledger.path)
+    ledger = await SqliteLedger.open(config.ledger.path)
     ready: list[int] = []
     intake = watcher.Intake(
         config=config,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from ingestd.ledger.store import Ledger, State
+from ledger_support import add_job_in
+
+from ingestd.ledger.model import Queueing, State
+from ingestd.ledger.store import SqliteLedger
 
 
 async def test_unsent_counts_in_sqlite_and_names_the_oldest(tmp_path: Path) -> None:
-    ledger = await Ledger.open(tmp_path / "ledger.db")
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
     try:
         empty = await ledger.unsent()
         assert (empty.files, empty.queued, empty.oldest) == (0, 0, None)
@@ -17,8 +21,8 @@ async def test_unsent_counts_in_sqlite_and_names_the_oldest(tmp_path: Path) -> N
             [State.QUEUED, State.WAITING, State.QUEUED, State.UPLOADING, State.CONFIRMING,
              State.DONE, State.FAILED, State.CREATING]
         ):  # fmt: skip
-            job = await ledger.add_job(
-                path=f"/x/{number}.ts", root="/x", snapshot=(1, number, number, 1), state=state
+            job = await add_job_in(
+                ledger, state, path=f"/x/{number}.ts", root="/x", snapshot=(1, number, number, 1)
             )
             # Discovered in reverse order: the waiting file (number 1) is not the oldest...
             await ledger.update(job.id, discovered_at=1000.0 - number)
@@ -34,7 +38,7 @@ async def test_unsent_counts_in_sqlite_and_names_the_oldest(tmp_path: Path) -> N
 
 
 async def test_twins_of_a_batch_are_what_twin_of_finds_one_by_one(tmp_path: Path) -> None:
-    ledger = await Ledger.open(tmp_path / "ledger.db")
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
     try:
         made = [
             ("A", State.DONE), ("A", State.QUEUED), ("A", State.WAITING), ("B", State.FAILED),
@@ -43,8 +47,8 @@ async def test_twins_of_a_batch_are_what_twin_of_finds_one_by_one(tmp_path: Path
         ]  # fmt: skip
         ids = []
         for number, (print_, state) in enumerate(made):
-            job = await ledger.add_job(
-                path=f"/x/{number}.ts", root="/x", snapshot=(1, number, number, 1), state=state
+            job = await add_job_in(
+                ledger, state, path=f"/x/{number}.ts", root="/x", snapshot=(1, number, number, 1)
             )
             await ledger.update(job.id, fingerprint=print_)
             ids.append(job.id)
@@ -61,15 +65,11 @@ async def test_twins_of_a_batch_are_what_twin_of_finds_one_by_one(tmp_path: Path
 
 
 async def test_waiting_gives_what_a_settle_pass_needs(tmp_path: Path) -> None:
-    ledger = await Ledger.open(tmp_path / "ledger.db")
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
     try:
-        first = await ledger.add_job(
-            path="/x/a.ts", root="/x", snapshot=(10, 20, 30, 40), state=State.WAITING
-        )
-        await ledger.add_job(path="/x/b.ts", root="/x", snapshot=(1, 2, 3, 4), state=State.QUEUED)
-        forced = await ledger.add_job(
-            path="/x/c.ts", root="/x", snapshot=(5, 6, 7, 8), state=State.WAITING
-        )
+        first = await ledger.add_job(path="/x/a.ts", root="/x", snapshot=(10, 20, 30, 40))
+        await add_job_in(ledger, State.QUEUED, path="/x/b.ts", root="/x", snapshot=(1, 2, 3, 4))
+        forced = await ledger.add_job(path="/x/c.ts", root="/x", snapshot=(5, 6, 7, 8))
         await ledger.update(forced.id, force=1)
         waiting = await ledger.waiting()
         assert [(w.id, w.path, w.force, w.snapshot) for w in waiting] == [
@@ -80,29 +80,52 @@ async def test_waiting_gives_what_a_settle_pass_needs(tmp_path: Path) -> None:
         await ledger.close()
 
 
-async def test_update_many_commits_every_change_in_one_transaction(tmp_path: Path) -> None:
-    ledger = await Ledger.open(tmp_path / "ledger.db")
+async def test_queue_commits_every_file_in_one_transaction(tmp_path: Path) -> None:
+    """The settle loop queues a pass's files together: one commit, seen whole or not at all.
+
+    A second connection watches each statement the ledger sends: while the queueing
+    is under way it must see none of the files queued (committed one by one, it would
+    see the first before the last is written), and after it, all of them.
+    """
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path)
+    watcher = sqlite3.connect(path, check_same_thread=False)  # asked from the ledger thread
     try:
         jobs = [
-            await ledger.add_job(
-                path=f"/x/{n}.ts", root="/x", snapshot=(n, n, n, n), state=State.WAITING
-            )
+            await ledger.add_job(path=f"/x/{n}.ts", root="/x", snapshot=(n, n, n, n))
             for n in range(4)
         ]
-        await ledger.update_many(
+        await ledger.update(jobs[1].id, wait_reason="still being written")
+        seen: list[int] = []
+
+        def look(statement: str) -> None:
+            if statement.lstrip().upper().startswith(("UPDATE", "COMMIT")):
+                query = "SELECT COUNT(*) FROM jobs WHERE state='queued'"
+                seen.append(int(watcher.execute(query).fetchone()[0]))
+
+        # The sqlite3 connection under aiosqlite, told in its own thread.
+        inner = ledger._conn._conn
+        await inner._execute(inner._conn.set_trace_callback, look)
+        queued = await ledger.queue(
             [
-                (jobs[0].id, {"state": State.QUEUED, "fingerprint": "f0"}),
-                (jobs[1].id, {"wait_reason": "still being written"}),
-                (jobs[2].id, {"state": State.QUEUED, "fingerprint": "f2"}),
+                Queueing(jobs[0].id, (10, 10, 10, 10), "f0"),
+                Queueing(jobs[2].id, (12, 12, 12, 12), "f2"),
+                Queueing(jobs[3].id, (13, 13, 13, 13), "f3"),
             ]
         )
+        await inner._execute(inner._conn.set_trace_callback, None)
+        assert queued == 3
+        assert seen and set(seen) == {0}, seen  # nothing visible before the one COMMIT
         after = [await ledger.get_job(job.id) for job in jobs]
-        assert [(j.state, j.fingerprint, j.wait_reason) for j in after] == [
-            (State.QUEUED, "f0", None),
-            (State.WAITING, None, "still being written"),
-            (State.QUEUED, "f2", None),
-            (State.WAITING, None, None),
+        assert [(j.state, j.fingerprint, j.size, j.wait_reason) for j in after] == [
+            (State.QUEUED, "f0", 10, None),
+            (State.WAITING, None, 1, "still being written"),
+            (State.QUEUED, "f2", 12, None),
+            (State.QUEUED, "f3", 13, None),
         ]
         assert after[0].updated_at >= jobs[0].updated_at
+        count = "SELECT COUNT(*) FROM jobs WHERE state='queued'"
+        assert watcher.execute(count).fetchone()[0] == 3
     finally:
+        watcher.close()
         await ledger.close()

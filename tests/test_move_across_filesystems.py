@@ -27,7 +27,8 @@ from structlog.testing import capture_logs
 
 from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
-from ingestd.ledger.store import Ledger, State
+from ingestd.ledger.model import State
+from ingestd.ledger.store import SqliteLedger
 from ingestd.upload.after_upload import housekeeping
 
 
@@ -71,7 +72,7 @@ async def test_a_full_target_leaves_no_partial_copy_and_no_litter(
     assert result.returncode == 0
     assert '"after_upload.failed"' in result.stdout
     assert sorted(small_fs.rglob("*")) == []  # no partial copy, not even an empty folder
-    ledger = await Ledger.open(tmp_path / "ledger.db")
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
     try:
         for _ in range(3):  # the retries that housekeeping makes every minute
             with capture_logs() as logs:

@@ -18,7 +18,7 @@ from conftest import (
 )
 
 from ingestd.fake_valt import FakeValtThread
-from ingestd.ledger.store import existing_backups
+from ingestd.ledger.backup import existing_backups
 
 
 def _mode(path: Path) -> int:

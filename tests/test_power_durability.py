@@ -17,8 +17,7 @@ import pytest
 
 from ingestd.disk.moves import Identity
 from ingestd.disk.private import write_private
-from ingestd.ledger.backup import rotate
-from ingestd.ledger.store import existing_backups
+from ingestd.ledger.backup import existing_backups, rotate
 from ingestd.upload.after_upload import Belongings, _delete, _move_to
 from powercut import PowerCutMount, mount
 

@@ -22,7 +22,8 @@ from ingestd.intake import watcher
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.mp4 import BoxVerdict, walk_boxes
 from ingestd.intake.sidecar import Sidecar, read_sidecar
-from ingestd.ledger.store import Ledger, State
+from ingestd.ledger.model import State
+from ingestd.ledger.store import SqliteLedger
 
 QUICK = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -116,7 +117,7 @@ async def _scan_names(names: list[bytes]) -> None:
         base = Path(folder)
         (base / "export").mkdir()
         config = load_config(write_config(base, "http://127.0.0.1:9", watch={"exclude": []}))
-        ledger = await Ledger.open(config.ledger.path)
+        ledger = await SqliteLedger.open(config.ledger.path)
         try:
             intake = watcher.Intake(
                 config=config,

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 from conftest import intake_for_tests, random_file
+from ledger_support import set_state
 
 from ingestd.intake.waiting import SETTLED
-from ingestd.ledger.store import Ledger, State
+from ingestd.ledger.model import State
+from ingestd.ledger.store import SqliteLedger
 
 
-async def _finish_all(ledger: Ledger) -> None:
+async def _finish_all(ledger: SqliteLedger) -> None:
     """As if every live job had been uploaded and confirmed."""
     for job in await ledger.jobs_in([s for s in State if s not in SETTLED]):
-        await ledger.update(job.id, state=State.DONE, done_at=1.0)
+        await set_state(ledger, job.id, State.DONE, done_at=1.0)
 
 
 async def test_rescans_read_only_live_jobs_and_still_see_a_replaced_file(

@@ -35,7 +35,7 @@ from conftest import (
 from ingestd.config.schema import load_config
 from ingestd.errors import ValtError
 from ingestd.fake_valt import FakeValtThread, Faults
-from ingestd.ledger.store import Ledger
+from ingestd.ledger.store import SqliteLedger
 from ingestd.logs import secrets_in
 from ingestd.upload.confirm import PartialSweeper
 from ingestd.valt import rules as valt_rules
@@ -174,7 +174,7 @@ def _queue_refused_deletion(config: Path, server: FakeValtThread) -> None:
 
     async def sweep() -> None:
         loaded = load_config(config)
-        ledger = await Ledger.open(loaded.ledger.path)
+        ledger = await SqliteLedger.open(loaded.ledger.path)
         try:
             await ledger.queue_deletion("no-such-record", None, "test")
             async with _client(server) as client:

@@ -20,7 +20,8 @@ from ingestd.config.schema import parse_config
 from ingestd.daemon.lifecycle import Daemon
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.intake.mp4_build import MiB, mp4_pieces
-from ingestd.ledger.store import Ledger, State
+from ingestd.ledger.api import open_ledger
+from ingestd.ledger.model import State
 from ingestd.logs import configure_logging
 
 DEMO_TIMEOUT = 90.0
@@ -82,7 +83,7 @@ async def _wait_all_done(ledger_path: Path, expected: int) -> None:
     deadline = time.monotonic() + DEMO_TIMEOUT
     while time.monotonic() < deadline:
         if ledger_path.exists():
-            ledger = await Ledger.open(ledger_path, readonly=True)
+            ledger = await open_ledger(ledger_path, readonly=True)
             try:
                 counts = await ledger.counts()
             finally:
@@ -104,7 +105,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 async def _summary(ledger_path: Path, server: FakeValtThread) -> tuple[str, bool]:
-    ledger = await Ledger.open(ledger_path, readonly=True)
+    ledger = await open_ledger(ledger_path, readonly=True)
     try:
         jobs = await ledger.jobs_in(list(State), order="id")
     finally:

@@ -11,7 +11,7 @@ import datetime as dt
 import io
 from collections.abc import Iterable
 
-from ingestd.ledger.store import Job
+from ingestd.ledger.model import Job
 
 COLUMNS = ("file", "size", "sha256", "record_id", "uploaded_at", "record_name")
 

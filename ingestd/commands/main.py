@@ -183,7 +183,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ingestd.commands.status import gather_status, render_status
-    from ingestd.ledger.store import Ledger
+    from ingestd.ledger.api import open_ledger
 
     config = _load(args)
     path = config.ledger.path
@@ -192,7 +192,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     async def read() -> dict[str, object]:
-        ledger = await Ledger.open(path, readonly=True)
+        ledger = await open_ledger(path, readonly=True)
         try:
             return await gather_status(ledger)
         finally:
@@ -205,10 +205,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _with_ledger(config: Config, action: Callable[..., object]) -> object:
-    from ingestd.ledger.store import Ledger
+    from ingestd.ledger.api import open_ledger
 
     async def go() -> object:
-        ledger = await Ledger.open(config.ledger.path)
+        ledger = await open_ledger(config.ledger.path)
         try:
             return await action(ledger)  # type: ignore[misc]
         finally:
@@ -234,7 +234,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ingestd.commands.export import audit_csv, parse_since
-    from ingestd.ledger.store import Ledger, State
+    from ingestd.ledger.api import open_ledger
+    from ingestd.ledger.model import State
 
     config = _load(args)
     try:
@@ -246,7 +247,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     async def read() -> str:
-        ledger = await Ledger.open(config.ledger.path, readonly=True)
+        ledger = await open_ledger(config.ledger.path, readonly=True)
         try:
             return audit_csv(await ledger.jobs_in([State.DONE], order="done_at"), since)
         finally:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ingestd.ledger.store import Job, Ledger, State
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Job, State
 from ingestd.units import format_duration, format_size
 
 ACTIVE = (State.QUEUED, State.CREATING, State.UPLOADING, State.CONFIRMING)
@@ -47,12 +48,12 @@ def _rate_and_eta(job: Job, now: float) -> dict[str, Any]:
     return {"rate_bps": round(rate), "eta_s": round((job.size - job.bytes_acked) / rate)}
 
 
-async def gather_status(ledger: Ledger) -> dict[str, Any]:
+async def gather_status(ledger: JobLedger) -> dict[str, Any]:
     """Counts per state, active, failed and waiting jobs, and the oldest waiting file."""
     now = time.time()
     counts = await ledger.counts()
     active = await ledger.jobs_in(ACTIVE, order="mtime_ns")
-    failed = await ledger.jobs_in([State.FAILED], order="updated_at DESC")
+    failed = await ledger.jobs_in([State.FAILED], order="updated_at", newest_first=True)
     waiting = await ledger.jobs_in([State.WAITING], order="discovered_at")
     oldest = waiting[0] if waiting else None
     problem = await ledger.server_problem()

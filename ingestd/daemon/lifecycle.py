@@ -29,7 +29,8 @@ from ingestd.disk.judged import OpenRule
 from ingestd.errors import LedgerUnwritable
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.watcher import Intake
-from ingestd.ledger.store import TERMINAL, Job, Ledger, State
+from ingestd.ledger.api import open_ledger
+from ingestd.ledger.model import TERMINAL, Job, State
 from ingestd.ledger.watch import LedgerWatch, wait_writable
 from ingestd.logs import get_logger
 from ingestd.observe.health import StatusService
@@ -104,7 +105,7 @@ class Daemon:
 
     async def run(self) -> RunResult:
         """Start, serve until stopped, shut down; returns the outcome."""
-        self.ledger = await Ledger.open(self.config.ledger.path)
+        self.ledger = await open_ledger(self.config.ledger.path)
         try:
             async with ValtClient(
                 base_url=self.config.valt.url,

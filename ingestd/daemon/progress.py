@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from ingestd.ledger.store import Job, State
+from ingestd.ledger.model import Job, State
 from ingestd.units import format_duration, format_size
 
 FINISHED = (State.DONE, State.SKIPPED)

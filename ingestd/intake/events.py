@@ -22,7 +22,7 @@ from ingestd.disk.judged import snapshot
 from ingestd.errors import LedgerUnwritable
 from ingestd.intake.scan import Scanner
 from ingestd.intake.waiting import as_snap
-from ingestd.ledger.store import Ledger
+from ingestd.ledger.api import JobLedger
 from ingestd.logs import get_logger
 
 log = get_logger("ingestd.intake.events")
@@ -39,7 +39,7 @@ class Events:
         self,
         *,
         watch: WatchConfig,
-        ledger: Ledger,
+        ledger: JobLedger,
         path_filter: PathFilter,
         roots: list[Path],
         scanner: Scanner,

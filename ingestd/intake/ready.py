@@ -17,7 +17,8 @@ from ingestd.disk.judged import OpenRule
 from ingestd.errors import FileRefused
 from ingestd.intake.identity import fingerprint, full_sha256
 from ingestd.intake.waiting import Tracked, Verdict, Waiting, problem
-from ingestd.ledger.store import Job, Ledger, State
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Job, Queueing, State
 from ingestd.logs import get_logger
 
 log = get_logger("ingestd.intake.ready")
@@ -41,7 +42,7 @@ class Ready:
     def __init__(
         self,
         *,
-        ledger: Ledger,
+        ledger: JobLedger,
         rule: OpenRule,
         waiting: Waiting,
         on_ready: Callable[[], None],
@@ -66,7 +67,7 @@ class Ready:
         """A finished file: skip it if its content is already on the server, else add it
         to ``pending`` (queued by :meth:`queue_all`). ``verdict``: the fingerprint (or
         the error reading it) the finished checks already took; ``twins``: the earlier
-        jobs of the same content, looked up for a batch (:meth:`Ledger.twins_of`)."""
+        jobs of the same content, looked up for a batch (:meth:`JobLedger.twins_of`)."""
         try:
             if verdict is not None and verdict.read_error is not None:
                 raise verdict.read_error
@@ -97,18 +98,13 @@ class Ready:
             await self.waiting.wait(job_id, path, tracked, f"cannot read the file ({problem(exc)})")
             return
         if twin is not None and same:
-            size, mtime_ns, inode, device = tracked.snap
-            await self.ledger.update(
+            await self.ledger.skip_duplicate(
                 job_id,
-                state=State.SKIPPED,
                 # The version judged, or the next scan takes it for a changed file: a new job.
-                size=size,
-                mtime_ns=mtime_ns,
-                inode=inode,
-                device=device,
-                fingerprint=print_,
-                sha256=twin.sha256,
-                wait_reason=f"same content as {twin.path}",
+                tracked.snap,
+                print_,
+                twin.sha256,
+                f"same content as {twin.path}",
             )
             self.waiting.tracking.pop(job_id, None)
             log.info(
@@ -130,25 +126,11 @@ class Ready:
         """Queue the finished files of ``pending``: one transaction, then wake the workers."""
         if not pending.jobs:
             return
-        changes = []
-        for job_id, _path, tracked, _now, print_ in pending.jobs:
-            size, mtime_ns, inode, device = tracked.snap
-            changes.append(
-                (
-                    job_id,
-                    {
-                        "state": State.QUEUED,
-                        "fingerprint": print_,
-                        "size": size,
-                        "mtime_ns": mtime_ns,
-                        "inode": inode,
-                        "device": device,
-                        "wait_reason": None,
-                        "next_attempt_at": 0,
-                    },
-                )
-            )
-        await self.ledger.update_many(changes)
+        changes = [
+            Queueing(job_id, tracked.snap, print_)
+            for job_id, _path, tracked, _now, print_ in pending.jobs
+        ]
+        await self.ledger.queue(changes)
         for job_id, path, tracked, now, _print in pending.jobs:
             self.waiting.tracking.pop(job_id, None)
             log.info(

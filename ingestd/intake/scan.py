@@ -21,7 +21,8 @@ from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import WatchConfig
 from ingestd.intake.waiting import SETTLED, Snap, Tracked, Waiting
 from ingestd.intake.walk import iter_file_entries
-from ingestd.ledger.store import Known, Ledger, State
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Known, State
 from ingestd.logs import get_logger
 from ingestd.memory import release_free_memory
 
@@ -35,7 +36,7 @@ class Scanner:
         self,
         *,
         watch: WatchConfig,
-        ledger: Ledger,
+        ledger: JobLedger,
         path_filter: PathFilter,
         roots: list[Path],
         is_active: Callable[[int], bool],
@@ -218,7 +219,7 @@ class Scanner:
 
     async def _add_new(self, root: Path, new: list[tuple[str, Snap]]) -> int:
         """Jobs for files seen for the first time (or changed after done): one commit."""
-        added = await self.ledger.add_jobs(root=str(root), files=new, state=State.WAITING)
+        added = await self.ledger.add_jobs(root=str(root), files=new)
         now = time.monotonic()
         for path, snap in new:
             job_id = added[path]
@@ -236,9 +237,7 @@ class Scanner:
         changed after done, back to waiting if it changed before; 1 if either happened.
         The caller holds :attr:`observing`."""
         if known is None or (known[2] in SETTLED and known[1] != snap):
-            job = await self.ledger.add_job(
-                path=str(path), root=str(root), snapshot=snap, state=State.WAITING
-            )
+            job = await self.ledger.add_job(path=str(path), root=str(root), snapshot=snap)
             now = time.monotonic()
             self._maybe_settled.add(job.id)
             self.waiting.tracking[job.id] = Tracked(snap, now, now)
@@ -257,7 +256,7 @@ class Scanner:
         if known_snap == snap:
             return 0
         job = await self.ledger.get_job(job_id)
-        await self.ledger.reset_to_waiting(job, snap, "file changed")
+        await self.ledger.source_changed(job, snap, "file changed")
         now = time.monotonic()
         self.waiting.tracking[job_id] = Tracked(snap, now, now)
         self.waiting.settle_now.set()

@@ -23,7 +23,7 @@ from ingestd.intake.identity import fingerprint
 from ingestd.intake.ready import Pending, Ready
 from ingestd.intake.sidecar import sidecar_wait_reason
 from ingestd.intake.waiting import Snap, Tracked, Verdict, Waiting, as_snap, problem
-from ingestd.ledger.store import Ledger
+from ingestd.ledger.api import JobLedger
 from ingestd.logs import get_logger
 
 log = get_logger("ingestd.intake.settle")
@@ -55,7 +55,7 @@ class Settler:
         *,
         watch: WatchConfig,
         sidecars: bool,
-        ledger: Ledger,
+        ledger: JobLedger,
         checks: FinishedChecks,
         rule: OpenRule,
         is_active: Callable[[int], bool],

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ingestd.disk.judged import FileSnapshot
 from ingestd.errors import FileRefused
-from ingestd.ledger.store import Ledger, State
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import State
 from ingestd.logs import get_logger
 
 log = get_logger("ingestd.intake.waiting")
@@ -60,7 +61,7 @@ def problem(err: BaseException) -> str:
 class Waiting:
     """The waiting files in memory (by job id), and the wake-up of the settle loop."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: JobLedger) -> None:
         self.ledger = ledger
         self.tracking: dict[int, Tracked] = {}
         self.settle_now = asyncio.Event()  # a file started waiting: settle without delay

@@ -26,7 +26,7 @@ from ingestd.intake.ready import Ready
 from ingestd.intake.scan import Scanner
 from ingestd.intake.settle import Settler
 from ingestd.intake.waiting import Waiting
-from ingestd.ledger.store import Ledger
+from ingestd.ledger.api import JobLedger
 
 
 class Intake:
@@ -36,7 +36,7 @@ class Intake:
         self,
         *,
         config: Config,
-        ledger: Ledger,
+        ledger: JobLedger,
         checks: FinishedChecks,
         is_active: Callable[[int], bool],
         on_ready: Callable[[], None],

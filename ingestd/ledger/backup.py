@@ -29,11 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingestd.disk.private import create_private, fsync_folder, fsync_path
-from ingestd.errors import LedgerError
+from ingestd.errors import LedgerDamaged, LedgerError
+from ingestd.ledger.connection import sqlite_uri
 from ingestd.ledger.lock import LedgerLock
-from ingestd.ledger.store import BACKUP_INFIX, State, existing_backups, sqlite_uri
+from ingestd.ledger.model import State
 
 BACKUP_EVERY = 24 * 3600.0
+# Backups beside the ledger are named LEDGER + this + YYYYMMDD-HHMMSS.
+BACKUP_INFIX = ".backup-"
 # Meta keys. ``backup_taken_at`` is written into each backup; the others into a
 # restored ledger (upload/after_restore.py reads them).
 BACKUP_TAKEN_AT = "backup_taken_at"
@@ -47,6 +50,45 @@ _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 def _stamp(when: float) -> str:
     return dt.datetime.fromtimestamp(when, dt.UTC).strftime(_STAMP)
+
+
+def existing_backups(path: Path) -> list[Path]:
+    """Backups of the ledger at ``path`` (``LEDGER.backup-YYYYMMDD-HHMMSS``), oldest first."""
+    prefix = path.name + BACKUP_INFIX
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    stamps = [n for n in names if n.startswith(prefix) and _is_stamp(n[len(prefix) :])]
+    return [path.with_name(n) for n in sorted(stamps)]
+
+
+def _is_stamp(text: str) -> bool:
+    """``YYYYMMDD-HHMMSS``."""
+    return len(text) == 15 and text[8] == "-" and (text[:8] + text[9:]).isdigit()
+
+
+def refuse_lost_ledger(path: Path) -> None:
+    """A missing or empty ledger is a first start - unless backups of an earlier one exist.
+
+    Starting afresh beside them would upload every file again: the earlier
+    ledger was lost (deleted, truncated by a file system repair) and should
+    be restored instead.
+    """
+    try:
+        fresh = path.stat().st_size == 0
+    except FileNotFoundError:
+        fresh = True
+    if not fresh:
+        return
+    backups = existing_backups(path)
+    if backups:
+        raise LedgerDamaged(
+            path,
+            f"but {len(backups)} backup(s) of an earlier ledger lie beside it, the newest "
+            f"{backups[-1].name}; to start afresh on purpose, move them away",
+            what="is empty" if path.exists() else "is missing",
+        )
 
 
 def backup_stamp(when: float) -> str:

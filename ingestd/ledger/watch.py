@@ -4,7 +4,7 @@ Why a task of its own: when the ledger's disk fills up or its folder turns
 read-only, every loop that writes would fail and be restarted every few
 seconds, each time with a traceback, while workers kept taking jobs whose
 progress could not be recorded. Instead the first failure (noted by the
-ledger itself, see ``ledger._Guarded``) wakes this task, which logs
+ledger itself, see ``connection.Guarded``) wakes this task, which logs
 ``ledger.unwritable`` once, sets the daemon's ``ledger_error`` (the
 dispatcher takes no new job while it is set; ``/healthz`` shows it), and
 probes every few seconds until the ledger takes writes again
@@ -29,8 +29,8 @@ from collections.abc import Callable
 from ingestd.aio import wait_any
 from ingestd.config.schema import LedgerConfig
 from ingestd.errors import LedgerError
+from ingestd.ledger.api import JobLedger
 from ingestd.ledger.backup import BACKUP_EVERY, make_backup, next_backup_due
-from ingestd.ledger.store import Ledger
 from ingestd.logs import get_logger
 
 log = get_logger("ingestd.ledger.store")
@@ -45,7 +45,7 @@ class LedgerWatch:
     def __init__(
         self,
         config: LedgerConfig,
-        ledger: Ledger,
+        ledger: JobLedger,
         on_problem: Callable[[str | None], None] = lambda _problem: None,
     ) -> None:
         self.config = config
@@ -102,7 +102,7 @@ class LedgerWatch:
         return time.time() + BACKUP_EVERY
 
 
-async def wait_writable(ledger: Ledger, stop: asyncio.Event) -> None:
+async def wait_writable(ledger: JobLedger, stop: asyncio.Event) -> None:
     """Until the ledger takes writes again (the watch's probe says so) or ``stop``."""
     while not stop.is_set() and not ledger.writable.is_set():
         await wait_any(stop, ledger.writable, CHECK_EVERY)

@@ -30,7 +30,7 @@ import aiohttp
 
 from ingestd.aio import wait_event
 from ingestd.config.schema import AlertsConfig
-from ingestd.ledger.store import Job
+from ingestd.ledger.model import Job
 from ingestd.logs import get_logger, path_token, redact_text, register_secret
 from ingestd.observe.metrics import Metrics
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ from aiohttp import web
 
 from ingestd.aio import wait_event
 from ingestd.config.schema import Config
-from ingestd.errors import LedgerError
 from ingestd.intake.events import NO_EVENTS_ENV
-from ingestd.ledger.store import State, Unsent
+from ingestd.ledger.api import LEDGER_ERRORS
+from ingestd.ledger.model import State, Unsent
 from ingestd.logs import get_logger, redact_text
 from ingestd.observe.alerts import Alerter
 from ingestd.observe.http import StatusServer, start_status_server
@@ -83,7 +82,7 @@ class StatusService:
 
     def task_failed(self, task: str, exc: BaseException) -> None:
         """A supervised task failed; remember it if the ledger was the cause."""
-        if isinstance(exc, sqlite3.Error | LedgerError):
+        if isinstance(exc, LEDGER_ERRORS):
             self._ledger_error = (time.monotonic(), f"{task}: {redact_text(str(exc))}")
 
     @contextlib.asynccontextmanager
@@ -136,7 +135,7 @@ class StatusService:
             return
         try:
             await daemon.ledger.set_server_problem(problem, time.time())
-        except (sqlite3.Error, LedgerError):
+        except LEDGER_ERRORS:
             return  # the ledger's own problem is reported; try again at the next look
         self._server_problem = problem
 
@@ -146,7 +145,7 @@ class StatusService:
         try:
             counts = await daemon.ledger.counts()
             backlog = await daemon.ledger.unsent(busy=daemon.in_workers())
-        except (sqlite3.Error, LedgerError) as exc:
+        except LEDGER_ERRORS as exc:
             self.view.error = redact_text(str(exc))
             return
         self.view = LedgerView(counts, backlog)

@@ -38,7 +38,6 @@ restore is through.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,8 @@ from typing import Any
 from ingestd.disk.judged import OpenRule
 from ingestd.errors import PermanentError
 from ingestd.intake.identity import full_sha256
-from ingestd.ledger.backup import RESTORED_AT, RESTORED_BACKUP_TIME
-from ingestd.ledger.store import Job, Ledger, State
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Job, State
 from ingestd.upload.naming import RecordNamer
 from ingestd.valt import rules as valt_rules
 from ingestd.valt.client import ValtClient
@@ -75,13 +74,10 @@ class RestoreWindow:
         return max(begin, job.mtime_ns / 1e9)
 
 
-async def restore_window(ledger: Ledger) -> RestoreWindow | None:
+async def restore_window(ledger: JobLedger) -> RestoreWindow | None:
     """The window of the last restore, None when the ledger was never restored."""
-    restored_at = await ledger.get_meta(RESTORED_AT)
-    backup_time = await ledger.get_meta(RESTORED_BACKUP_TIME)
-    if restored_at is None or backup_time is None:
-        return None
-    return RestoreWindow(float(backup_time), float(restored_at))
+    restore = await ledger.last_restore()
+    return None if restore is None else RestoreWindow(*restore)
 
 
 def is_restore_candidate(
@@ -105,7 +101,7 @@ class AfterRestore:
     """Applies the rule above; :meth:`settle` is called for each job before it is uploaded."""
 
     def __init__(
-        self, *, ledger: Ledger, client: ValtClient, namer: RecordNamer, rule: OpenRule
+        self, *, ledger: JobLedger, client: ValtClient, namer: RecordNamer, rule: OpenRule
     ) -> None:
         self.rule = rule  # how the source is opened (judged.py)
         self.ledger = ledger
@@ -135,9 +131,8 @@ class AfterRestore:
                     await self._adopt(job, job.record_id, job.video_id, name, State.DONE, bound)
                     return None
                 return job
-            await self.ledger.update(
-                job.id, state=State.QUEUED, record_id=None, video_id=None, bytes_acked=0
-            )
+            if not await self.ledger.record_gone(job):
+                return None  # the job moved on meanwhile
             job = await self.ledger.get_job(job.id)
         start = window.start(job)
         mine = await self._uploads_named(name, start, window.restored_at)
@@ -151,10 +146,9 @@ class AfterRestore:
             )
         if mine and await self._adopt_found(job, *mine[0], name, bound):
             return None
-        if job.state != State.CREATING or (job.create_started_at or 0) > start:
-            await self.ledger.update(
-                job.id, state=State.CREATING, record_name=name, create_started_at=start
-            )
+        begin = job.state != State.CREATING or (job.create_started_at or 0) > start
+        if begin and not await self.ledger.begin_create(job, name, start):
+            return None  # the job moved on meanwhile
         return await self.ledger.get_job(job.id)
 
     async def _uploads_named(
@@ -207,25 +201,9 @@ class AfterRestore:
     ) -> None:
         """Record the server's record as this job's; ``done`` or ``confirming``."""
         sha256 = await asyncio.to_thread(full_sha256, Path(job.path), job.snapshot, self.rule)
-        now = time.time()
-        changes: dict[str, Any] = {
-            "state": state,
-            "record_id": record_id,
-            "video_id": video_id,
-            "record_name": name,
-            "sha256": sha256,
-            "attempts": 0,
-            "fail_reason": None,
-            "fail_detail": None,
-            "uploaded_at": now,  # for confirming: upload.confirm_timeout counts from here
-            "confirm_delay": None,
-            "next_attempt_at": now,
-        }
-        if state is State.DONE:
-            changes.update(bytes_acked=job.size, done_at=now)
-        else:
-            changes.update(bytes_acked=0)  # unknown: a retry after not_ready resends from 0
-        await self.ledger.update(job.id, **changes)
+        ready = state is State.DONE
+        if not await self.ledger.adopt(job, record_id, video_id, name, sha256, ready=ready):
+            return  # the job moved on meanwhile
         bound.info(
             "record.adopted_after_restore", record_id=record_id, name=name, state=state.value
         )

@@ -47,7 +47,8 @@ from ingestd.disk.private import fsync_folder, write_private
 from ingestd.failpoints import failpoint
 from ingestd.intake.identity import full_sha256
 from ingestd.intake.sidecar import sidecar_paths
-from ingestd.ledger.store import Job, Ledger
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Job
 from ingestd.logs import get_logger
 from ingestd.upload.naming import relative_path
 
@@ -218,7 +219,7 @@ def _delete(source: Path, root: Path, belongs: Belongings, expected: Identity) -
 
 
 async def _leave_alone(
-    ledger: Ledger,
+    ledger: JobLedger,
     job: Job,
     step: Step,
     path: str,
@@ -235,7 +236,7 @@ async def _leave_alone(
     (log.info if reason == "missing" else log.warning)("file.left_alone", **fields)
 
 
-async def _owner(ledger: Ledger, job: Job, path: str, step: Step, **changes: Any) -> bool:
+async def _owner(ledger: JobLedger, job: Job, path: str, step: Step, **changes: Any) -> bool:
     """True (and the job marked) when another live job owns ``path``."""
     owner = await ledger.live_owner([path], job.id)
     if owner is None:
@@ -251,7 +252,7 @@ def _stuck(job: Job, moved: Moved, step: Step) -> None:
         log.error(event, job_id=job.id, path=str(extra), action=step, error=error)
 
 
-async def apply_after_upload(config: Config, ledger: Ledger, job: Job) -> None:
+async def apply_after_upload(config: Config, ledger: JobLedger, job: Job) -> None:
     """Keep, move or delete a done job's source; commit where it is now."""
     action, belongs = config.after_upload.action, Belongings.of(config)
     source, root = Path(job.path), Path(job.root)
@@ -309,7 +310,9 @@ def error_text(job: Job, reason: str, detail: str, now: float) -> str:
     )
 
 
-async def move_failed(config: Config, ledger: Ledger, job: Job, reason: str, detail: str) -> None:
+async def move_failed(
+    config: Config, ledger: JobLedger, job: Job, reason: str, detail: str
+) -> None:
     """``after_upload.failed_to``: set a permanently failed file aside with its reason."""
     target = config.after_upload.failed_to
     if target is None or await _owner(ledger, job, job.path, "failed_to"):
@@ -336,7 +339,7 @@ async def move_failed(config: Config, ledger: Ledger, job: Job, reason: str, det
     log.info("file.set_aside", job_id=job.id, path=job.path, dest=dest, reason=reason)
 
 
-async def housekeeping(config: Config, ledger: Ledger) -> None:
+async def housekeeping(config: Config, ledger: JobLedger) -> None:
     """Finish after-upload actions a crash interrupted; delete what ``keep_for`` has expired."""
     for job in await ledger.pending_after_actions():
         await apply_after_upload(config, ledger, job)

@@ -18,7 +18,8 @@ from ingestd.aio import wait_any
 from ingestd.config.schema import Config
 from ingestd.errors import AuthFailed, PermanentError, RetryableError
 from ingestd.failpoints import failpoint
-from ingestd.ledger.store import Deletion, Job, Ledger, State
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Deletion, Job, State
 from ingestd.logs import get_logger
 from ingestd.telemetry import Telemetry
 from ingestd.upload.backoff import backoff_delay
@@ -43,7 +44,7 @@ class Confirmer:
         self,
         *,
         config: Config,
-        ledger: Ledger,
+        ledger: JobLedger,
         client: ValtClient,
         after_done: AfterDone = _noop,
         telemetry: Telemetry | None = None,
@@ -87,7 +88,7 @@ class Confirmer:
         """Poll one record once and act on what the server says.
 
         The answer is about ``job``'s record as it was when asked: every write is
-        conditional on the job still being there (``update_current``). If its file
+        conditional on the job still being there (``update_current``, the transitions). If its file
         changed meanwhile, the job has gone back to ``waiting`` (its record queued for
         deletion, perhaps a new one made since) and the answer is dropped.
         """
@@ -111,9 +112,7 @@ class Confirmer:
             await self._done(job, bound)
         elif state is valt_rules.VideoState.MISSING:
             # "videos": null - the server lost the bytes: send them again into the same record.
-            if await self.ledger.update_current(
-                job, state=State.UPLOADING, bytes_acked=0, next_attempt_at=0, sha256=None
-            ):
+            if await self.ledger.resend(job):
                 bound.warning("upload.lost_by_server")
             else:
                 bound.info("confirm.stale", answer="no video")
@@ -127,9 +126,7 @@ class Confirmer:
                 f"the server did not report the video ready within "
                 f"{waited / 60:.0f} min (upload.confirm_timeout); the source is left in place"
             )
-            failed = await self.ledger.update_current(
-                job, state=State.FAILED, fail_reason="not_ready", fail_detail=detail
-            )
+            failed = await self.ledger.fail(job, "not_ready", detail)
             if not failed:
                 return  # the job moved on meanwhile
             log.error("job.failed", job_id=job.id, path=job.path, reason="not_ready")
@@ -144,10 +141,7 @@ class Confirmer:
         # "keep" leaves the file where it is: its after-upload action is done with "done"
         # itself, one commit instead of two.
         kept = self.config.after_upload.action == "keep"
-        settled: dict[str, Any] = {"after_done": 1, "final_path": job.path} if kept else {}
-        if not await self.ledger.update_current(
-            job, state=State.DONE, done_at=time.time(), **settled
-        ):
+        if not await self.ledger.confirmed(job, time.time(), kept=kept):
             bound.info("confirm.stale", answer="ready")
             return
         log.info(
@@ -162,7 +156,7 @@ class Confirmer:
 class PartialSweeper:
     """Deletes the partial records queued in the ledger, retrying until the server agrees."""
 
-    def __init__(self, *, config: Config, ledger: Ledger, client: ValtClient) -> None:
+    def __init__(self, *, config: Config, ledger: JobLedger, client: ValtClient) -> None:
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -192,7 +186,7 @@ class PartialSweeper:
         return await self.ledger.pending_deletions()
 
 
-async def deletion_done(ledger: Ledger, item: Deletion, existed: bool, logger: Any) -> None:
+async def deletion_done(ledger: JobLedger, item: Deletion, existed: bool, logger: Any) -> None:
     """The server took a queued partial record's delete: take it off the queue, say so."""
     failpoint("after_delete_response")
     await ledger.deletion_done(item.id)

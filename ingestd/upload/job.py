@@ -32,7 +32,8 @@ from ingestd.errors import (
     SourceUnreadable,
 )
 from ingestd.failpoints import failpoint
-from ingestd.ledger.store import Job, Ledger, State
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Job, State
 from ingestd.logs import get_logger
 from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
@@ -64,7 +65,7 @@ class Uploader:
         self,
         *,
         config: Config,
-        ledger: Ledger,
+        ledger: JobLedger,
         client: ValtClient,
         namer: RecordNamer,
         stopping: asyncio.Event,
@@ -140,7 +141,7 @@ class Uploader:
             return
         fresh = await self.ledger.get_job(job.id)
         new = (current.size, current.mtime_ns, current.inode, current.device)
-        await self.ledger.reset_to_waiting(fresh, new, "changed during upload")
+        await self.ledger.source_changed(fresh, new, "changed during upload")
         bound.warning("file.changed", reason=why, record_id=fresh.record_id, size=current.size)
 
     async def _source_missing(self, job: Job, bound: Any) -> None:
@@ -158,7 +159,9 @@ class Uploader:
 
     async def _fail(self, job: Job, reason: str, detail: str, bound: Any) -> None:
         fresh = await self.ledger.get_job(job.id)
-        await self.ledger.fail(fresh, reason, detail, delete_record=fresh.state == State.UPLOADING)
+        drop = fresh.state == State.UPLOADING
+        if not await self.ledger.fail(fresh, reason, detail, delete_record=drop):
+            return  # the job moved on meanwhile: nothing of it to fail
         await move_failed(self.config, self.ledger, fresh, reason, detail)
         bound.error("job.failed", reason=reason, detail=detail, record_id=fresh.record_id)
         self.telemetry.job_failed(job.id, job.path, reason, detail)
@@ -198,13 +201,13 @@ class Uploader:
             await self._reconcile(job, job.record_name, bound)
         meta = await self.namer.meta_for(Path(job.path), Path(job.root), job.size, job.mtime_ns)
         started = time.time()
-        await self.ledger.update(
-            job.id,
-            state=State.CREATING,
-            record_name=meta.name,
-            create_started_at=job.create_started_at or started,
-            upload_started_at=job.upload_started_at or started,
-        )
+        if not await self.ledger.begin_create(
+            job,
+            meta.name,
+            job.create_started_at or started,
+            job.upload_started_at or started,
+        ):
+            raise _Restart  # the job moved on meanwhile
         failpoint("before_create")
         created = await self.client.create_upload(meta.name, meta.template, meta.share)
         failpoint("after_create_response")
@@ -219,7 +222,10 @@ class Uploader:
             if job.chunk_size is None
             else job.chunk_size,
         }
-        await self.ledger.update(job.id, **changes)
+        if not await self.ledger.record_created(
+            job.id, created.record_id, created.video_id, changes["chunk_size"]
+        ):
+            raise _Restart  # the job moved on meanwhile: its new record is queued for deletion
         bound.info("record.created", record_id=created.record_id, name=meta.name)
         failpoint("after_record_committed")
         # The job as the two commits above left it (one trip to the ledger less a file).
@@ -345,7 +351,8 @@ class Uploader:
                     await self._check_source(job)
                     await self._mark_uploaded(job, hasher.hexdigest(), bound, last_chunk=True)
                     return
-                await self.ledger.update(job.id, bytes_acked=end, attempts=0)
+                if not await self.ledger.chunk_acked(job, end):
+                    raise _Restart  # the job moved on meanwhile
                 failpoint("after_chunk_committed")
                 if time.monotonic() - last_progress >= PROGRESS_EVERY and position < total:
                     last_progress = time.monotonic()
@@ -431,16 +438,9 @@ class Uploader:
     ) -> None:
         """Commit ``confirming``; with ``last_chunk``, this commit also acknowledges it."""
         now = time.time()
-        await self.ledger.update(
-            job.id,
-            state=State.CONFIRMING,
-            bytes_acked=job.size,
-            sha256=sha256,
-            uploaded_at=now,
-            attempts=0,
-            confirm_delay=None,
-            next_attempt_at=now + valt_rules.next_confirm_delay(None),
-        )
+        confirm_at = now + valt_rules.next_confirm_delay(None)
+        if not await self.ledger.sent(job, sha256, now, confirm_at):
+            raise _Restart  # the job moved on meanwhile
         if last_chunk:
             failpoint("after_chunk_committed")
         seconds = now - (job.upload_started_at or now)

@@ -1,0 +1,220 @@
+"""The storage boundary: what the rest of ingestd may ask of the ledger.
+
+Intake, upload, observe, daemon and commands see the ledger only through
+:class:`JobLedger` and the model types (``ledger/model.py``); none of them knows
+it is SQLite. :func:`open_ledger` is the one place that picks the backend
+(``ledger/store.py``); another backend is a new module under ``ledger/`` that
+implements these Protocols, including the transitions of ``transitions.py``
+with the same compare-and-set rule (a transition moves a job only out of the
+states it names, and says whether it did).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ingestd.errors import LedgerError
+from ingestd.ledger.model import (
+    Deletion,
+    Job,
+    Known,
+    LastRestore,
+    Queueing,
+    Snapshot,
+    State,
+    Unsent,
+    Waiting,
+)
+
+# What a ledger call may raise: the ledger's own errors, and those of the backend's
+# driver that it leaves as they are (a busy database, a bug in a statement).
+LEDGER_ERRORS: tuple[type[Exception], ...] = (LedgerError, sqlite3.Error)
+
+
+class LedgerHandle(Protocol):
+    """The ledger as a whole: where it is, whether it takes writes, its flags."""
+
+    path: Path
+    write_problem: str | None
+    """None while writes work; after a write failed, why (until :meth:`probe_write`)."""
+    writable: asyncio.Event
+    """Set while writes work."""
+    write_failed: asyncio.Event
+    """Set at a write failure; the ledger watch clears it."""
+
+    async def probe_write(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_paused(self, paused: bool) -> None: ...
+
+    async def is_paused(self) -> bool: ...
+
+    async def set_server_problem(self, problem: str | None, since: float) -> None: ...
+
+    async def server_problem(self) -> tuple[str, float] | None: ...
+
+    async def last_restore(self) -> LastRestore | None: ...
+
+
+class JobReads(Protocol):
+    """The questions asked about jobs."""
+
+    async def get_job(self, job_id: int) -> Job: ...
+
+    async def find_job(self, job_id: int) -> Job | None: ...
+
+    async def jobs_in(
+        self, states: Iterable[State], *, order: str = "id", newest_first: bool = False
+    ) -> list[Job]: ...
+
+    async def waiting(self) -> list[Waiting]: ...
+
+    async def known_snapshots(self) -> dict[str, Known]: ...
+
+    async def live_snapshots(self) -> dict[str, Known]: ...
+
+    async def snapshots_of(self, job_ids: Iterable[int]) -> dict[str, Known]: ...
+
+    async def snapshots_for_paths(self, paths: Iterable[str]) -> dict[str, Known]: ...
+
+    async def known_snapshots_for(self, path: str) -> Known | None: ...
+
+    async def due_jobs(self, now: float, limit: int, exclude: Sequence[int]) -> list[Job]: ...
+
+    async def backlog(self) -> tuple[int, int]: ...
+
+    async def twin_of(self, fingerprint: str, job_id: int) -> Job | None: ...
+
+    async def twins_of(self, prints: Mapping[int, str]) -> dict[int, Job | None]: ...
+
+    async def pending_after_actions(self) -> list[Job]: ...
+
+    async def expired_keeps(self, before: float) -> list[Job]: ...
+
+    async def live_owner(self, paths: Iterable[str], job_id: int) -> int | None: ...
+
+    async def next_due(self, exclude: Sequence[int]) -> float | None: ...
+
+    async def due_in(self, state: State, now: float) -> list[Job]: ...
+
+    async def next_due_in(self, state: State) -> float | None: ...
+
+    async def unsent(self, busy: Iterable[int] = ()) -> Unsent: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+
+class JobWrites(Protocol):
+    """New jobs, and the fields of a job that are not its state."""
+
+    async def add_job(self, *, path: str, root: str, snapshot: Snapshot) -> Job: ...
+
+    async def add_jobs(
+        self, *, root: str, files: Sequence[tuple[str, Snapshot]]
+    ) -> dict[str, int]: ...
+
+    async def update(self, job_id: int, **changes: Any) -> None:
+        """Any fields but ``state`` (refused: only a transition changes it)."""
+
+    async def update_current(self, job: Job, **changes: Any) -> bool:
+        """:meth:`update` while the job is still in ``job``'s state with ``job``'s record."""
+
+
+class JobTransitions(Protocol):
+    """Every change of a job's state (the table is ``transitions.py``'s docstring). Each
+    commits before it returns, and returns False when the job was no longer in a state
+    the transition may leave (nothing is written then)."""
+
+    async def forget(self, job_id: int) -> bool: ...
+
+    async def skip_duplicate(
+        self, job_id: int, snapshot: Snapshot, fingerprint: str, sha256: str | None, why: str
+    ) -> bool: ...
+
+    async def queue(self, files: Sequence[Queueing]) -> int: ...
+
+    async def source_changed(self, job: Job, snapshot: Snapshot, reason: str) -> bool: ...
+
+    async def begin_create(
+        self,
+        job: Job,
+        record_name: str,
+        create_started_at: float,
+        upload_started_at: float | None = None,
+    ) -> bool: ...
+
+    async def record_created(
+        self, job_id: int, record_id: str, video_id: str, chunk_size: int | None
+    ) -> bool: ...
+
+    async def chunk_acked(self, job: Job, bytes_acked: int) -> bool: ...
+
+    async def sent(self, job: Job, sha256: str, now: float, confirm_at: float) -> bool: ...
+
+    async def restart_upload(self, job: Job, reason: str, *, whole_file: bool) -> bool: ...
+
+    async def record_gone(self, job: Job) -> bool: ...
+
+    async def adopt(
+        self,
+        job: Job,
+        record_id: str,
+        video_id: str | None,
+        record_name: str,
+        sha256: str,
+        *,
+        ready: bool,
+    ) -> bool: ...
+
+    async def resend(self, job: Job) -> bool: ...
+
+    async def confirmed(self, job: Job, done_at: float, *, kept: bool) -> bool: ...
+
+    async def fail(
+        self, job: Job, reason: str, detail: str, *, delete_record: bool = False
+    ) -> bool: ...
+
+    async def retry(self, job_ids: Sequence[int] | None, *, force: bool) -> list[int]: ...
+
+
+class RecordDeletions(Protocol):
+    """The durable queue of partial records to delete, and the suspected orphans."""
+
+    deletions_queued: int
+    """Records queued through this ledger so far (a worker wakes the sweeper by it)."""
+
+    async def due_deletions(self, now: float) -> list[Deletion]: ...
+
+    async def deletions_for(self, job_id: int) -> list[Deletion]: ...
+
+    async def pending_deletions(self) -> int: ...
+
+    async def deletion_done(self, deletion_id: int) -> None: ...
+
+    async def deletion_failed(self, deletion_id: int, next_at: float, error: str) -> None: ...
+
+    async def note_orphan(self, record_id: str, job_id: int, name: str, why: str) -> None: ...
+
+    async def suspected_orphans(self) -> list[dict[str, Any]]: ...
+
+
+class JobLedger(LedgerHandle, JobReads, JobWrites, JobTransitions, RecordDeletions, Protocol):
+    """Everything ingestd asks of its ledger."""
+
+
+async def open_ledger(path: Path, *, readonly: bool = False) -> JobLedger:
+    """Open (creating it unless ``readonly``) and migrate the ledger at ``path``.
+
+    Raises ``LedgerDamaged`` for a damaged or foreign file, ``LedgerError`` when
+    it cannot be opened at all.
+    """
+    from ingestd.ledger.store import SqliteLedger  # the backend, loaded when opened
+
+    return await SqliteLedger.open(path, readonly=readonly)

@@ -1,0 +1,188 @@
+"""The ledger's tables on disk: the DDL, the forward migrations, and preparing a connection.
+
+The schema carries a version (``meta.schema_version``) and migrates forward, one
+transaction a step, so a crash mid-migration leaves the previous version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+from ingestd.errors import LedgerDamaged, LedgerUnwritable
+from ingestd.ledger.connection import BUSY_TIMEOUT_MS, Guarded
+from ingestd.ledger.model import DISPATCHABLE, TWIN_STATES, State
+
+SCHEMA_VERSION = 4
+# Test hook, not a setting: ``INGESTD_LEDGER_MAX_PAGES=N`` applies ``PRAGMA
+# max_page_count=N`` at open (SQLite raises it to the current size if smaller),
+# so the ledger cannot grow: exactly what a full disk does to it.
+MAX_PAGES_ENV = "INGESTD_LEDGER_MAX_PAGES"
+# The tables an ingestd ledger holds; any other means the file is not ours.
+OWN_TABLES = frozenset({"meta", "jobs", "deletions", "suspected_orphans"})
+
+
+def states_sql(states: tuple[State, ...]) -> str:
+    """``'queued','creating'``: states spelt literally, as a partial index must see them."""
+    return ",".join(f"'{s.value}'" for s in states)
+
+
+DISPATCHABLE_SQL = states_sql(DISPATCHABLE)
+TWIN_STATES_SQL = states_sql(TWIN_STATES)
+# Indexes that speed queries up without changing what the ledger means: made when missing
+# at every open (an older ingestd ignores them), so they need no schema version.
+# jobs_dispatch: due_jobs walks the dispatchable jobs oldest file first and stops at its
+# LIMIT, instead of sorting all of them at every dispatch (thousands of queued files).
+INDEXES = f"""
+CREATE INDEX IF NOT EXISTS jobs_dispatch ON jobs(mtime_ns, id)
+    WHERE state IN ({DISPATCHABLE_SQL});
+"""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    root TEXT NOT NULL,
+    state TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    record_name TEXT,
+    record_id TEXT,
+    video_id TEXT,
+    bytes_acked INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    chunk_size INTEGER,
+    whole_file INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    create_started_at REAL,
+    confirm_delay REAL,
+    wait_reason TEXT,
+    fail_reason TEXT,
+    fail_detail TEXT,
+    force INTEGER NOT NULL DEFAULT 0,
+    discovered_at REAL NOT NULL,
+    upload_started_at REAL,
+    uploaded_at REAL,
+    done_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_live_path ON jobs(path)
+    WHERE state NOT IN ('done', 'skipped');
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS jobs_path ON jobs(path);
+CREATE TABLE IF NOT EXISTS deletions (
+    id INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    job_id INTEGER,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL
+);
+"""
+
+
+# Each step takes the schema from version N-1 to N; version 1 is SCHEMA.
+MIGRATIONS: dict[int, str] = {
+    2: """
+ALTER TABLE jobs ADD COLUMN fingerprint TEXT;
+ALTER TABLE jobs ADD COLUMN final_path TEXT;
+ALTER TABLE jobs ADD COLUMN after_done INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cleaned_at REAL;
+CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs(fingerprint);
+-- Version 1 ran the after-upload action inline with "done".
+UPDATE jobs SET after_done=1 WHERE state='done';
+""",
+    # Records a reconciliation left alone: named like an interrupted create-upload of
+    # ours, but not provably ours and empty (uploader._reconcile). ``ingestd status``
+    # lists them for an operator.
+    3: """
+CREATE TABLE IF NOT EXISTS suspected_orphans (
+    record_id TEXT PRIMARY KEY,
+    job_id INTEGER,
+    name TEXT NOT NULL,
+    why TEXT NOT NULL,
+    noted_at REAL NOT NULL
+);
+""",
+    # The identity of the copy that move_to / failed_to made (a copy across file systems
+    # has an inode of its own), and why an after-upload step left a file alone.
+    4: """
+ALTER TABLE jobs ADD COLUMN final_size INTEGER;
+ALTER TABLE jobs ADD COLUMN final_mtime_ns INTEGER;
+ALTER TABLE jobs ADD COLUMN final_inode INTEGER;
+ALTER TABLE jobs ADD COLUMN final_device INTEGER;
+ALTER TABLE jobs ADD COLUMN left_alone TEXT;
+""",
+}
+
+
+async def prepare(conn: Guarded, path: Path, readonly: bool) -> bool:
+    """Check, migrate and tune a fresh connection; returns whether ``jobs_dispatch`` exists."""
+    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if readonly:
+        return False
+    await check_integrity(conn, path)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=FULL")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    version = await schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this ingestd understands "
+            f"({SCHEMA_VERSION}); upgrade ingestd"
+        )
+    if version == 0:
+        await conn.executescript(SCHEMA)
+        await conn.execute(
+            "INSERT INTO meta(key, value) VALUES('schema_version', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value"
+        )
+        version = 1
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        # One transaction a step: a crash mid-migration leaves the previous version.
+        await conn.executescript(
+            f"BEGIN IMMEDIATE;\n{MIGRATIONS[step]}\n"
+            f"UPDATE meta SET value='{step}' WHERE key='schema_version';\nCOMMIT;"
+        )
+    with contextlib.suppress(LedgerUnwritable):  # read-only: the queries do without
+        await conn.executescript(INDEXES)
+    index = "SELECT 1 FROM sqlite_master WHERE type='index' AND name='jobs_dispatch'"
+    dispatch_index = await conn.fetchone(index) is not None
+    max_pages = os.environ.get(MAX_PAGES_ENV)
+    if max_pages:  # the test hook above
+        await conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
+    return dispatch_index
+
+
+async def check_integrity(conn: Guarded, path: Path) -> None:
+    """``PRAGMA quick_check`` (O(size), no index cross-check), and is the file ours at all?"""
+    rows = await conn.fetchall("PRAGMA quick_check")
+    problems = [" ".join(str(row[0]).split()) for row in rows]
+    if problems != ["ok"]:  # the message stays one line
+        shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+        raise LedgerDamaged(path, f"quick_check: {shown}")
+    rows = await conn.fetchall("SELECT name FROM sqlite_master WHERE type='table'")
+    tables = {str(row[0]) for row in rows}
+    foreign = sorted(t for t in tables - OWN_TABLES if not t.startswith("sqlite_"))
+    if foreign and "meta" not in tables:
+        raise LedgerDamaged(
+            path, f"a SQLite file of something else (tables {', '.join(foreign[:5])})"
+        )
+
+
+async def schema_version(conn: Guarded) -> int:
+    meta = "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
+    if await conn.fetchone(meta) is None:
+        return 0
+    row = await conn.fetchone("SELECT value FROM meta WHERE key='schema_version'")
+    return int(row[0]) if row and row[0] else 0
