@@ -170,7 +170,7 @@ async def _demo(folder: Path) -> int:
         running = asyncio.create_task(daemon.run())
         names = await _play_capture_machine(folder / "export")
         await _wait_all_done(config.ledger.path, len(names))
-        daemon.stopping.set()
+        daemon.request_stop()
         await running
         text, all_good = await _summary(config.ledger.path, server)
     print()

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -35,10 +35,8 @@ from ingestd.logs import get_logger, redact_text
 from ingestd.observe.alerts import Alerter
 from ingestd.observe.http import StatusServer, start_status_server
 from ingestd.observe.metrics import CONTENT_TYPE, Metrics, MetricsTelemetry
+from ingestd.observe.view import DaemonView
 from ingestd.units import format_size
-
-if TYPE_CHECKING:
-    from ingestd.daemon.lifecycle import Daemon
 
 log = get_logger("ingestd.observe.health")
 
@@ -72,7 +70,7 @@ class StatusService:
         self.telemetry = MetricsTelemetry(self.metrics, on_job_failed=self.alerter.job_failed)
         self.view = LedgerView()
         self.free_bytes: dict[int, int] = {}
-        self._daemon: Daemon | None = None
+        self._daemon: DaemonView | None = None
         self._server: StatusServer | None = None
         self._ledger_error: tuple[float, str] | None = None
         self._watcher_seen: float | None = None  # set when the periodic task starts
@@ -87,7 +85,7 @@ class StatusService:
             self._ledger_error = (time.monotonic(), f"{task}: {redact_text(str(exc))}")
 
     @contextlib.asynccontextmanager
-    async def serving(self, daemon: Daemon) -> AsyncIterator[None]:
+    async def serving(self, daemon: DaemonView) -> AsyncIterator[None]:
         """Serve ``/healthz`` and ``/metrics`` on ``status.listen`` (if set) while inside."""
         self._daemon = daemon
         listen = self.config.status.listen
@@ -122,15 +120,15 @@ class StatusService:
         self.free_bytes = await self._probe_free_space()
         self.metrics.set_free_space(self.free_bytes)
         self.alerter.backlog(self.view.backlog.files, self.view.backlog.oldest)
-        self.alerter.auth(daemon.client.auth_failed)
+        self.alerter.auth(daemon.server.auth_failed)
         self.metrics.healthy.set(0 if self.problems() else 1)
         await self._record_server_problem(daemon)
 
-    async def _record_server_problem(self, daemon: Daemon) -> None:
+    async def _record_server_problem(self, daemon: DaemonView) -> None:
         """Keep the ledger's word on what keeps us from the server in step (``ingestd
         status`` reads it); written only when it changes."""
-        problem = daemon.client.redirect or (
-            CREDENTIALS_REFUSED if daemon.client.auth_failed else None
+        problem = daemon.server.redirect or (
+            CREDENTIALS_REFUSED if daemon.server.auth_failed else None
         )
         if problem == self._server_problem:
             return
@@ -145,7 +143,7 @@ class StatusService:
         daemon = self._require_daemon()
         try:
             counts = await daemon.ledger.counts()
-            backlog = await daemon.ledger.unsent(busy=daemon.in_workers())
+            backlog = await daemon.ledger.unsent(busy=daemon.uploading())
         except (sqlite3.Error, LedgerError) as exc:
             self.view.error = redact_text(str(exc))
             return
@@ -156,7 +154,7 @@ class StatusService:
         self.metrics.oldest_waiting_age.set(
             0 if oldest is None else time.time() - oldest.discovered_at
         )
-        self.metrics.auth_failed.set(1 if daemon.client.auth_failed else 0)
+        self.metrics.auth_failed.set(1 if daemon.server.auth_failed else 0)
 
     async def _probe_free_space(self) -> dict[int, int]:
         """Free bytes per watch root (by index); the previous answer if a probe hangs."""
@@ -176,11 +174,11 @@ class StatusService:
             *self._watcher_problems(daemon),
             *self._ledger_problems(),
         ]
-        if daemon.client.auth_failed:
+        if daemon.server.auth_failed:
             found.append(CREDENTIALS_REFUSED)
-        if daemon.client.redirect is not None:
-            found.append(daemon.client.redirect)
-        if daemon.client.last_contact_ok is False:
+        if daemon.server.redirect is not None:
+            found.append(daemon.server.redirect)
+        if daemon.server.last_contact_ok is False:
             found.append(
                 "the last attempt to reach the Valt server failed "
                 "(connection error, timeout or 5xx answer)"
@@ -194,11 +192,11 @@ class StatusService:
                 )
         return found
 
-    def _watcher_problems(self, daemon: Daemon) -> list[str]:
+    def _watcher_problems(self, daemon: DaemonView) -> list[str]:
         if daemon.once or os.environ.get(NO_EVENTS_ENV) or self._watcher_seen is None:
             return []  # --once watches nothing; events off on purpose; not started yet
         now = time.monotonic()
-        if daemon.intake.watcher_alive:
+        if daemon.watcher_alive:
             self._watcher_seen = now
             return []
         down = now - self._watcher_seen
@@ -220,7 +218,7 @@ class StatusService:
                 found.append(f"a ledger write failed {time.monotonic() - at:.0f} s ago: {message}")
         return found
 
-    def _require_daemon(self) -> Daemon:
+    def _require_daemon(self) -> DaemonView:
         if self._daemon is None:
             raise RuntimeError("StatusService.serving() has not been entered")
         return self._daemon
@@ -242,7 +240,7 @@ class StatusService:
             "problems": problems,
             "mode": "once" if daemon.once else "daemon",
             "paused": daemon.paused,
-            "uploading": len(daemon.in_workers()),
+            "uploading": len(daemon.uploading()),
             "backlog": self.view.backlog.files,
             "failed": self.view.counts.get(State.FAILED.value, 0),
             "oldest_waiting_s": None
