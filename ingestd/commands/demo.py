@@ -8,6 +8,7 @@ one arrives later in a subfolder. Prints a table when all are confirmed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -181,6 +182,10 @@ async def _demo(folder: Path) -> int:
         else "SOMETHING WENT WRONG: see the table above"
     )
     return 0 if all_good else 1
+
+
+def command(_args: argparse.Namespace) -> int:
+    return run_demo()
 
 
 def run_demo() -> int:
