@@ -38,7 +38,12 @@ from ingestd.logs import get_logger
 from ingestd.observe.health import StatusService
 from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
-from ingestd.upload.after_upload import apply_after_upload, housekeeping
+from ingestd.upload.after_upload import (
+    Belongings,
+    apply_after_upload,
+    housekeeping,
+    move_failed,
+)
 from ingestd.upload.confirm import Confirmer, PartialSweeper
 from ingestd.upload.job import Uploader
 from ingestd.upload.naming import RecordNamer
@@ -96,7 +101,14 @@ class Daemon:
         self._signals = 0
         self.notifier = Notifier()
         # /healthz, /metrics and webhook alerts (issue 5); the engine reports to its telemetry.
-        self.status = StatusService(config, token=status_token)
+        self.status = StatusService(
+            status=config.status,
+            watch=config.watch,
+            ledger_path=config.ledger.path,
+            alerts=config.alerts,
+            redact_paths=config.log.redact_paths,
+            token=status_token,
+        )
         self.telemetry: Telemetry = self.status.telemetry
         self.heartbeat = time.monotonic()
         # Why the ledger takes no writes (None: it does). Set by ledger/watch.py; while set,
@@ -185,8 +197,12 @@ class Daemon:
             log=lambda event, fields: log.info(event, **fields),
             rule=self.open_rule,
         )
+        # Which files travel with a video when it is moved or deleted (after_upload.py).
+        self.belongings = Belongings(self.config.watch.done_marker, self.config.record.sidecar)
+        after = self.config.after_upload
         self.uploader = Uploader(
-            config=self.config,
+            upload=self.config.upload,
+            rule=self.open_rule,
             ledger=self.ledger,
             client=self.client,
             namer=RecordNamer(
@@ -196,6 +212,9 @@ class Daemon:
                 rule=self.open_rule,
             ),
             stopping=self.stopping,
+            set_aside=lambda job, why, detail: move_failed(
+                after, self.belongings, self.ledger, job, why, detail
+            ),
             telemetry=self.telemetry,
             on_change=self._wake_dispatcher,
             # upload.bandwidth_limit: one bucket for all workers; None when unlimited.
@@ -213,20 +232,24 @@ class Daemon:
             wake=self.dispatch_wake,
         )
         self.intake = Intake(
-            config=self.config,
+            watch=self.config.watch,
+            sidecars=self.config.record.sidecar,
             ledger=self.ledger,
             checks=self.checks,
             is_active=self.pool.in_progress.__contains__,
             on_ready=self._wake_dispatcher,
         )
         self.confirmer = Confirmer(
-            config=self.config,
+            upload=self.config.upload,
+            after_upload=after,
             ledger=self.ledger,
             client=self.client,
-            after_done=lambda job: apply_after_upload(self.config, self.ledger, job),
+            after_done=lambda job: apply_after_upload(after, self.belongings, self.ledger, job),
             telemetry=self.telemetry,
         )
-        self.sweeper = PartialSweeper(config=self.config, ledger=self.ledger, client=self.client)
+        self.sweeper = PartialSweeper(
+            upload=self.config.upload, ledger=self.ledger, client=self.client
+        )
         self.ledger_watch = LedgerWatch(self.config.ledger, self.ledger, self._on_ledger_problem)
 
     def _handle_signals(self) -> None:
@@ -363,7 +386,7 @@ class Daemon:
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """After-upload actions a crash interrupted, and ``keep_for`` expiry, every minute."""
         while not stop.is_set():
-            await housekeeping(self.config, self.ledger)
+            await housekeeping(self.config.after_upload, self.belongings, self.ledger)
             await wait_event(stop, HOUSEKEEPING_EVERY)
 
     async def _service_status(self, stop: asyncio.Event) -> None:

@@ -22,7 +22,7 @@ import watchfiles
 
 from ingestd.aio import wait_any, wait_event
 from ingestd.config.patterns import PathFilter, iter_file_entries
-from ingestd.config.schema import Config
+from ingestd.config.schema import WatchConfig
 from ingestd.disk.judged import FileSnapshot, OpenRule, snapshot
 from ingestd.errors import FileRefused, LedgerUnwritable
 from ingestd.intake.finished import FinishedChecks, WritersVerdict
@@ -110,14 +110,15 @@ class Intake:
     def __init__(
         self,
         *,
-        config: Config,
+        watch: WatchConfig,
+        sidecars: bool,
         ledger: Ledger,
         checks: FinishedChecks,
         is_active: Callable[[int], bool],
         on_ready: Callable[[], None],
     ) -> None:
-        self.watch = config.watch
-        self.sidecars = config.record.sidecar
+        self.watch = watch
+        self.sidecars = sidecars  # record.sidecar: a video waits for its sidecars to settle
         self.ledger = ledger
         self.checks = checks
         self.is_active = is_active

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from ingestd.aio import wait_event
-from ingestd.config.schema import Config
+from ingestd.config.schema import AlertsConfig, StatusConfig, WatchConfig
 from ingestd.errors import LedgerError
 from ingestd.intake.watcher import NO_EVENTS_ENV
 from ingestd.ledger.store import State, Unsent
@@ -60,13 +60,22 @@ class LedgerView:
 class StatusService:
     """Health, metrics and alerts of one daemon."""
 
-    def __init__(self, config: Config, *, token: str | None = None) -> None:
-        self.config = config
+    def __init__(
+        self,
+        *,
+        status: StatusConfig,
+        watch: WatchConfig,
+        ledger_path: Path,
+        alerts: AlertsConfig,
+        redact_paths: bool,
+        token: str | None = None,
+    ) -> None:
+        self.status = status
+        self.watch = watch
+        self.ledger_path = ledger_path
         self._token = token  # status.token_file: every path then needs it
         self.metrics = Metrics()
-        self.alerter = Alerter(
-            config.alerts, redact_paths=config.log.redact_paths, metrics=self.metrics
-        )
+        self.alerter = Alerter(alerts, redact_paths=redact_paths, metrics=self.metrics)
         self.telemetry = MetricsTelemetry(self.metrics, on_job_failed=self.alerter.job_failed)
         self.view = LedgerView()
         self.free_bytes: dict[int, int] = {}
@@ -88,7 +97,7 @@ class StatusService:
     async def serving(self, daemon: DaemonView) -> AsyncIterator[None]:
         """Serve ``/healthz`` and ``/metrics`` on ``status.listen`` (if set) while inside."""
         self._daemon = daemon
-        listen = self.config.status.listen
+        listen = self.status.listen
         if listen is not None:
             self._server = await start_status_server(self._routes, *listen, token=self._token)
         try:
@@ -159,7 +168,7 @@ class StatusService:
     async def _probe_free_space(self) -> dict[int, int]:
         """Free bytes per watch root (by index); the previous answer if a probe hangs."""
         if self._probing is None or self._probing.done():
-            roots = list(self.config.watch.paths)
+            roots = list(self.watch.paths)
             self._probing = asyncio.ensure_future(asyncio.to_thread(_free_space, roots))
         try:
             return await asyncio.wait_for(asyncio.shield(self._probing), FREE_SPACE_TIMEOUT)
@@ -183,7 +192,7 @@ class StatusService:
                 "the last attempt to reach the Valt server failed "
                 "(connection error, timeout or 5xx answer)"
             )
-        minimum = self.config.watch.min_free
+        minimum = self.watch.min_free
         for index, free in sorted(self.free_bytes.items()):
             if free < minimum:
                 found.append(
@@ -206,7 +215,7 @@ class StatusService:
 
     def _ledger_problems(self) -> list[str]:
         found = []
-        ledger = self.config.ledger.path
+        ledger = self.ledger_path
         folder_ok = os.access(ledger.parent, os.W_OK | os.X_OK)
         if not folder_ok or (ledger.exists() and not os.access(ledger, os.W_OK)):
             found.append("the ledger is not writable: check ledger.path and its folder")

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingestd.aio import wait_any
-from ingestd.config.schema import Config
+from ingestd.config.schema import AfterUploadConfig, UploadConfig
 from ingestd.errors import AuthFailed, PermanentError, RetryableError
 from ingestd.failpoints import failpoint
 from ingestd.ledger.store import Deletion, Job, Ledger, State
@@ -42,7 +42,8 @@ class Confirmer:
     def __init__(
         self,
         *,
-        config: Config,
+        upload: UploadConfig,
+        after_upload: AfterUploadConfig,
         ledger: Ledger,
         client: ValtClient,
         after_done: AfterDone = _noop,
@@ -50,7 +51,8 @@ class Confirmer:
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
-        self.config = config
+        self.upload = upload
+        self.after_upload = after_upload
         self.ledger = ledger
         self.client = client
         self.after_done = after_done
@@ -92,7 +94,7 @@ class Confirmer:
         deletion, perhaps a new one made since) and the answer is dropped.
         """
         bound = log.bind(job_id=job.id, path=job.path, record_id=job.record_id)
-        if self.config.upload.confirm == "uploaded":
+        if self.upload.confirm == "uploaded":
             await self._done(job, bound)
             return
         assert job.record_id and job.video_id
@@ -122,7 +124,7 @@ class Confirmer:
 
     async def _not_ready_yet(self, job: Job, bound: object) -> None:
         waited = time.time() - (job.uploaded_at or time.time())
-        if waited > self.config.upload.confirm_timeout:
+        if waited > self.upload.confirm_timeout:
             detail = (
                 f"the server did not report the video ready within "
                 f"{waited / 60:.0f} min (upload.confirm_timeout); the source is left in place"
@@ -143,7 +145,7 @@ class Confirmer:
     async def _done(self, job: Job, bound: Any) -> None:
         # "keep" leaves the file where it is: its after-upload action is done with "done"
         # itself, one commit instead of two.
-        kept = self.config.after_upload.action == "keep"
+        kept = self.after_upload.action == "keep"
         settled: dict[str, Any] = {"after_done": 1, "final_path": job.path} if kept else {}
         if not await self.ledger.update_current(
             job, state=State.DONE, done_at=time.time(), **settled
@@ -162,8 +164,8 @@ class Confirmer:
 class PartialSweeper:
     """Deletes the partial records queued in the ledger, retrying until the server agrees."""
 
-    def __init__(self, *, config: Config, ledger: Ledger, client: ValtClient) -> None:
-        self.config = config
+    def __init__(self, *, upload: UploadConfig, ledger: Ledger, client: ValtClient) -> None:
+        self.upload = upload
         self.ledger = ledger
         self.client = client
         self.wake = asyncio.Event()
@@ -184,7 +186,7 @@ class PartialSweeper:
             except AuthFailed:
                 break
             except (RetryableError, PermanentError) as exc:
-                upload = self.config.upload
+                upload = self.upload
                 delay = backoff_delay(item.attempts + 1, upload.backoff_initial, upload.backoff_max)
                 await self.ledger.deletion_failed(item.id, time.time() + delay, str(exc))
                 continue
