@@ -1,4 +1,4 @@
-"""What the subcommands share: exit codes, loading the configuration, the ledger's advice."""
+"""What the subcommands share: loading the configuration, the ledger's advice."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from typing import TypeVar
 from ingestd.config.schema import Config, config_path_from, load_config
 from ingestd.errors import LedgerDamaged
 from ingestd.ledger.store import Ledger
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 T = TypeVar("T")
 

@@ -13,7 +13,8 @@ import datetime as dt
 import io
 from collections.abc import Iterable
 
-from ingestd.commands.common import EXIT_OK, load
+from ingestd.commands.common import load
+from ingestd.commands.exits import EXIT_OK
 from ingestd.errors import UsageError
 from ingestd.ledger.store import Job, Ledger, State
 

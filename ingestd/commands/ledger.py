@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ingestd.commands.common import EXIT_OK, EXIT_PROBLEM, load
+from ingestd.commands.common import load
+from ingestd.commands.exits import EXIT_OK, EXIT_PROBLEM
 from ingestd.ledger import backup
 
 

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from ingestd import __version__
 from ingestd.commands import fake_valt
-from ingestd.commands.common import EXIT_PROBLEM, EXIT_USAGE
+from ingestd.commands.exits import EXIT_PROBLEM, EXIT_USAGE
 from ingestd.errors import ConfigError, IngestdError, LedgerError, UsageError
 from ingestd.logs import redact_text
 

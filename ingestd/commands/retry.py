@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ingestd.commands.common import EXIT_OK, load, with_ledger
+from ingestd.commands.common import load, with_ledger
+from ingestd.commands.exits import EXIT_OK
 from ingestd.errors import UsageError
 
 

@@ -12,7 +12,8 @@ import json
 import time
 from typing import Any
 
-from ingestd.commands.common import EXIT_OK, advice_names, load
+from ingestd.commands.common import advice_names, load
+from ingestd.commands.exits import EXIT_OK
 from ingestd.ledger.store import Job, Ledger, State
 from ingestd.units import format_duration, format_size
 
