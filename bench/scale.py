@@ -136,7 +136,8 @@ async def measure(files: int, batch: int, workdir: Path) -> dict[str, Any]:
         log=lambda event, _fields: logged.append(event),
     )
     intake = Intake(
-        config=config,
+        watch=config.watch,
+        sidecars=config.record.sidecar,
         ledger=ledger,
         checks=checks,
         is_active=lambda _job: False,

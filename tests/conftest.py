@@ -98,7 +98,8 @@ async def intake_for_tests(tmp_path: Path, **watch: Any) -> tuple[Intake, Sqlite
     config = load_config(write_config(tmp_path, "http://127.0.0.1:9", watch=watch))
     ledger = await SqliteLedger.open(config.ledger.path)
     intake = Intake(
-        config=config,
+        watch=config.watch,
+        sidecars=config.record.sidecar,
         ledger=ledger,
         checks=FinishedChecks(check_open_writers=False, check_container=False, done_marker=None),
         is_active=lambda _job: False,

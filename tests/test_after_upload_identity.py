@@ -33,13 +33,13 @@ from conftest import (
 from ledger_support import add_job_in
 from structlog.testing import capture_logs
 
-from ingestd.config.schema import load_config
+from ingestd.config.schema import Config, load_config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.intake.finished import snapshot
 from ingestd.ledger.model import State
 from ingestd.ledger.schema import MIGRATIONS, SCHEMA
 from ingestd.ledger.store import SqliteLedger
-from ingestd.upload.after_upload import apply_after_upload, housekeeping, move_failed
+from ingestd.upload.after_upload import Belongings, apply_after_upload, housekeeping, move_failed
 
 
 def _once(config: Path, max_wait: str = "10s", **env: str) -> subprocess.CompletedProcess[str]:
@@ -162,6 +162,10 @@ async def _ledger_with(
     return ledger, job.id
 
 
+def _belongs(config: Config) -> Belongings:
+    return Belongings(config.watch.done_marker, config.record.sidecar)
+
+
 def _replace(video: Path) -> bytes:
     """Another file under the same name: new inode (the old one is kept alive), other size."""
     os.link(video, video.with_name("old-inode"))
@@ -184,7 +188,14 @@ async def test_failed_to_leaves_a_replaced_file_where_it_is(
     try:
         replacement = _replace(video)
         with capture_logs() as logs:
-            await move_failed(config, ledger, await ledger.get_job(job_id), "upload_refused", "no")
+            await move_failed(
+                config.after_upload,
+                _belongs(config),
+                ledger,
+                await ledger.get_job(job_id),
+                "upload_refused",
+                "no",
+            )
         assert video.read_bytes() == replacement
         assert not failed.exists()
         [event] = [e for e in logs if e["event"] == "file.left_alone"]
@@ -217,9 +228,11 @@ async def test_no_deletion_while_another_live_job_owns_the_path(
         )
         with capture_logs() as logs:
             if how == "keep_for":
-                await housekeeping(config, ledger)
+                await housekeeping(config.after_upload, _belongs(config), ledger)
             else:
-                await apply_after_upload(config, ledger, await ledger.get_job(done_id))
+                await apply_after_upload(
+                    config.after_upload, _belongs(config), ledger, await ledger.get_job(done_id)
+                )
         assert video.exists()
         [event] = [e for e in logs if e["event"] == "file.left_alone"]
         assert (event["job_id"], event["reason"], event["owner_job"]) == (
@@ -229,7 +242,9 @@ async def test_no_deletion_while_another_live_job_owns_the_path(
         )
         assert (await ledger.get_job(done_id)).left_alone == "owned"
         with capture_logs() as logs:
-            await housekeeping(config, ledger)  # marked: not tried again
+            await housekeeping(
+                config.after_upload, _belongs(config), ledger
+            )  # marked: not tried again
         assert [e for e in logs if e["event"] == "file.left_alone"] == []
     finally:
         await ledger.close()
@@ -248,7 +263,7 @@ async def test_a_new_device_number_alone_is_the_same_file(
     try:
         job = await ledger.get_job(job_id)
         await ledger.update(job_id, device=job.device + 1)
-        await housekeeping(config, ledger)
+        await housekeeping(config.after_upload, _belongs(config), ledger)
         assert not video.exists()
         assert (await ledger.get_job(job_id)).cleaned_at is not None
     finally:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PASSWORD, ingestd_env, random_file, run_cli, write_config
+from conftest import PASSWORD, REPO, ingestd_env, random_file, run_cli, write_config
 
 from ingestd.fake_valt import FakeValtThread
 
@@ -218,3 +221,46 @@ def test_check_probe_upload_chunked_and_not(tmp_path: Path, server: FakeValtThre
     result = run_cli("check", "-c", str(whole), "--probe-upload")
     assert result.returncode == 0, result.stdout
     assert "whole-file upload accepted" in result.stdout
+
+
+# Runs a command as ``ingestd`` does and writes, as it exits, every module it loaded.
+LOADED_AT_EXIT = (
+    "import atexit, json, sys\n"
+    "out = sys.argv[1]\n"
+    "atexit.register(lambda: open(out, 'w').write(json.dumps(sorted(sys.modules))))\n"
+    "from ingestd.commands.main import main\n"
+    "main(sys.argv[2:])\n"
+)
+SERVER_SIDE = ("aiohttp", "ingestd.fake_valt", "ingestd.daemon")
+
+
+def _loaded(tmp_path: Path, *args: str) -> list[str]:
+    out = tmp_path / "modules.json"
+    out.unlink(missing_ok=True)
+    subprocess.run(
+        [sys.executable, "-c", LOADED_AT_EXIT, str(out), *args],
+        env=ingestd_env(),
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+    )
+    return list(json.loads(out.read_text()))
+
+
+def _of(modules: list[str], *packages: str) -> list[str]:
+    return [m for m in modules if any(m == p or m.startswith(p + ".") for p in packages)]
+
+
+def test_status_and_export_load_neither_the_server_side_nor_the_daemon(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path, "http://127.0.0.1:9"))
+    assert _of(_loaded(tmp_path, "status", "-c", config), *SERVER_SIDE) == []  # no ledger yet
+    assert run_cli("pause", "-c", config).returncode == 0  # now there is one
+    for command in (["status"], ["status", "--json"], ["export"]):
+        assert _of(_loaded(tmp_path, *command, "-c", config), *SERVER_SIDE) == [], command
+
+
+def test_check_does_not_load_the_daemon(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path, "http://127.0.0.1:9"))
+    loaded = _loaded(tmp_path, "check", "-c", config)
+    assert "ingestd.commands.check" in loaded
+    assert _of(loaded, "ingestd.daemon") == []

@@ -174,6 +174,50 @@ def test_drain_is_bounded_and_a_second_signal_exits_at_once(
     assert time.monotonic() - sent_at < 1.0
 
 
+def test_a_second_signal_closes_the_ledger_cleanly_and_the_next_start_resumes(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    size = 40 * CHUNK
+    digest = random_file(export / "take.mp4", size)
+    server.set_faults(slow_rate=1.0, slow_seconds=0.05)
+    config = write_config(
+        tmp_path,
+        server.url,
+        upload={"workers": 1, "drain_timeout": "60s"},
+        valt={"timeout": "60s"},
+        watch={"settle": "0.1s"},
+    )
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(config, log)
+    wait_for(lambda: server.snapshot()["upload_bytes_received"] >= 4 * CHUNK, timeout=30)
+    server.set_faults(hang_rate=1.0)  # the next chunk never gets an answer
+    time.sleep(1.0)  # a chunk (0.05 s each) is now waiting for its answer
+    daemon.send_signal(signal.SIGTERM)  # the drain would wait the full drain_timeout
+    wait_for(lambda: "daemon.stopping" in log.read_text(), timeout=10)
+    sent_at = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(5) == 1
+    assert time.monotonic() - sent_at < 2.0
+    # Closed, not abandoned: the last connection's close folds the WAL into the ledger.
+    assert not (tmp_path / "ledger.db-wal").exists()
+    stopped = [e for e in log_events(log) if e["event"] == "daemon.stopped"]
+    assert stopped and stopped[-1]["exit_code"] == 1 and stopped[-1]["forced"] is True
+    checked = run_cli("ledger", "check", "-c", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert row["state"] == "uploading" and 0 < row["bytes_acked"] < size
+
+    server.set_faults(hang_rate=0.0, slow_rate=0.0)
+    daemon = start_daemon(config, log)
+    try:
+        wait_for(lambda: _done(tmp_path, 1), timeout=30)
+    finally:
+        assert stop_process(daemon) == 0
+    assert server_videos(server)["take"]["sha256"] == digest
+    assert len(server.snapshot()["records"]) == 1
+    assert any(e["event"] == "upload.resumed" for e in log_events(log))
+
+
 def test_sigkill_then_restart_resumes(tmp_path: Path, server: FakeValtThread, export: Path) -> None:
     size = 40 * CHUNK
     digest = random_file(export / "take.mp4", size)

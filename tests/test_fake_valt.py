@@ -714,7 +714,8 @@ def test_fake_valt_thread_serves_synchronous_code(tmp_path: Path) -> None:
 async def test_cli_prints_its_url_and_serves_until_sigterm(tmp_path: Path) -> None:
     code = (
         "import argparse, sys\n"
-        "from ingestd.fake_valt.cli import add_arguments, run_from_args\n"
+        "from ingestd.commands.fake_valt import add_arguments\n"
+        "from ingestd.fake_valt.cli import run_from_args\n"
         "parser = argparse.ArgumentParser()\n"
         "add_arguments(parser)\n"
         "sys.exit(run_from_args(parser.parse_args(sys.argv[1:])))\n"

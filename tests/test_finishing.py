@@ -552,7 +552,8 @@ async def test_still_changing_is_logged_at_a_low_rate(
     ledger = await SqliteLedger.open(config.ledger.path)
     ready: list[int] = []
     intake = watcher.Intake(
-        config=config,
+        watch=config.watch,
+        sidecars=config.record.sidecar,
         ledger=ledger,
         checks=FinishedChecks(check_open_writers=True, check_container=False, done_marker=None),
         is_active=lambda _job: False,

@@ -29,7 +29,7 @@ from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.ledger.model import State
 from ingestd.ledger.store import SqliteLedger
-from ingestd.upload.after_upload import housekeeping
+from ingestd.upload.after_upload import Belongings, housekeeping
 
 
 def _mount_tmpfs(folder: Path, size: str) -> Iterator[Path]:
@@ -76,7 +76,9 @@ async def test_a_full_target_leaves_no_partial_copy_and_no_litter(
     try:
         for _ in range(3):  # the retries that housekeeping makes every minute
             with capture_logs() as logs:
-                await housekeeping(load_config(config_file), ledger)
+                config = load_config(config_file)
+                belongs = Belongings(config.watch.done_marker, config.record.sidecar)
+                await housekeeping(config.after_upload, belongs, ledger)
             assert [e["event"] for e in logs] == ["after_upload.failed"]
             assert sorted(small_fs.rglob("*")) == []
         [job] = await ledger.jobs_in([State.DONE])

@@ -120,7 +120,8 @@ async def _scan_names(names: list[bytes]) -> None:
         ledger = await SqliteLedger.open(config.ledger.path)
         try:
             intake = watcher.Intake(
-                config=config,
+                watch=config.watch,
+                sidecars=config.record.sidecar,
                 ledger=ledger,
                 checks=FinishedChecks(
                     check_open_writers=False, check_container=False, done_marker=None

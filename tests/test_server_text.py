@@ -180,7 +180,7 @@ def _queue_refused_deletion(config: Path, server: FakeValtThread) -> None:
             async with _client(server) as client:
                 await client.login()
                 server.set_faults(fail_rate=1.0)
-                await PartialSweeper(config=loaded, ledger=ledger, client=client).sweep()
+                await PartialSweeper(upload=loaded.upload, ledger=ledger, client=client).sweep()
                 server.set_faults(fail_rate=0.0)
         finally:
             await ledger.close()

@@ -6,13 +6,17 @@ the problem (a bad configuration never gets this far: the CLI exits 2).
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import email.utils
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ingestd.commands.common import load
 from ingestd.commands.probe import probe_upload
 from ingestd.config.schema import (
     CLEARTEXT_DETAIL,
@@ -20,9 +24,11 @@ from ingestd.config.schema import (
     RecordConfig,
     cleartext_password,
     is_loopback,
+    resolve_password,
+    resolve_status_token,
 )
 from ingestd.errors import AuthFailed, Redirected, ShareNameError, ValtError
-from ingestd.logs import redact_url
+from ingestd.logs import configure_logging, redact_url, register_secret
 from ingestd.units import format_size
 from ingestd.valt.client import ValtClient
 from ingestd.valt.shares import KINDS, ShareDirectory, configured_names
@@ -261,3 +267,13 @@ async def run_check(
     _check_folders(config, report)
     await _check_server(config, password, report, probe=probe)
     return 1 if report.problems else 0
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load(args)
+    password = resolve_password(config.valt, os.environ)
+    register_secret(password)
+    token = resolve_status_token(config.status, os.environ) is not None
+    configure_logging(fmt="json", level="error", stream=sys.stderr)
+    check = run_check(config, password, print, probe=args.probe_upload, status_token=token)
+    return asyncio.run(check)

@@ -8,6 +8,7 @@ one arrives later in a subfolder. Prints a table when all are confirmed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 import sys
@@ -150,7 +151,7 @@ async def _demo(folder: Path) -> int:
         running = asyncio.create_task(daemon.run())
         names = await _play_capture_machine(folder / "export")
         await _wait_all_done(config.ledger.path, len(names))
-        daemon.stopping.set()
+        daemon.request_stop()
         await running
         text, all_good = await _summary(config.ledger.path, server)
     print()
@@ -161,6 +162,10 @@ async def _demo(folder: Path) -> int:
         else "SOMETHING WENT WRONG: see the table above"
     )
     return 0 if all_good else 1
+
+
+def command(_args: argparse.Namespace) -> int:
+    return run_demo()
 
 
 def run_demo() -> int:

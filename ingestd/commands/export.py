@@ -6,12 +6,18 @@ sent), the Valt record id and when the server confirmed it.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import csv
 import datetime as dt
 import io
 from collections.abc import Iterable
 
-from ingestd.ledger.model import Job
+from ingestd.commands.common import load
+from ingestd.commands.exits import EXIT_OK
+from ingestd.errors import UsageError
+from ingestd.ledger.api import open_ledger
+from ingestd.ledger.model import Job, State
 
 COLUMNS = ("file", "size", "sha256", "record_id", "uploaded_at", "record_name")
 
@@ -38,3 +44,24 @@ def audit_csv(jobs: Iterable[Job], since: float | None = None) -> str:
             (job.path, job.size, job.sha256, job.record_id, uploaded, job.record_name or "")
         )
     return out.getvalue()
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load(args)
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not config.ledger.path.exists():
+        print(audit_csv([]), end="")
+        return EXIT_OK
+
+    async def read() -> str:
+        ledger = await open_ledger(config.ledger.path, readonly=True)
+        try:
+            return audit_csv(await ledger.jobs_in([State.DONE], order="done_at"), since)
+        finally:
+            await ledger.close()
+
+    print(asyncio.run(read()), end="")
+    return EXIT_OK

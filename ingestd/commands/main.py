@@ -1,4 +1,7 @@
-"""The command line: argument parsing, exit codes, and the only place that prints errors.
+"""The command line: argument parsing, dispatch, and the only place that prints errors.
+
+Each subcommand is a module of its own here (run, check, status, ...), imported
+only when it runs, so that ``ingestd status`` does not load the daemon.
 
 Exit codes: 0 fine; 1 an environment or server problem, or work not done;
 2 bad usage or bad configuration, always with one line naming what is wrong.
@@ -7,30 +10,17 @@ Exit codes: 0 fine; 1 an environment or server problem, or work not done;
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
 import logging
-import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from ingestd import __version__
-from ingestd.config.schema import (
-    Config,
-    config_path_from,
-    load_config,
-    resolve_password,
-    resolve_status_token,
-)
-from ingestd.errors import ConfigError, IngestdError, LedgerDamaged, LedgerError, UsageError
-from ingestd.failpoints import load_failpoints
-from ingestd.logs import configure_logging, redact_text, register_secret
-from ingestd.units import parse_duration
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+from ingestd.commands import fake_valt
+from ingestd.commands.exits import EXIT_PROBLEM, EXIT_USAGE
+from ingestd.errors import ConfigError, IngestdError, LedgerError, UsageError
+from ingestd.logs import redact_text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,224 +97,48 @@ def build_parser() -> argparse.ArgumentParser:
                 "--force", action="store_true", help="restore even if the ledger is sound"
             )
 
-    fake = commands.add_parser("fake-valt", help="run the Valt test double")
-    from ingestd.fake_valt.cli import add_arguments
-
-    add_arguments(fake)
+    fake_valt.add_arguments(commands.add_parser("fake-valt", help="run the Valt test double"))
 
     commands.add_parser("demo", help="the whole loop on this machine, no server needed")
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path_from(args.config, os.environ))
-
-
-@contextlib.contextmanager
-def _advice_names(config: Config) -> Iterator[None]:
-    """A damaged ledger's advice names this configuration file in its restore command."""
-    try:
-        yield
-    except LedgerDamaged as exc:
-        exc.config_file = config.source
-        raise
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from ingestd.daemon.lifecycle import Daemon
-
-    config = _load(args)
-    password = resolve_password(config.valt, os.environ)
-    register_secret(password)
-    status_token = resolve_status_token(config.status, os.environ)
-    register_secret(status_token)
-    max_wait = parse_duration(args.max_wait, "--max-wait")
-    load_failpoints()
-    configure_logging(
-        fmt=config.log.format,
-        level=config.log.level,
-        redact_paths=config.log.redact_paths,
-        watch_roots=config.watch.paths,
-    )
-    daemon = Daemon(
-        config,
-        password,
-        once=args.once,
-        max_wait=max_wait,
-        show_progress=sys.stderr.isatty(),
-        status_token=status_token,
-    )
-    from ingestd.ledger.lock import LedgerLock
-
-    # One daemon per ledger; the kernel drops the lock however the process ends.
-    with _advice_names(config), LedgerLock(config.ledger.path):
-        result = asyncio.run(daemon.run())
-    if args.once and result.exit_code:
-        if result.message:
-            print(f"ingestd: {result.message}", file=sys.stderr)
-        for job in result.not_done:
-            why = job.fail_reason or job.wait_reason or job.state.value
-            detail = f": {job.fail_detail}" if job.fail_detail and job.fail_reason else ""
-            print(f"not done: {job.path} ({job.state.value}: {why}{detail})", file=sys.stderr)
-    return result.exit_code
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    from ingestd.commands.check import run_check
-
-    config = _load(args)
-    password = resolve_password(config.valt, os.environ)
-    register_secret(password)
-    token = resolve_status_token(config.status, os.environ) is not None
-    configure_logging(fmt="json", level="error", stream=sys.stderr)
-    check = run_check(config, password, print, probe=args.probe_upload, status_token=token)
-    return asyncio.run(check)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from ingestd.commands.status import gather_status, render_status
-    from ingestd.ledger.api import open_ledger
-
-    config = _load(args)
-    path = config.ledger.path
-    if not path.exists():
-        print(f"no ledger yet at {path}: the daemon has not run")
-        return EXIT_OK
-
-    async def read() -> dict[str, object]:
-        ledger = await open_ledger(path, readonly=True)
-        try:
-            return await gather_status(ledger)
-        finally:
-            await ledger.close()
-
-    with _advice_names(config):
-        status = asyncio.run(read())
-    print(json.dumps(status, indent=2) if args.json else render_status(status))
-    return EXIT_OK
-
-
-def _with_ledger(config: Config, action: Callable[..., object]) -> object:
-    from ingestd.ledger.api import open_ledger
-
-    async def go() -> object:
-        ledger = await open_ledger(config.ledger.path)
-        try:
-            return await action(ledger)  # type: ignore[misc]
-        finally:
-            await ledger.close()
-
-    with _advice_names(config):
-        return asyncio.run(go())
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    if not args.jobs and not args.failed:
-        raise UsageError("retry needs job ids or --failed (see `ingestd status`)")
-    config = _load(args)
-    ids = None if args.failed and not args.jobs else list(args.jobs)
-    retried = _with_ledger(config, lambda ledger: ledger.retry(ids, force=args.force))
-    assert isinstance(retried, list)
-    print(
-        f"re-queued {len(retried)} job(s)"
-        + (f": {', '.join(map(str, retried))}" if retried else "")
-    )
-    return EXIT_OK
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from ingestd.commands.export import audit_csv, parse_since
-    from ingestd.ledger.api import open_ledger
-    from ingestd.ledger.model import State
-
-    config = _load(args)
-    try:
-        since = parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not config.ledger.path.exists():
-        print(audit_csv([]), end="")
-        return EXIT_OK
-
-    async def read() -> str:
-        ledger = await open_ledger(config.ledger.path, readonly=True)
-        try:
-            return audit_csv(await ledger.jobs_in([State.DONE], order="done_at"), since)
-        finally:
-            await ledger.close()
-
-    print(asyncio.run(read()), end="")
-    return EXIT_OK
-
-
-def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
-    config = _load(args)
-    _with_ledger(config, lambda ledger: ledger.set_paused(paused))
-    print("paused: no new files are taken" if paused else "resumed: new files are taken")
-    return EXIT_OK
-
-
-def cmd_ledger(args: argparse.Namespace) -> int:
-    """``ingestd ledger (check | backup | restore)``: see backup.py."""
-    from ingestd.ledger import backup
-
-    config = _load(args)
-    path = config.ledger.path
-    if args.ledger_command == "check":
-        report = backup.check_ledger(path)
-        print("\n".join(report.lines()))
-        if not report.ok:
-            print(f"to recover: `ingestd ledger restore -c {config.source}` (the daemon stopped)")
-        return EXIT_OK if report.ok else EXIT_PROBLEM
-    if args.ledger_command == "backup":
-        made = backup.make_backup(path, config.ledger.backups)
-        print(f"backup written: {made} (the newest {config.ledger.backups} are kept)")
-        return EXIT_OK
-    done = backup.restore(path, force=args.force)
-    for skipped, problem in done.skipped:
-        print(f"skipped {skipped.name}: fails integrity_check ({problem})")
-    taken = backup.backup_stamp(done.backup_taken_at)
-    print(f"restored {path} from {done.restored_from.name} (taken {taken} UTC)")
-    if done.kept_aside is not None:
-        print(f"the previous ledger is kept as {done.kept_aside}")
-    print(
-        "the next start checks every file not done in this backup against the server "
-        "before uploading it"
-    )
-    return EXIT_OK
-
-
-def cmd_fake_valt(args: argparse.Namespace) -> int:
-    from ingestd.fake_valt.cli import run_from_args
-
-    return run_from_args(args)
-
-
-def cmd_demo(_args: argparse.Namespace) -> int:
-    from ingestd.commands.demo import run_demo
-
-    return run_demo()
-
-
 def dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand; each module is imported only when its command runs."""
     command: str = args.command
     if command == "run":
-        return cmd_run(args)
+        from ingestd.commands import run
+
+        return run.command(args)
     if command == "check":
-        return cmd_check(args)
+        from ingestd.commands import check
+
+        return check.command(args)
     if command == "status":
-        return cmd_status(args)
+        from ingestd.commands import status
+
+        return status.command(args)
     if command == "retry":
-        return cmd_retry(args)
+        from ingestd.commands import retry
+
+        return retry.command(args)
     if command == "export":
-        return cmd_export(args)
+        from ingestd.commands import export
+
+        return export.command(args)
     if command in ("pause", "resume"):
-        return cmd_pause(args, command == "pause")
+        from ingestd.commands import pause
+
+        return pause.command(args, command == "pause")
     if command == "ledger":
-        return cmd_ledger(args)
+        from ingestd.commands import ledger
+
+        return ledger.command(args)
     if command == "fake-valt":
-        return cmd_fake_valt(args)
-    return cmd_demo(args)
+        return fake_valt.command(args)
+    from ingestd.commands import demo
+
+    return demo.command(args)
 
 
 def _unexpected(exc: Exception) -> None:

@@ -6,10 +6,15 @@ Never shows a token or URL: the ledger holds neither.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import time
 from typing import Any
 
-from ingestd.ledger.api import JobLedger
+from ingestd.commands.common import advice_names, load
+from ingestd.commands.exits import EXIT_OK
+from ingestd.ledger.api import JobLedger, open_ledger
 from ingestd.ledger.model import Job, State
 from ingestd.units import format_duration, format_size
 
@@ -126,3 +131,23 @@ def _line(item: dict[str, Any]) -> str:
     if "reason" in item:
         head += f"  - {item['reason']}: {item['detail']}"
     return head
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load(args)
+    path = config.ledger.path
+    if not path.exists():
+        print(f"no ledger yet at {path}: the daemon has not run")
+        return EXIT_OK
+
+    async def read() -> dict[str, object]:
+        ledger = await open_ledger(path, readonly=True)
+        try:
+            return await gather_status(ledger)
+        finally:
+            await ledger.close()
+
+    with advice_names(config):
+        status = asyncio.run(read())
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
+    return EXIT_OK

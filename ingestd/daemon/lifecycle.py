@@ -1,13 +1,14 @@
-"""The daemon's lifecycle: ``run`` -> startup / serve / shutdown.
+"""The daemon's lifecycle: ``run`` -> ``startup`` -> ``main_loop`` -> ``shutdown``.
 
 Tasks, each with a handle in one TaskGroup: the settle loop, folder events,
-periodic rescans, the dispatcher feeding an ``asyncio.Queue`` of job ids
-(oldest file first) to N upload workers, the confirmer, the partial-record
-sweeper and the control poller (pause/resume from the command line).
+periodic rescans, the worker pool (pool.py: a dispatcher and N upload
+workers), the confirmer, the partial-record sweeper and the control poller
+(pause/resume from the command line).
 
 Signals only set an event. The first SIGTERM/SIGINT stops taking files and
 lets chunks in flight finish within ``upload.drain_timeout``; a second one
-exits at once.
+sets ``force_exit``: the main loop cancels what still runs (chunks in flight
+too), ``shutdown`` closes the ledger, and the process exits 1.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ingestd.aio import wait_event
 from ingestd.config.schema import CLEARTEXT_DETAIL, Config, cleartext_password
+from ingestd.daemon.pool import WorkerPool
 from ingestd.daemon.progress import ProgressLine
 from ingestd.daemon.sdnotify import Notifier
 from ingestd.disk.judged import OpenRule
@@ -36,7 +39,12 @@ from ingestd.logs import get_logger
 from ingestd.observe.health import StatusService
 from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
-from ingestd.upload.after_upload import apply_after_upload, housekeeping
+from ingestd.upload.after_upload import (
+    Belongings,
+    apply_after_upload,
+    housekeeping,
+    move_failed,
+)
 from ingestd.upload.confirm import Confirmer, PartialSweeper
 from ingestd.upload.job import Uploader
 from ingestd.upload.naming import RecordNamer
@@ -46,15 +54,16 @@ from ingestd.valt.shares import open_share_directory
 
 log = get_logger("ingestd.daemon.lifecycle")
 
-DISPATCH_POLL = 1.0
 CONTROL_POLL = 2.0
 ONCE_POLL = 0.2
 TASK_RESTART_DELAY = 5.0
 STATUS_EVERY = 5.0
 HOUSEKEEPING_EVERY = 60.0
 FINAL_SWEEP_TIMEOUT = 15.0
-# The dispatcher beats at least every DISPATCH_POLL; older than this means the loop is stuck.
+# The dispatcher beats at least every pool.DISPATCH_POLL; older than this means the loop is stuck.
 HEARTBEAT_STALE = 10.0
+EXIT_FORCED = 1  # a second signal (README: "A second one exits 1")
+FORCED_EXIT_BACKSTOP = 3.0  # after a second signal, at most this long to close cleanly
 
 
 @dataclass
@@ -86,28 +95,51 @@ class Daemon:
         self.max_wait = max_wait
         self.stop = asyncio.Event()  # everything winds down
         self.stopping = asyncio.Event()  # no new files; workers stop after their chunk
+        self.force_exit = asyncio.Event()  # a second signal: stop waiting for anything
         self.dispatch_wake = asyncio.Event()
-        self.active: set[int] = set()
-        self.worker_jobs: dict[int, int | None] = {}
         self.paused = False
         self.result = RunResult()
         self._signals = 0
         self.notifier = Notifier()
         # /healthz, /metrics and webhook alerts (issue 5); the engine reports to its telemetry.
-        self.status = StatusService(config, token=status_token)
+        self.status = StatusService(
+            status=config.status,
+            watch=config.watch,
+            ledger_path=config.ledger.path,
+            alerts=config.alerts,
+            redact_paths=config.log.redact_paths,
+            token=status_token,
+        )
         self.telemetry: Telemetry = self.status.telemetry
         self.heartbeat = time.monotonic()
         # Why the ledger takes no writes (None: it does). Set by ledger/watch.py; while set,
         # no new job starts; /healthz reports it.
         self.ledger_error: str | None = None
+        # What startup opened, closed by shutdown() in reverse order (the ledger last).
+        self._opened = contextlib.AsyncExitStack()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
         """Start, serve until stopped, shut down; returns the outcome."""
-        self.ledger = await open_ledger(self.config.ledger.path)
         try:
-            async with ValtClient(
+            await self.startup()
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return self.result
+
+    def request_stop(self) -> None:
+        """Stop taking files and wind down, as the first SIGTERM does (``ingestd demo``)."""
+        self.stopping.set()
+        self.dispatch_wake.set()
+
+    async def startup(self) -> None:
+        """Open the ledger and the client, check the shares, build the parts, serve health."""
+        self.ledger = await open_ledger(self.config.ledger.path)
+        self._opened.push_async_callback(self.ledger.close)
+        self.client = await self._opened.enter_async_context(
+            ValtClient(
                 base_url=self.config.valt.url,
                 username=self.config.valt.username,
                 password=self.password,
@@ -115,18 +147,42 @@ class Daemon:
                 verify_tls=self.config.valt.verify_tls,
                 ca_file=self.config.valt.ca_file,
                 on_contact=self.telemetry.server_contact,
-            ) as client:
-                self.client = client
-                # Before workers start: an unknown share name is a config error (exit 2).
-                self.directory = await open_share_directory(client, self.config.record)
-                self._startup()
-                async with self.status.serving(self):  # binds status.listen
-                    await self._serve()
-        finally:
-            await self.ledger.close()
-        return self.result
+            )
+        )
+        # Before workers start: an unknown share name is a config error (exit 2).
+        self.directory = await open_share_directory(self.client, self.config.record)
+        self._build_parts()
+        self._handle_signals()
+        log.info(
+            "daemon.started",
+            pid=os.getpid(),
+            mode="once" if self.once else "daemon",
+            workers=self.config.upload.workers,
+            ledger=str(self.config.ledger.path),
+        )
+        await self._opened.enter_async_context(self.status.serving(self))  # binds status.listen
 
-    def _startup(self) -> None:
+    async def main_loop(self) -> None:
+        """Serve until stopped; a second signal cancels whatever is still running."""
+        serving = asyncio.create_task(self._serve())
+        forced = asyncio.create_task(self.force_exit.wait())
+        try:
+            await asyncio.wait([serving, forced], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
+            if not serving.done():
+                serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving  # raises what the loop raised, if it ended on its own
+        if self.force_exit.is_set():
+            self.result = RunResult(EXIT_FORCED, self.result.not_done, self.result.message)
+            log.warning("daemon.stopped", exit_code=self.result.exit_code, forced=True)
+
+    async def shutdown(self) -> None:
+        """Close the health server, the client and the ledger (committed work stays)."""
+        await self._opened.aclose()
+
+    def _build_parts(self) -> None:
         if not self.config.valt.verify_tls:
             log.warning("tls.verification_off", detail="valt.verify_tls is false")
         if cleartext_password(self.config.valt):
@@ -142,15 +198,12 @@ class Daemon:
             log=lambda event, fields: log.info(event, **fields),
             rule=self.open_rule,
         )
-        self.intake = Intake(
-            config=self.config,
-            ledger=self.ledger,
-            checks=self.checks,
-            is_active=self.active.__contains__,
-            on_ready=self.dispatch_wake.set,
-        )
+        # Which files travel with a video when it is moved or deleted (after_upload.py).
+        self.belongings = Belongings(self.config.watch.done_marker, self.config.record.sidecar)
+        after = self.config.after_upload
         self.uploader = Uploader(
-            config=self.config,
+            upload=self.config.upload,
+            rule=self.open_rule,
             ledger=self.ledger,
             client=self.client,
             namer=RecordNamer(
@@ -160,21 +213,47 @@ class Daemon:
                 rule=self.open_rule,
             ),
             stopping=self.stopping,
+            set_aside=lambda job, why, detail: move_failed(
+                after, self.belongings, self.ledger, job, why, detail
+            ),
             telemetry=self.telemetry,
-            on_change=self.dispatch_wake.set,
+            on_change=self._wake_dispatcher,
             # upload.bandwidth_limit: one bucket for all workers; None when unlimited.
             pacer=Pacer.for_limit(self.config.upload.bandwidth_limit),
         )
+        self.pool = WorkerPool(
+            workers=self.config.upload.workers,
+            ledger=self.ledger,
+            uploader=self.uploader,
+            stopping=self.stopping,
+            paused=lambda: self.paused,
+            blocked=self._blocked,
+            on_beat=self._beat,
+            on_job_end=self._job_ended,
+            wake=self.dispatch_wake,
+        )
+        self.intake = Intake(
+            watch=self.config.watch,
+            sidecars=self.config.record.sidecar,
+            ledger=self.ledger,
+            checks=self.checks,
+            is_active=self.pool.in_progress.__contains__,
+            on_ready=self._wake_dispatcher,
+        )
         self.confirmer = Confirmer(
-            config=self.config,
+            upload=self.config.upload,
+            after_upload=after,
             ledger=self.ledger,
             client=self.client,
-            after_done=lambda job: apply_after_upload(self.config, self.ledger, job),
+            after_done=lambda job: apply_after_upload(after, self.belongings, self.ledger, job),
             telemetry=self.telemetry,
         )
-        self.sweeper = PartialSweeper(config=self.config, ledger=self.ledger, client=self.client)
+        self.sweeper = PartialSweeper(
+            upload=self.config.upload, ledger=self.ledger, client=self.client
+        )
         self.ledger_watch = LedgerWatch(self.config.ledger, self.ledger, self._on_ledger_problem)
-        self.queue: asyncio.Queue[int] = asyncio.Queue()
+
+    def _handle_signals(self) -> None:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -187,13 +266,6 @@ class Daemon:
                     detail="configuration changes need a restart (systemctl restart ingestd)",
                 ),
             )
-        log.info(
-            "daemon.started",
-            pid=os.getpid(),
-            mode="once" if self.once else "daemon",
-            workers=self.config.upload.workers,
-            ledger=str(self.config.ledger.path),
-        )
 
     async def _serve(self) -> None:
         self.notifier.ready("scanning the watch folders")
@@ -223,10 +295,10 @@ class Daemon:
                 ]
             else:
                 spawn(self._watch_once(scope))
-            workers = [spawn(self._worker(n)) for n in range(self.config.upload.workers)]
-            spawn(self._dispatch())
+            workers = [spawn(self.pool.worker(n)) for n in range(self.config.upload.workers)]
+            spawn(self.pool.dispatch())
             await self.stopping.wait()
-            await self._drain(workers)
+            await self.pool.drain(workers, self.config.upload.drain_timeout)
             if self.once and self._signals == 0:
                 await self._sweep_before_exit()
             self.stop.set()
@@ -260,101 +332,47 @@ class Daemon:
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
         if self._signals > 1:
-            log.warning("daemon.forced_exit", signal=sig.name)
-            sys.stdout.flush()
-            os._exit(1)
+            if not self.force_exit.is_set():
+                log.warning("daemon.forced_exit", signal=sig.name)
+                self.force_exit.set()
+                # The clean way out closes the ledger; should a hung file system or server
+                # keep it from ending, the process still goes (a WAL ledger survives that).
+                backstop = threading.Timer(FORCED_EXIT_BACKSTOP, _exit_now)
+                backstop.daemon = True
+                backstop.start()
+            return
         log.info(
             "daemon.stopping", signal=sig.name, drain_timeout_s=self.config.upload.drain_timeout
         )
-        self.notifier.stopping(f"draining: {len(self.active)} upload(s) finish their chunk")
-        self.stopping.set()
+        busy = len(self.pool.in_progress.in_workers())
+        self.notifier.stopping(f"draining: {busy} upload(s) finish their chunk")
+        self.request_stop()
+
+    # --- what the parts call back ------------------------------------------------------------
+
+    def _wake_dispatcher(self) -> None:
         self.dispatch_wake.set()
 
-    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
-        """Let chunks in flight finish (bounded by drain_timeout), then cancel the rest."""
-        started = time.monotonic()
-        busy = []
-        for number, task in enumerate(workers):
-            if self.worker_jobs.get(number) is None:
-                task.cancel()  # idle: waiting for a job that will not come
-            else:
-                busy.append(task)
-        if busy:
-            _done, pending = await asyncio.wait(busy, timeout=self.config.upload.drain_timeout)
-            for task in pending:
-                task.cancel()
-            log.info(
-                "daemon.drained",
-                finished=len(busy) - len(pending),
-                cancelled=len(pending),
-                seconds=round(time.monotonic() - started, 3),
-            )
+    def _beat(self) -> None:
+        self.heartbeat = time.monotonic()
 
-    # --- dispatch and workers ------------------------------------------------------------------
+    def _blocked(self) -> bool:
+        """No new job starts now (jobs already in a worker's hands go on)."""
+        return (
+            self.paused
+            or self.ledger_error is not None
+            or not self.ledger.writable.is_set()  # a write just failed: the watch reports it
+            or self.client.login_blocked_for() > 0
+        )
 
-    async def _dispatch(self) -> None:
-        """Hand due jobs to free workers, oldest file first."""
-        while not self.stopping.is_set():
-            self.heartbeat = time.monotonic()
-            # Each worker has its next job waiting in the queue while it works on one, so
-            # it goes on at once instead of after a ledger round trip (small files: bench 4).
-            free = 2 * self.config.upload.workers - len(self.active)
-            blocked = (
-                self.paused
-                or self.ledger_error is not None
-                or not self.ledger.writable.is_set()  # a write just failed: the watch reports it
-                or self.client.login_blocked_for() > 0
-            )
-            wait = DISPATCH_POLL
-            if free > 0 and not blocked:
-                due = await self.ledger.due_jobs(time.time(), free, sorted(self.active))
-                for job in due:
-                    self.active.add(job.id)
-                    self.queue.put_nowait(job.id)
-                # A retry due sooner than the next poll is not kept waiting for it. (With
-                # every slot filled, the next free worker wakes this loop anyway.)
-                next_due = (
-                    None if len(due) == free else await self.ledger.next_due(sorted(self.active))
-                )
-                if next_due is not None:
-                    wait = min(wait, max(0.0, next_due - time.time()))
-            self.dispatch_wake.clear()
-            await wait_event(self.dispatch_wake, wait)
-
-    async def _worker(self, number: int) -> None:
-        self.worker_jobs[number] = None
-        while not self.stopping.is_set():
-            job_id = await self.queue.get()
-            if self.stopping.is_set():
-                self.active.discard(job_id)
-                return
-            if self.paused:  # paused while the job waited in the queue: it stays queued
-                self.active.discard(job_id)
-                continue
-            self.worker_jobs[number] = job_id
-            queued_deletions = self.ledger.deletions_queued
-            try:
-                job = await self.ledger.find_job(job_id)
-                if job is not None and job.state in (State.QUEUED, State.CREATING, State.UPLOADING):
-                    await self.uploader.process(job)
-            except LedgerUnwritable as exc:
-                # The job keeps its last committed state; the ledger watch stops new work.
-                log.warning("job.ledger_unwritable", job_id=job_id, error=str(exc))
-            except Exception:
-                # process() records every outcome itself; whatever still escapes must not
-                # take the worker, and with it the pool, down.
-                log.exception("worker.failed", worker=number, job_id=job_id)
-            finally:
-                self.worker_jobs[number] = None
-                self.active.discard(job_id)
-                self.confirmer.wake.set()
-                if self.ledger.deletions_queued != queued_deletions:
-                    self.sweeper.wake.set()
-                self.dispatch_wake.set()
+    def _job_ended(self, deletions_queued: bool) -> None:
+        self.confirmer.wake.set()
+        if deletions_queued:
+            self.sweeper.wake.set()
 
     def _on_ledger_problem(self, problem: str | None) -> None:
         self.ledger_error = problem
-        self.dispatch_wake.set()
+        self._wake_dispatcher()
 
     async def _control(self, stop: asyncio.Event) -> None:
         """Obey ``ingestd pause``/``resume`` (written to the ledger) within seconds."""
@@ -364,12 +382,12 @@ class Daemon:
             if paused != self.paused:
                 self.paused = paused
                 log.info("daemon.paused" if paused else "daemon.resumed")
-                self.dispatch_wake.set()
+                self._wake_dispatcher()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """After-upload actions a crash interrupted, and ``keep_for`` expiry, every minute."""
         while not stop.is_set():
-            await housekeeping(self.config, self.ledger)
+            await housekeeping(self.config.after_upload, self.belongings, self.ledger)
             await wait_event(stop, HOUSEKEEPING_EVERY)
 
     async def _service_status(self, stop: asyncio.Event) -> None:
@@ -392,9 +410,18 @@ class Daemon:
                     self.notifier.status(line)
             await wait_event(stop, interval)
 
-    def in_workers(self) -> set[int]:
-        """The jobs in a worker's hands now (not those queued for the next free worker)."""
-        return {job_id for job_id in self.worker_jobs.values() if job_id is not None}
+    # --- what health reads (observe/view.py's DaemonView) -----------------------------------
+
+    @property
+    def server(self) -> ValtClient:
+        return self.client
+
+    @property
+    def watcher_alive(self) -> bool:
+        return self.intake.watcher_alive
+
+    def uploading(self) -> set[int]:
+        return self.pool.in_progress.in_workers()
 
     async def status_line(self) -> str:
         """One line a person reads in ``systemctl status``."""
@@ -407,7 +434,7 @@ class Daemon:
             return f"paused ({files} files not yet uploaded); `ingestd resume` to go on"
         if not files:
             return "idle: every file is uploaded"
-        busy = len(self.in_workers())
+        busy = len(self.uploading())
         if not busy:
             return f"{files} files settling or being confirmed, {format_size(left)} to send"
         return f"uploading {busy} of {files} files, {format_size(left)} left"
@@ -438,5 +465,9 @@ class Daemon:
             await asyncio.sleep(ONCE_POLL)
         if progress is not None:
             progress.close(jobs)
-        self.stopping.set()
-        self.dispatch_wake.set()
+        self.request_stop()
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    os._exit(EXIT_FORCED)

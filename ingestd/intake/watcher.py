@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingestd.config.patterns import PathFilter
-from ingestd.config.schema import Config
+from ingestd.config.schema import WatchConfig
 from ingestd.disk.judged import OpenRule
 from ingestd.intake.events import Events
 from ingestd.intake.finished import FinishedChecks
@@ -35,13 +35,14 @@ class Intake:
     def __init__(
         self,
         *,
-        config: Config,
+        watch: WatchConfig,
+        sidecars: bool,
         ledger: JobLedger,
         checks: FinishedChecks,
         is_active: Callable[[int], bool],
         on_ready: Callable[[], None],
     ) -> None:
-        self.watch = config.watch
+        self.watch = watch
         self.ledger = ledger
         self.filter = PathFilter(self.watch.include, self.watch.exclude)
         self.roots = [Path(os.path.abspath(p)) for p in self.watch.paths]
@@ -65,7 +66,7 @@ class Intake:
         self.ready = Ready(ledger=ledger, rule=self.rule, waiting=self.waiting, on_ready=on_ready)
         self.settler = Settler(
             watch=self.watch,
-            sidecars=config.record.sidecar,
+            sidecars=sidecars,  # record.sidecar: a video waits for its sidecars
             ledger=ledger,
             checks=checks,
             rule=self.rule,

@@ -21,12 +21,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from ingestd.aio import wait_event
-from ingestd.config.schema import Config
+from ingestd.config.schema import AlertsConfig, StatusConfig, WatchConfig
 from ingestd.intake.events import NO_EVENTS_ENV
 from ingestd.ledger.api import LEDGER_ERRORS
 from ingestd.ledger.model import State, Unsent
@@ -34,10 +34,8 @@ from ingestd.logs import get_logger, redact_text
 from ingestd.observe.alerts import Alerter
 from ingestd.observe.http import StatusServer, start_status_server
 from ingestd.observe.metrics import CONTENT_TYPE, Metrics, MetricsTelemetry
+from ingestd.observe.view import DaemonView
 from ingestd.units import format_size
-
-if TYPE_CHECKING:
-    from ingestd.daemon.lifecycle import Daemon
 
 log = get_logger("ingestd.observe.health")
 
@@ -61,17 +59,26 @@ class LedgerView:
 class StatusService:
     """Health, metrics and alerts of one daemon."""
 
-    def __init__(self, config: Config, *, token: str | None = None) -> None:
-        self.config = config
+    def __init__(
+        self,
+        *,
+        status: StatusConfig,
+        watch: WatchConfig,
+        ledger_path: Path,
+        alerts: AlertsConfig,
+        redact_paths: bool,
+        token: str | None = None,
+    ) -> None:
+        self.status = status
+        self.watch = watch
+        self.ledger_path = ledger_path
         self._token = token  # status.token_file: every path then needs it
         self.metrics = Metrics()
-        self.alerter = Alerter(
-            config.alerts, redact_paths=config.log.redact_paths, metrics=self.metrics
-        )
+        self.alerter = Alerter(alerts, redact_paths=redact_paths, metrics=self.metrics)
         self.telemetry = MetricsTelemetry(self.metrics, on_job_failed=self.alerter.job_failed)
         self.view = LedgerView()
         self.free_bytes: dict[int, int] = {}
-        self._daemon: Daemon | None = None
+        self._daemon: DaemonView | None = None
         self._server: StatusServer | None = None
         self._ledger_error: tuple[float, str] | None = None
         self._watcher_seen: float | None = None  # set when the periodic task starts
@@ -86,10 +93,10 @@ class StatusService:
             self._ledger_error = (time.monotonic(), f"{task}: {redact_text(str(exc))}")
 
     @contextlib.asynccontextmanager
-    async def serving(self, daemon: Daemon) -> AsyncIterator[None]:
+    async def serving(self, daemon: DaemonView) -> AsyncIterator[None]:
         """Serve ``/healthz`` and ``/metrics`` on ``status.listen`` (if set) while inside."""
         self._daemon = daemon
-        listen = self.config.status.listen
+        listen = self.status.listen
         if listen is not None:
             self._server = await start_status_server(self._routes, *listen, token=self._token)
         try:
@@ -121,15 +128,15 @@ class StatusService:
         self.free_bytes = await self._probe_free_space()
         self.metrics.set_free_space(self.free_bytes)
         self.alerter.backlog(self.view.backlog.files, self.view.backlog.oldest)
-        self.alerter.auth(daemon.client.auth_failed)
+        self.alerter.auth(daemon.server.auth_failed)
         self.metrics.healthy.set(0 if self.problems() else 1)
         await self._record_server_problem(daemon)
 
-    async def _record_server_problem(self, daemon: Daemon) -> None:
+    async def _record_server_problem(self, daemon: DaemonView) -> None:
         """Keep the ledger's word on what keeps us from the server in step (``ingestd
         status`` reads it); written only when it changes."""
-        problem = daemon.client.redirect or (
-            CREDENTIALS_REFUSED if daemon.client.auth_failed else None
+        problem = daemon.server.redirect or (
+            CREDENTIALS_REFUSED if daemon.server.auth_failed else None
         )
         if problem == self._server_problem:
             return
@@ -144,7 +151,7 @@ class StatusService:
         daemon = self._require_daemon()
         try:
             counts = await daemon.ledger.counts()
-            backlog = await daemon.ledger.unsent(busy=daemon.in_workers())
+            backlog = await daemon.ledger.unsent(busy=daemon.uploading())
         except LEDGER_ERRORS as exc:
             self.view.error = redact_text(str(exc))
             return
@@ -155,12 +162,12 @@ class StatusService:
         self.metrics.oldest_waiting_age.set(
             0 if oldest is None else time.time() - oldest.discovered_at
         )
-        self.metrics.auth_failed.set(1 if daemon.client.auth_failed else 0)
+        self.metrics.auth_failed.set(1 if daemon.server.auth_failed else 0)
 
     async def _probe_free_space(self) -> dict[int, int]:
         """Free bytes per watch root (by index); the previous answer if a probe hangs."""
         if self._probing is None or self._probing.done():
-            roots = list(self.config.watch.paths)
+            roots = list(self.watch.paths)
             self._probing = asyncio.ensure_future(asyncio.to_thread(_free_space, roots))
         try:
             return await asyncio.wait_for(asyncio.shield(self._probing), FREE_SPACE_TIMEOUT)
@@ -175,16 +182,16 @@ class StatusService:
             *self._watcher_problems(daemon),
             *self._ledger_problems(),
         ]
-        if daemon.client.auth_failed:
+        if daemon.server.auth_failed:
             found.append(CREDENTIALS_REFUSED)
-        if daemon.client.redirect is not None:
-            found.append(daemon.client.redirect)
-        if daemon.client.last_contact_ok is False:
+        if daemon.server.redirect is not None:
+            found.append(daemon.server.redirect)
+        if daemon.server.last_contact_ok is False:
             found.append(
                 "the last attempt to reach the Valt server failed "
                 "(connection error, timeout or 5xx answer)"
             )
-        minimum = self.config.watch.min_free
+        minimum = self.watch.min_free
         for index, free in sorted(self.free_bytes.items()):
             if free < minimum:
                 found.append(
@@ -193,11 +200,11 @@ class StatusService:
                 )
         return found
 
-    def _watcher_problems(self, daemon: Daemon) -> list[str]:
+    def _watcher_problems(self, daemon: DaemonView) -> list[str]:
         if daemon.once or os.environ.get(NO_EVENTS_ENV) or self._watcher_seen is None:
             return []  # --once watches nothing; events off on purpose; not started yet
         now = time.monotonic()
-        if daemon.intake.watcher_alive:
+        if daemon.watcher_alive:
             self._watcher_seen = now
             return []
         down = now - self._watcher_seen
@@ -207,7 +214,7 @@ class StatusService:
 
     def _ledger_problems(self) -> list[str]:
         found = []
-        ledger = self.config.ledger.path
+        ledger = self.ledger_path
         folder_ok = os.access(ledger.parent, os.W_OK | os.X_OK)
         if not folder_ok or (ledger.exists() and not os.access(ledger, os.W_OK)):
             found.append("the ledger is not writable: check ledger.path and its folder")
@@ -219,7 +226,7 @@ class StatusService:
                 found.append(f"a ledger write failed {time.monotonic() - at:.0f} s ago: {message}")
         return found
 
-    def _require_daemon(self) -> Daemon:
+    def _require_daemon(self) -> DaemonView:
         if self._daemon is None:
             raise RuntimeError("StatusService.serving() has not been entered")
         return self._daemon
@@ -241,7 +248,7 @@ class StatusService:
             "problems": problems,
             "mode": "once" if daemon.once else "daemon",
             "paused": daemon.paused,
-            "uploading": len(daemon.in_workers()),
+            "uploading": len(daemon.uploading()),
             "backlog": self.view.backlog.files,
             "failed": self.view.counts.get(State.FAILED.value, 0),
             "oldest_waiting_s": None

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ingestd.config.schema import Config
+from ingestd.config.schema import AfterUploadConfig
 from ingestd.disk.judged import FileSnapshot, OpenRule
 from ingestd.disk.moves import (
     Identity,
@@ -90,10 +90,6 @@ class Belongings:
 
     done_marker: str | None
     sidecars: bool
-
-    @classmethod
-    def of(cls, config: Config) -> Belongings:
-        return cls(config.watch.done_marker, config.record.sidecar)
 
 
 def companions(video: Path, belongs: Belongings) -> list[Path]:
@@ -252,9 +248,11 @@ def _stuck(job: Job, moved: Moved, step: Step) -> None:
         log.error(event, job_id=job.id, path=str(extra), action=step, error=error)
 
 
-async def apply_after_upload(config: Config, ledger: JobLedger, job: Job) -> None:
+async def apply_after_upload(
+    config: AfterUploadConfig, belongs: Belongings, ledger: JobLedger, job: Job
+) -> None:
     """Keep, move or delete a done job's source; commit where it is now."""
-    action, belongs = config.after_upload.action, Belongings.of(config)
+    action = config.action
     source, root = Path(job.path), Path(job.root)
     if action == "keep":  # done under another action, interrupted, and since set to keep
         await ledger.update(job.id, after_done=1, final_path=job.path)
@@ -264,12 +262,12 @@ async def apply_after_upload(config: Config, ledger: JobLedger, job: Job) -> Non
         return
     try:
         if action == "move":
-            assert config.after_upload.move_to is not None
+            assert config.move_to is not None
             moved = await asyncio.to_thread(
                 _move_to,
                 source,
                 root,
-                config.after_upload.move_to,
+                config.move_to,
                 belongs,
                 source_identity(job),
                 job.sha256,
@@ -311,16 +309,21 @@ def error_text(job: Job, reason: str, detail: str, now: float) -> str:
 
 
 async def move_failed(
-    config: Config, ledger: JobLedger, job: Job, reason: str, detail: str
+    config: AfterUploadConfig,
+    belongs: Belongings,
+    ledger: JobLedger,
+    job: Job,
+    reason: str,
+    detail: str,
 ) -> None:
     """``after_upload.failed_to``: set a permanently failed file aside with its reason."""
-    target = config.after_upload.failed_to
+    target = config.failed_to
     if target is None or await _owner(ledger, job, job.path, "failed_to"):
         return
     source, root = Path(job.path), Path(job.root)
     try:
         moved = await asyncio.to_thread(
-            _move_to, source, root, target, Belongings.of(config), source_identity(job)
+            _move_to, source, root, target, belongs, source_identity(job)
         )
     except NotThatFile as exc:
         await _leave_alone(ledger, job, "failed_to", job.path, exc.reason)
@@ -339,22 +342,22 @@ async def move_failed(
     log.info("file.set_aside", job_id=job.id, path=job.path, dest=dest, reason=reason)
 
 
-async def housekeeping(config: Config, ledger: JobLedger) -> None:
+async def housekeeping(config: AfterUploadConfig, belongs: Belongings, ledger: JobLedger) -> None:
     """Finish after-upload actions a crash interrupted; delete what ``keep_for`` has expired."""
     for job in await ledger.pending_after_actions():
-        await apply_after_upload(config, ledger, job)
-    keep_for = config.after_upload.keep_for
+        await apply_after_upload(config, belongs, ledger, job)
+    keep_for = config.keep_for
     if keep_for is None:
         return
     for job in await ledger.expired_keeps(time.time() - keep_for):
         kept = Path(job.final_path or job.path)
         if await _owner(ledger, job, str(kept), "keep_for"):
             continue
-        move_to = config.after_upload.move_to
+        move_to = config.move_to
         moved = move_to is not None and job.final_path not in (None, job.path)
         root = move_to if moved and move_to is not None else Path(job.root)
         try:
-            await asyncio.to_thread(_delete, kept, root, Belongings.of(config), kept_identity(job))
+            await asyncio.to_thread(_delete, kept, root, belongs, kept_identity(job))
         except NotThatFile as exc:
             await _leave_alone(ledger, job, "keep_for", str(kept), exc.reason)
             continue

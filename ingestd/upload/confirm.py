@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingestd.aio import wait_any
-from ingestd.config.schema import Config
+from ingestd.config.schema import AfterUploadConfig, UploadConfig
 from ingestd.errors import AuthFailed, PermanentError, RetryableError
 from ingestd.failpoints import failpoint
 from ingestd.ledger.api import JobLedger
@@ -43,7 +43,8 @@ class Confirmer:
     def __init__(
         self,
         *,
-        config: Config,
+        upload: UploadConfig,
+        after_upload: AfterUploadConfig,
         ledger: JobLedger,
         client: ValtClient,
         after_done: AfterDone = _noop,
@@ -51,7 +52,8 @@ class Confirmer:
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
-        self.config = config
+        self.upload = upload
+        self.after_upload = after_upload
         self.ledger = ledger
         self.client = client
         self.after_done = after_done
@@ -93,7 +95,7 @@ class Confirmer:
         deletion, perhaps a new one made since) and the answer is dropped.
         """
         bound = log.bind(job_id=job.id, path=job.path, record_id=job.record_id)
-        if self.config.upload.confirm == "uploaded":
+        if self.upload.confirm == "uploaded":
             await self._done(job, bound)
             return
         assert job.record_id and job.video_id
@@ -121,7 +123,7 @@ class Confirmer:
 
     async def _not_ready_yet(self, job: Job, bound: object) -> None:
         waited = time.time() - (job.uploaded_at or time.time())
-        if waited > self.config.upload.confirm_timeout:
+        if waited > self.upload.confirm_timeout:
             detail = (
                 f"the server did not report the video ready within "
                 f"{waited / 60:.0f} min (upload.confirm_timeout); the source is left in place"
@@ -140,7 +142,7 @@ class Confirmer:
     async def _done(self, job: Job, bound: Any) -> None:
         # "keep" leaves the file where it is: its after-upload action is done with "done"
         # itself, one commit instead of two.
-        kept = self.config.after_upload.action == "keep"
+        kept = self.after_upload.action == "keep"
         if not await self.ledger.confirmed(job, time.time(), kept=kept):
             bound.info("confirm.stale", answer="ready")
             return
@@ -156,8 +158,8 @@ class Confirmer:
 class PartialSweeper:
     """Deletes the partial records queued in the ledger, retrying until the server agrees."""
 
-    def __init__(self, *, config: Config, ledger: JobLedger, client: ValtClient) -> None:
-        self.config = config
+    def __init__(self, *, upload: UploadConfig, ledger: JobLedger, client: ValtClient) -> None:
+        self.upload = upload
         self.ledger = ledger
         self.client = client
         self.wake = asyncio.Event()
@@ -178,7 +180,7 @@ class PartialSweeper:
             except AuthFailed:
                 break
             except (RetryableError, PermanentError) as exc:
-                upload = self.config.upload
+                upload = self.upload
                 delay = backoff_delay(item.attempts + 1, upload.backoff_initial, upload.backoff_max)
                 await self.ledger.deletion_failed(item.id, time.time() + delay, str(exc))
                 continue

@@ -14,11 +14,11 @@ import asyncio
 import dataclasses
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ingestd.config.schema import Config
+from ingestd.config.schema import UploadConfig
 from ingestd.disk.judged import OpenRule, snapshot
 from ingestd.errors import (
     AuthFailed,
@@ -38,7 +38,6 @@ from ingestd.logs import get_logger
 from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
 from ingestd.upload.after_restore import AfterRestore
-from ingestd.upload.after_upload import move_failed
 from ingestd.upload.backoff import backoff_delay
 from ingestd.upload.confirm import deletion_done
 from ingestd.upload.naming import RecordNamer
@@ -64,18 +63,21 @@ class Uploader:
     def __init__(
         self,
         *,
-        config: Config,
+        upload: UploadConfig,
+        rule: OpenRule,
         ledger: JobLedger,
         client: ValtClient,
         namer: RecordNamer,
         stopping: asyncio.Event,
+        set_aside: Callable[[Job, str, str], Awaitable[None]],
         telemetry: Telemetry | None = None,
         on_change: Callable[[], None] = lambda: None,
         pacer: Pacer | None = None,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
         self.pacer = pacer  # upload.bandwidth_limit, shared by every worker (pacing.py)
-        self.config = config
+        self.upload = upload
+        self.set_aside = set_aside  # after_upload.failed_to, for a file that failed for good
         self.ledger = ledger
         self.client = client
         self.namer = namer
@@ -83,7 +85,7 @@ class Uploader:
         self.on_change = on_change
         self._warned_chunking: set[int] = set()
         # Every read of a source is of the file that was judged (judged.py).
-        self.rule = OpenRule.for_watch(config.watch.paths, config.watch.follow_symlinks)
+        self.rule = rule
         self.after_restore = AfterRestore(ledger=ledger, client=client, namer=namer, rule=self.rule)
 
     async def process(self, job: Job) -> None:
@@ -162,18 +164,18 @@ class Uploader:
         drop = fresh.state == State.UPLOADING
         if not await self.ledger.fail(fresh, reason, detail, delete_record=drop):
             return  # the job moved on meanwhile: nothing of it to fail
-        await move_failed(self.config, self.ledger, fresh, reason, detail)
+        await self.set_aside(fresh, reason, detail)
         bound.error("job.failed", reason=reason, detail=detail, record_id=fresh.record_id)
         self.telemetry.job_failed(job.id, job.path, reason, detail)
 
     async def _retry_later(self, job: Job, reason: str, detail: str, bound: Any) -> None:
         fresh = await self.ledger.get_job(job.id)
         attempts = fresh.attempts + 1
-        if attempts >= self.config.upload.max_attempts:
+        if attempts >= self.upload.max_attempts:
             detail = f"gave up after {attempts} attempts; last error: {detail}"
             await self._fail(fresh, reason, detail, bound)
             return
-        upload = self.config.upload
+        upload = self.upload
         delay = backoff_delay(attempts, upload.backoff_initial, upload.backoff_max)
         await self.ledger.update(
             job.id, attempts=attempts, next_attempt_at=time.time() + delay, fail_detail=detail
@@ -218,9 +220,7 @@ class Uploader:
             "bytes_acked": 0,
             # Pinned with the record: a resume must cut the chunks where the server
             # may already hold one, even if upload.chunk_size changed meanwhile.
-            "chunk_size": self.config.upload.chunk_size
-            if job.chunk_size is None
-            else job.chunk_size,
+            "chunk_size": self.upload.chunk_size if job.chunk_size is None else job.chunk_size,
         }
         if not await self.ledger.record_created(
             job.id, created.record_id, created.video_id, changes["chunk_size"]
@@ -307,7 +307,7 @@ class Uploader:
         configured one; 0 sends the whole file in one request."""
         if job.whole_file:
             return 0
-        return job.chunk_size if job.chunk_size is not None else self.config.upload.chunk_size
+        return job.chunk_size if job.chunk_size is not None else self.upload.chunk_size
 
     async def _send(self, job: Job, bound: Any) -> None:
         """Send the chunks from ``bytes_acked`` to the end, then commit ``confirming``."""
