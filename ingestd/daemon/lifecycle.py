@@ -417,7 +417,7 @@ class Daemon:
         return self.client
 
     @property
-    def watcher_alive(self) -> bool:
+    def watcher_alive(self) -> bool | None:
         return self.intake.watcher_alive
 
     def uploading(self) -> set[int]:

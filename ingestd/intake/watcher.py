@@ -20,7 +20,7 @@ from pathlib import Path
 from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import WatchConfig
 from ingestd.disk.judged import OpenRule
-from ingestd.intake.events import Events
+from ingestd.intake.events import NO_EVENTS_ENV, Events
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.ready import Ready
 from ingestd.intake.scan import Scanner
@@ -76,8 +76,11 @@ class Intake:
         )
 
     @property
-    def watcher_alive(self) -> bool:
-        """True while the folder events are being watched (health reports a dead watch)."""
+    def watcher_alive(self) -> bool | None:
+        """True while the folder events are being watched (health reports a dead watch);
+        None when they are switched off on purpose (``INGESTD_NO_WATCH_EVENTS``)."""
+        if os.environ.get(NO_EVENTS_ENV):
+            return None
         return self.events.watcher_alive
 
     @property

@@ -27,7 +27,6 @@ from aiohttp import web
 
 from ingestd.aio import wait_event
 from ingestd.config.schema import AlertsConfig, StatusConfig, WatchConfig
-from ingestd.intake.events import NO_EVENTS_ENV
 from ingestd.ledger.api import LEDGER_ERRORS
 from ingestd.ledger.model import State, Unsent
 from ingestd.logs import get_logger, redact_text
@@ -201,7 +200,7 @@ class StatusService:
         return found
 
     def _watcher_problems(self, daemon: DaemonView) -> list[str]:
-        if daemon.once or os.environ.get(NO_EVENTS_ENV) or self._watcher_seen is None:
+        if daemon.once or daemon.watcher_alive is None or self._watcher_seen is None:
             return []  # --once watches nothing; events off on purpose; not started yet
         now = time.monotonic()
         if daemon.watcher_alive:
