@@ -32,7 +32,7 @@ from conftest import (
 )
 from structlog.testing import capture_logs
 
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.intake.finished import snapshot
 from ingestd.ledger.store import _MIGRATIONS, _SCHEMA, Ledger, State

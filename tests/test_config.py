@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ingestd.config.credentials import config_path_from, resolve_password
+from ingestd.config.load import load_config, parse_config
 from ingestd.config.placeholders import BUILTIN_PLACEHOLDERS, placeholder_names, render
 from ingestd.config.schema import (
     DEFAULT_CONFIG_PATH,
@@ -30,10 +32,6 @@ from ingestd.config.schema import (
     UploadConfig,
     ValtConfig,
     WatchConfig,
-    config_path_from,
-    load_config,
-    parse_config,
-    resolve_password,
 )
 from ingestd.errors import ConfigError
 from ingestd.units import format_duration, format_size, parse_duration, parse_size

@@ -41,7 +41,7 @@ from conftest import (
 )
 
 from ingestd.commands.demo import mp4_pieces
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.intake import watcher
 from ingestd.intake.finished import FinishedChecks

@@ -14,13 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ingestd.commands.probe import probe_upload
-from ingestd.config.schema import (
-    CLEARTEXT_DETAIL,
-    Config,
-    RecordConfig,
-    cleartext_password,
-    is_loopback,
-)
+from ingestd.config.network import CLEARTEXT_DETAIL, cleartext_password, is_loopback
+from ingestd.config.schema import Config, RecordConfig
 from ingestd.errors import AuthFailed, Redirected, ShareNameError, ValtError
 from ingestd.logs import redact_url
 from ingestd.units import format_size

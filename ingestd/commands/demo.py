@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from ingestd.config.schema import parse_config
+from ingestd.config.load import parse_config
 from ingestd.daemon.lifecycle import Daemon
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.ledger.store import Ledger, State

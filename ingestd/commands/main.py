@@ -18,13 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from ingestd import __version__
-from ingestd.config.schema import (
-    Config,
-    config_path_from,
-    load_config,
-    resolve_password,
-    resolve_status_token,
-)
+from ingestd.config.credentials import config_path_from, resolve_password, resolve_status_token
+from ingestd.config.load import load_config
+from ingestd.config.schema import Config
 from ingestd.errors import ConfigError, IngestdError, LedgerDamaged, LedgerError, UsageError
 from ingestd.failpoints import load_failpoints
 from ingestd.logs import configure_logging, redact_text, register_secret
