@@ -7,14 +7,14 @@ parsers are in ``config/sections.py``; secrets are read in ``config/credentials.
 
 from __future__ import annotations
 
-import fnmatch
 import ssl
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import Config, WatchConfig
 from ingestd.config.sections import SECTIONS
 from ingestd.config.values import key_label, unknown_key
@@ -24,24 +24,17 @@ from ingestd.units import describe
 __all__ = ["MAX_DEPTH", "load_config", "parse_config"]
 
 
-def _excluded(relative: Path, patterns: Iterable[str]) -> bool:
-    """Whether any folder name along ``relative`` matches an exclude pattern (case-insensitive)."""
-    return any(
-        fnmatch.fnmatchcase(part.lower(), pattern.lower())
-        for part in relative.parts
-        for pattern in patterns
-    )
-
-
 def _check_outside_watch(path: Path | None, key: str, watch: WatchConfig) -> None:
     """Files moved into a watched folder would be found and handled again."""
     if path is None:
         return
+    # The walker prunes excluded folders, so a path below one is never seen.
+    path_filter = PathFilter(watch.include, watch.exclude)
     for index, root in enumerate(watch.paths):
         inside = path == root or (
             watch.recursive
             and path.is_relative_to(root)
-            and not _excluded(path.relative_to(root), watch.exclude)
+            and all(map(path_filter.wants_dir, path.relative_to(root).parts))
         )
         if inside:
             raise ConfigError(

@@ -21,13 +21,16 @@ from ingestd.config.schema import (
 )
 from ingestd.config.values import (
     Parse,
+    Principals,
     as_bool,
     as_mapping,
     as_text,
     join_key,
     key_label,
     optional,
+    principals,
     section,
+    template_fields,
     whole_number,
 )
 from ingestd.errors import ConfigError
@@ -57,43 +60,26 @@ def _record_name(value: object, key: str) -> str:
     return text
 
 
-def _field_id(name: object, key: str) -> str:
-    """Template field ids are numbers; YAML gives ints or digit strings, both become "12"."""
-    if isinstance(name, int) and not isinstance(name, bool) and name >= 0:
-        return str(name)
-    if isinstance(name, str) and name.strip().isdigit():
-        return str(int(name.strip()))
-    raise ConfigError(
-        join_key(key, key_label(name)),
-        f"field ids must be numbers such as 12 (got {describe(name)})",
-    )
-
-
 def _template(value: object, key: str) -> FrozenMapping:
-    pairs: dict[str, str] = {}
-    for name, raw in as_mapping(value, key).items():
-        field_id = _field_id(name, key)
-        if field_id in pairs:
-            raise ConfigError(join_key(key, field_id), "field id given twice")
-        pairs[field_id] = _template_text(raw, join_key(key, field_id))
-    return FrozenMapping(pairs.items())
+    fields = template_fields(
+        as_mapping(value, key),
+        bad_id=lambda raw: ConfigError(
+            join_key(key, key_label(raw)),
+            f"field ids must be numbers such as 12 (got {describe(raw)})",
+        ),
+        text=lambda raw, field_id: _template_text(raw, join_key(key, field_id)),
+        twice=lambda field_id: ConfigError(join_key(key, field_id), "field id given twice"),
+    )
+    return FrozenMapping(fields.items())
 
 
-def _principals(value: object, key: str) -> tuple[int | str, ...]:
-    """User or group ids (ints) and names (strings); a single one counts as a list."""
-    if value is None:
-        return ()
-    items = value if isinstance(value, list) else [value]
-    result: list[int | str] = []
-    for index, item in enumerate(items):
-        item_key = f"{key}[{index}]"
-        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
-            result.append(item)
-        elif isinstance(item, str) and item.strip():
-            result.append(item.strip())
-        else:
-            raise ConfigError(item_key, f"must be an id number or a name (got {describe(item)})")
-    return tuple(result)
+def _principals(value: object, key: str) -> Principals:
+    return principals(
+        value,
+        lambda index, item: ConfigError(
+            f"{key}[{index}]", f"must be an id number or a name (got {describe(item)})"
+        ),
+    )
 
 
 def _share(value: object, key: str) -> ShareConfig:
