@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -15,7 +14,7 @@ from bench.common import MB, Bench, GiB, MiB, median, spread, wait_record
 from bench.procs import Ingestd, Server, write_config
 from bench.server import PASSWORD, USERNAME
 from ingestd.valt import rules as valt_rules
-from ingestd.valt.client import _multipart_frame
+from ingestd.valt.multipart import multipart_frame, new_boundary
 
 CHUNK = 8 * MiB
 LARGE = 2 * GiB
@@ -38,8 +37,8 @@ def _curl_bodies(bench: Bench, source: Path, filename: str) -> tuple[str, list[P
         return boundary_file.read_text(), paths
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    boundary = "ingestd" + secrets.token_hex(12)  # the length ingestd's boundaries have
-    head, tail = _multipart_frame(boundary, filename)
+    boundary = new_boundary()
+    head, tail = multipart_frame(boundary, filename)
     with open(source, "rb") as handle:
         for path in paths:
             with open(path, "wb") as body:

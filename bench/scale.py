@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.watcher import Intake
 from ingestd.ledger.model import State

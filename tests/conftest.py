@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.watcher import Intake

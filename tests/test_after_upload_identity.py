@@ -33,7 +33,8 @@ from conftest import (
 from ledger_support import add_job_in
 from structlog.testing import capture_logs
 
-from ingestd.config.schema import Config, load_config
+from ingestd.config.load import load_config
+from ingestd.config.schema import Config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.intake.finished import snapshot
 from ingestd.ledger.model import State

@@ -6,13 +6,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import json
+import re
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from ingestd.config.credentials import config_path_from, resolve_password
+from ingestd.config.load import load_config, parse_config
 from ingestd.config.placeholders import BUILTIN_PLACEHOLDERS, placeholder_names, render
 from ingestd.config.schema import (
     DEFAULT_CONFIG_PATH,
@@ -30,12 +35,9 @@ from ingestd.config.schema import (
     UploadConfig,
     ValtConfig,
     WatchConfig,
-    config_path_from,
-    load_config,
-    parse_config,
-    resolve_password,
 )
 from ingestd.errors import ConfigError
+from ingestd.intake.sidecar import read_sidecar
 from ingestd.units import format_duration, format_size, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
@@ -897,20 +899,118 @@ def test_config_example_yaml_loads_and_names_every_key() -> None:
         )
 
 
-def test_commented_examples_in_config_example_yaml_are_valid() -> None:
-    schedule = {"08:00-18:00": "10MB", "22:00-06:00": None, "default": "50MB"}
-    rules = [
-        {
-            "match": "room-3/**",
-            "name": "Room 3 {mtime:%Y-%m-%d %H:%M}",
-            "share": {"groups": ["Room 3 staff"]},
-        }
-    ]
-    share = {"users": [3, "jdoe"], "groups": ["Faculty"]}
-    parse(config_with("upload", bandwidth_limit=schedule))
-    parse(config_with("record", rules=rules, share=share, template={"12": "{mtime:%Y-%m-%d}"}))
-    parse(config_with("record", pattern="^(?P<room>[^/]+)/", name="{room}"))
-    parse(config_with("after_upload", action="move", move_to="/srv/capture/export/.uploaded"))
+_SECTION_LINE = re.compile(r"(\w+):")
+_KEY_LINE = re.compile(r"  (\w+):(.*)")
+# After "e.g.": a flow mapping, a quoted string, or a path, size or duration; prose
+# ("e.g. a folder called") and shell commands in backquotes are not examples.
+_EXAMPLE_START = re.compile(r"""e\.g\. (?=[{'"/0-9])""")
+
+
+def _example_value(text: str) -> str:
+    """The YAML value at the start of ``text``: a balanced {...}, a quoted string, or a word."""
+    if text[0] in "'\"":
+        return text[: text.index(text[0], 1) + 1]
+    if text[0] != "{":
+        return re.split(r"[\s,;)]", text, maxsplit=1)[0].rstrip(".")
+    depth, quote = 0, ""
+    for index, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "{}":
+            depth += 1 if char == "{" else -1
+            if depth == 0:
+                return text[: index + 1]
+    raise AssertionError(f"unbalanced example: {text}")
+
+
+def _block_example(lines: list[str], keys: set[str]) -> dict[str, Any] | None:
+    """An indented run of comment lines that is YAML for keys of the section, or None."""
+    try:
+        data = yaml.safe_load(textwrap.dedent("\n".join(lines)))
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) and set(data) <= keys else None
+
+
+def commented_examples(text: str) -> list[tuple[str, str, object]]:
+    """Every example in the comments of config.example.yaml as (section, key, value).
+
+    An inline "e.g. VALUE" belongs to the key on its line or, in a comment block,
+    to the key after the block; an indented block (``#   rules:`` and below) is
+    YAML for keys of the section it is in.
+    """
+    example = yaml.safe_load(text)
+    found: list[tuple[str, str, object]] = []
+    section: str | None = None
+    prose: list[str] = []
+    block: list[str] = []
+
+    def take_block() -> None:
+        if block and section is not None:
+            parsed = _block_example(block, set(example[section]))
+            if parsed is None:
+                prose.extend(block)  # indented prose, such as a numbered list
+            else:
+                found.extend((section, key, value) for key, value in parsed.items())
+        block.clear()
+
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith("#"):
+            comment = stripped[1:]
+            if comment.startswith("   "):
+                block.append(comment)
+            else:
+                take_block()
+                prose.append(comment)
+            continue
+        take_block()
+        if (match := _SECTION_LINE.fullmatch(line)) is not None:
+            section, prose = match[1], []
+            continue
+        key_line = _KEY_LINE.match(line)
+        if key_line is not None and section is not None:
+            notes = " ".join([*prose, key_line[2].partition("#")[2]])
+            for start in _EXAMPLE_START.finditer(notes):
+                value = yaml.safe_load(_example_value(notes[start.end() :]))
+                found.append((section, key_line[1], value))
+        prose = []
+    return found
+
+
+def test_commented_examples_in_config_example_yaml_are_valid(tmp_path: Path) -> None:
+    text = (REPO / "config.example.yaml").read_text()
+    examples = commented_examples(text)
+    documented = {(section, key) for section, key, _ in examples}
+    assert documented >= {
+        ("valt", "password_file"),
+        ("watch", "done_marker"),
+        ("upload", "bandwidth_limit"),
+        ("record", "pattern"),
+        ("record", "template"),
+        ("record", "share"),
+        ("record", "sidecar"),
+        ("record", "rules"),
+        ("after_upload", "move_to"),
+        ("status", "listen"),
+    }, documented  # the reader above still finds the examples
+    for section, key, value in examples:
+        if (section, key) == ("record", "sidecar"):  # an example of a sidecar file's content
+            sidecar = tmp_path / "clip.mp4.json"
+            sidecar.write_text(json.dumps(value))
+            read_sidecar(sidecar)
+            continue
+        data = yaml.safe_load(text)  # the example file, with this one value put in
+        data[section][key] = value
+        if (section, key) == ("record", "pattern"):  # its named groups become placeholders
+            groups = re.compile(str(value)).groupindex
+            data["record"]["name"] = " ".join(f"{{{group}}}" for group in groups)
+        try:
+            parse(data)
+        except ConfigError as exc:
+            raise AssertionError(f"the example of {section}.{key} ({value!r}): {exc}") from None
 
 
 def _write_ca(path: Path) -> None:

@@ -20,7 +20,8 @@ from conftest import REPO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ingestd.config.schema import Config, load_config
+from ingestd.config.load import load_config
+from ingestd.config.schema import Config
 from ingestd.errors import ConfigError
 
 SETTINGS = settings(

@@ -23,7 +23,9 @@ from conftest import (
     write_config,
 )
 
-from ingestd.config.schema import StatusConfig, is_loopback, resolve_status_token
+from ingestd.config.credentials import resolve_status_token
+from ingestd.config.network import is_loopback
+from ingestd.config.schema import StatusConfig
 from ingestd.errors import ConfigError
 from ingestd.fake_valt import FakeValtThread, Faults
 

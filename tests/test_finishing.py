@@ -40,7 +40,7 @@ from conftest import (
     write_config,
 )
 
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.intake import settle, waiting, watcher
 from ingestd.intake.finished import FinishedChecks

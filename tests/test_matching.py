@@ -150,10 +150,41 @@ def test_empty_lists() -> None:
         (r"\*.mp4", "a.mp4", False),
         ("[x", "[x", True),
         ("**", "anything/at/all.mp4", True),
+        # A "]" first in a class is one of its characters, negated or not (as in fnmatch).
+        ("clip-[!]x].mp4", "clip-a.mp4", True),
+        ("clip-[!]x].mp4", "clip-].mp4", False),
+        ("clip-[]x].mp4", "clip-].mp4", True),
+        # What gitignore reads specially at a pattern's edges is literal here: rules pick
+        # the first match and do not negate, and a YAML string has no comments.
+        ("!x", "!x", True),
+        ("!x", "x", False),
+        ("#x", "#x", True),
+        ("x ", "x ", True),
+        ("x ", "x", False),
+        (" x", " x", True),
+        (" x", "x", False),
+        ("a\\", "a\\", True),
+        ("a//b", "a/b", True),
     ],
 )
 def test_gitignore_match(pattern: str, relpath: str, matches: bool) -> None:
     assert gitignore_match(pattern, relpath) is matches
+
+
+@pytest.mark.parametrize(
+    ("pattern", "relpath"),
+    [
+        ("room-3/**", "ROOM-3/Clip.MP4"),
+        ("Room-3/", "room-3/a.mp4"),
+        ("/EXPORT/*.mov", "export/a.MOV"),
+        ("clip-[a-c].mp4", "CLIP-B.MP4"),
+        ("clip-[!A-C].mp4", "clip-D.mp4"),
+        ("été/**", "ÉTÉ/a.mp4"),
+    ],
+)
+def test_gitignore_match_ignores_case(pattern: str, relpath: str) -> None:
+    """Unlike git, and like include/exclude: capture PCs write CLIP.MP4 as readily as clip.mp4."""
+    assert gitignore_match(pattern, relpath)
 
 
 @pytest.mark.parametrize("pattern", ["", "/", "//", "clip-[z-a].mp4"])

@@ -25,7 +25,7 @@ from conftest import (
 )
 from structlog.testing import capture_logs
 
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.fake_valt import FakeValtThread
 from ingestd.ledger.model import State
 from ingestd.ledger.store import SqliteLedger

@@ -16,7 +16,7 @@ from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.errors import SidecarError
 from ingestd.intake import watcher
 from ingestd.intake.finished import FinishedChecks

@@ -17,7 +17,7 @@ from conftest import (
     write_config,
 )
 
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.daemon.lifecycle import Daemon
 from ingestd.daemon.sdnotify import Notifier
 from ingestd.fake_valt import FakeValtThread

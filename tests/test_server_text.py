@@ -32,7 +32,7 @@ from conftest import (
     write_config,
 )
 
-from ingestd.config.schema import load_config
+from ingestd.config.load import load_config
 from ingestd.errors import ValtError
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.ledger.store import SqliteLedger

@@ -18,15 +18,9 @@ from typing import Any
 
 from ingestd.commands.common import load
 from ingestd.commands.probe import probe_upload
-from ingestd.config.schema import (
-    CLEARTEXT_DETAIL,
-    Config,
-    RecordConfig,
-    cleartext_password,
-    is_loopback,
-    resolve_password,
-    resolve_status_token,
-)
+from ingestd.config.credentials import resolve_password, resolve_status_token
+from ingestd.config.network import CLEARTEXT_DETAIL, cleartext_password, is_loopback
+from ingestd.config.schema import Config, RecordConfig
 from ingestd.errors import AuthFailed, Redirected, ShareNameError, ValtError
 from ingestd.logs import configure_logging, redact_url, register_secret
 from ingestd.units import format_size

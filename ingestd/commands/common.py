@@ -9,7 +9,9 @@ import os
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
-from ingestd.config.schema import Config, config_path_from, load_config
+from ingestd.config.credentials import config_path_from
+from ingestd.config.load import load_config
+from ingestd.config.schema import Config
 from ingestd.errors import LedgerDamaged
 from ingestd.ledger.api import JobLedger, open_ledger
 

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from ingestd.config.schema import parse_config
+from ingestd.config.load import parse_config
 from ingestd.daemon.lifecycle import Daemon
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.intake.mp4_build import MiB, mp4_pieces

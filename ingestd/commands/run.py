@@ -8,7 +8,7 @@ import os
 import sys
 
 from ingestd.commands.common import advice_names, load
-from ingestd.config.schema import resolve_password, resolve_status_token
+from ingestd.config.credentials import resolve_password, resolve_status_token
 from ingestd.daemon.lifecycle import Daemon
 from ingestd.failpoints import load_failpoints
 from ingestd.ledger.lock import LedgerLock

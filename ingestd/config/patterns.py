@@ -4,7 +4,8 @@
 case-insensitively, because capture PCs export ``CLIP.MP4`` as readily as
 ``clip.mp4``. ``rules[].match`` is a gitignore-style pattern on the path
 relative to the watch root, where ``**`` spans folders (Python 3.11's
-``fnmatch`` and ``PurePath.match`` cannot do that).
+``fnmatch`` and ``PurePath.match`` cannot do that); the ``pathspec`` library
+translates it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import PurePath
+
+import pathspec
 
 # Matches nothing: an empty include list wants no file, an empty exclude list drops none.
 _NEVER = re.compile(r"(?!)")
@@ -64,79 +68,110 @@ class PathFilter:
         return all(self.wants_dir(part) for part in parts[:-1]) and self.wants_file(parts[-1])
 
 
-# --- gitignore-style patterns ---------------------------------------------------------------
+# --- gitignore-style patterns, by pathspec ------------------------------------------------
 
 
-def _translate_class(segment: str, start: int) -> tuple[str, int] | None:
-    """Translate the ``[...]`` starting at ``segment[start]``; None if it never closes.
-
-    Mirrors fnmatch: ``!`` negates, a ``]`` right after the opening bracket is
-    literal. A negated class never matches ``/``, so it cannot cross folders.
-    """
+def _class_end(segment: str, start: int) -> int:
+    """Where the class opened by the ``[`` at ``segment[start]`` ends (past its ``]``), or
+    -1 if it never closes: fnmatch's rule, where a ``!`` or ``^`` first negates and a
+    ``]`` right after them is literal."""
     end = start + 1
     if end < len(segment) and segment[end] in "!^":
         end += 1
     if end < len(segment) and segment[end] == "]":
         end += 1
     end = segment.find("]", end)
-    if end < 0:
-        return None
-    body = segment[start + 1 : end].replace("\\", "\\\\")
-    body = re.sub(r"([&~|\[])", r"\\\1", body)
-    if body.startswith(("!", "^")):
-        body = "^/" + body[1:]
-    return f"[{body}]", end + 1
+    return end + 1 if end >= 0 else -1
 
 
-def _translate_segment(segment: str) -> str:
-    """Translate one folder or file name of a pattern: ``*`` and ``?`` stay inside it."""
+def _escape_segment(segment: str) -> str:
+    """Make literal a ``[`` that never closes within its name, and a backslash ending it."""
     out: list[str] = []
     index = 0
     while index < len(segment):
         char = segment[index]
-        index += 1
-        if char == "*":
-            # Runs of stars inside a name are one ordinary star (gitignore).
-            while index < len(segment) and segment[index] == "*":
-                index += 1
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "\\" and index < len(segment):
-            out.append(re.escape(segment[index]))
-            index += 1
-        elif char == "[" and (translated := _translate_class(segment, index - 1)) is not None:
-            out.append(translated[0])
-            index = translated[1]
+        if char == "\\":  # a backslash ending the name is literal, as in fnmatch
+            out.append(segment[index : index + 2] if index + 1 < len(segment) else "\\\\")
+            index += 2
+        elif char == "[" and (end := _class_end(segment, index)) > 0:
+            out.append(segment[index:end])  # a class is copied whole: "[" in it is literal
+            index = end
         else:
-            out.append(re.escape(char))
+            out.append("\\[" if char == "[" else char)
+            index += 1
+    return "".join(out)
+
+
+def _literal_edges(pattern: str) -> str:
+    """``pattern`` with what gitignore reads specially at its edges made literal: a
+    leading ``!`` (negation) or ``#`` (comment), spaces (stripped) and a trailing
+    lone backslash (an error)."""
+    lead = len(pattern) - len(pattern.lstrip(" "))
+    body = pattern[lead:].rstrip(" ")
+    trail = len(pattern) - lead - len(body)
+    if (len(body) - len(body.rstrip("\\"))) % 2:
+        if trail:  # the backslash already escapes the first trailing space
+            body, trail = body + " ", trail - 1
+        else:
+            body += "\\"
+    if not lead and body.startswith(("!", "#")):
+        body = "\\" + body
+    return "\\ " * lead + body + "\\ " * trail
+
+
+_SLASHES = re.compile("/+")
+
+
+def _slash_free_classes(regex: str) -> str:
+    """``regex`` with a slash added to every negated class: in git a class never
+    matches one, where pathspec's ``[!x]`` becomes ``[^x]``."""
+    out: list[str] = []
+    index, size = 0, len(regex)
+    while index < size:
+        char = regex[index]
+        if char == "\\" or char != "[":
+            step = 2 if char == "\\" else 1
+            out.append(regex[index : index + step])
+            index += step
+            continue
+        start = index + 1
+        negated = regex.startswith("^", start)
+        start += negated
+        end = start + regex.startswith("]", start)  # a "]" first is literal
+        while end < size and regex[end] != "]":
+            end += 2 if regex[end] == "\\" else 1
+        body = regex[start:end]
+        if negated and body[:1] in ("]", "-"):  # no longer first: escaped to stay literal
+            body = "\\" + body
+        out.append(("[^/" if negated else "[") + body + regex[end : end + 1])
+        index = end + 1
     return "".join(out)
 
 
 @functools.lru_cache(maxsize=512)
 def _compile_gitignore(pattern: str) -> re.Pattern[str]:
     """Compile one gitignore-style pattern; cached because rules are tried on every file."""
-    dir_only = pattern.endswith("/")
-    core = pattern.strip("/")
-    if not core:
+    if not pattern.strip("/"):
         raise ValueError(f"empty pattern {pattern!r}")
-    # A slash at the start or in the middle anchors the pattern to the root (gitignore).
-    anchored = "/" in core or pattern.startswith("/")
-    segments = [segment for segment in core.split("/") if segment]
-    pieces: list[str] = [] if anchored else ["(?:.*/)?"]
-    for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
-        if segment == "**":
-            pieces.append(".*" if last else "(?:.*/)?")
-        else:
-            pieces.append(_translate_segment(segment) + ("" if last else "/"))
-    # Matching a folder matches everything below it, as in gitignore; a
-    # trailing slash insists that what matched is a folder.
-    pieces.append("/.*" if dir_only else "(?:/.*)?")
+    # Empty names are dropped: "a//b" is "a/b", "//x" is "/x".
+    line = _literal_edges("/".join(_escape_segment(part) for part in _SLASHES.split(pattern)))
     try:
-        return re.compile("".join(pieces) + r"\Z", re.IGNORECASE | re.DOTALL)
+        with warnings.catch_warnings():
+            # "[[" or "&&" in a class: a literal today, which re warns may change.
+            warnings.simplefilter("ignore", FutureWarning)
+            compiled = pathspec.GitIgnoreSpec.from_lines([line]).patterns[0]
+    except (ValueError, re.error) as err:  # pathspec's pattern errors are ValueErrors
+        raise ValueError(f"bad pattern {pattern!r}: {err}") from None
+    if not isinstance(compiled, pathspec.RegexPattern) or compiled.regex is None:
+        raise ValueError(f"bad pattern {pattern!r}")
+    regex = _slash_free_classes(compiled.regex.pattern)
+    # Unlike git, case-insensitive, to agree with include/exclude (CLIP.MP4 is clip.mp4).
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return re.compile(regex, re.IGNORECASE | re.DOTALL)
     except re.error as err:
-        raise ValueError(f"bad pattern {pattern!r}: {err}") from err
+        raise ValueError(f"bad pattern {pattern!r}: {err}") from None
 
 
 def gitignore_match(pattern: str, relpath: str) -> bool:
@@ -151,4 +186,4 @@ def gitignore_match(pattern: str, relpath: str) -> bool:
     the first match, they do not negate). Raises ValueError for an empty or
     malformed pattern, so configuration can validate patterns by calling it.
     """
-    return _compile_gitignore(pattern).match(relpath) is not None
+    return _compile_gitignore(pattern).search(relpath) is not None

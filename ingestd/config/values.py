@@ -160,3 +160,58 @@ def name_only(value: object, key: str) -> str:
     if "/" in text or text in (".", ".."):
         raise ConfigError(key, f"must be a name, not a path (got {describe(value)})")
     return text
+
+
+# --- shared with sidecars (intake/sidecar.py), which word their errors differently ---------
+
+Principals = tuple[int | str, ...]
+
+
+def field_id(raw: object) -> str | None:
+    """A template field id: YAML gives ints or digit strings, and 12 and "12" are both "12"."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return str(raw)
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return str(int(raw.strip()))
+    return None
+
+
+def template_fields(
+    items: Mapping[Any, object],
+    bad_id: Callable[[object], Exception],
+    text: Callable[[object, str], str],
+    twice: Callable[[str], Exception] | None = None,
+) -> dict[str, str]:
+    """A template's ``field id -> text``, the values parsed by ``text(value, field_id)``.
+
+    ``bad_id(raw)`` is raised for an id that is not a number; ``twice(field_id)``
+    for one given twice (as 12 and "12"), or the last one wins when it is None.
+    """
+    fields: dict[str, str] = {}
+    for raw_id, raw in items.items():
+        parsed_id = field_id(raw_id)
+        if parsed_id is None:
+            raise bad_id(raw_id)
+        if twice is not None and parsed_id in fields:
+            raise twice(parsed_id)
+        fields[parsed_id] = text(raw, parsed_id)
+    return fields
+
+
+def principals(value: object, refuse: Callable[[int, object], Exception]) -> Principals:
+    """User or group ids (whole numbers) and names (text); a single one counts as a list.
+
+    ``refuse(index, item)`` is raised for an item that is neither.
+    """
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    result: list[int | str] = []
+    for index, item in enumerate(items):
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            result.append(item)
+        elif isinstance(item, str) and item.strip():
+            result.append(item.strip())
+        else:
+            raise refuse(index, item)
+    return tuple(result)

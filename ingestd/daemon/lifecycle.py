@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ingestd.aio import wait_event
-from ingestd.config.schema import CLEARTEXT_DETAIL, Config, cleartext_password
+from ingestd.config.network import CLEARTEXT_DETAIL, cleartext_password
+from ingestd.config.schema import Config
 from ingestd.daemon.pool import WorkerPool
 from ingestd.daemon.progress import ProgressLine
 from ingestd.daemon.sdnotify import Notifier

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from ingestd.config.values import Principals, principals, template_fields
 from ingestd.disk.judged import FileSnapshot, OpenRule, look, open_judged, open_now
 from ingestd.errors import FileRefused, SidecarError
 from ingestd.units import describe, format_duration
@@ -62,7 +63,6 @@ _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 KEYS = ("name", "template", "share")
 SHARE_KINDS = ("users", "groups")
 
-Principals = tuple[int | str, ...]
 # A sidecar looked at by hand (tests, tools): symlinks are not followed, no watch folder.
 _BY_HAND = OpenRule()
 
@@ -258,43 +258,27 @@ def _template(value: object, file: str) -> dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise SidecarError(file, f"template must map field ids to values (got {_what(value)})")
-    fields: dict[str, str] = {}
-    for raw_id, raw_value in value.items():
-        field_id = _field_id(raw_id)
-        if field_id is None:
-            raise SidecarError(
-                file, f"template field ids must be numbers such as 12 (got {_what(raw_id)})"
-            )
-        text = "" if raw_value is None else _text(raw_value)
+
+    def field_text(raw: object, field_id: str) -> str:
+        text = "" if raw is None else _text(raw)
         if text is None:
-            raise SidecarError(file, f"template.{field_id} must be text (got {_what(raw_value)})")
-        fields[field_id] = text
-    return fields
+            raise SidecarError(file, f"template.{field_id} must be text (got {_what(raw)})")
+        return text
 
-
-def _field_id(raw: object) -> str | None:
-    """As in the configuration: 12 and "12" are both field "12"."""
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
-        return str(raw)
-    if isinstance(raw, str) and raw.strip().isdigit():
-        return str(int(raw.strip()))
-    return None
+    return template_fields(
+        value,
+        bad_id=lambda raw: SidecarError(
+            file, f"template field ids must be numbers such as 12 (got {_what(raw)})"
+        ),
+        text=field_text,
+    )
 
 
 def _principals(value: object, key: str, file: str) -> Principals:
-    """Ids (whole numbers) or names (text); a single one counts as a list."""
-    if value is None:
-        return ()
-    items = value if isinstance(value, list) else [value]
-    result: list[int | str] = []
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
-            result.append(item)
-        elif isinstance(item, str) and item.strip():
-            result.append(item.strip())
-        else:
-            raise SidecarError(file, f"{key} takes id numbers or names (got {_what(item)})")
-    return tuple(result)
+    return principals(
+        value,
+        lambda _, item: SidecarError(file, f"{key} takes id numbers or names (got {_what(item)})"),
+    )
 
 
 def _what(value: object) -> str:

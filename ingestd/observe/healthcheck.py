@@ -12,7 +12,8 @@ import http.client
 import os
 import sys
 
-from ingestd.config.schema import config_path_from, load_config, resolve_status_token
+from ingestd.config.credentials import config_path_from, resolve_status_token
+from ingestd.config.load import load_config
 from ingestd.errors import IngestdError
 
 TIMEOUT = 4.0

@@ -4,37 +4,44 @@ No URL, token or password ever leaves this module unredacted: every aiohttp
 exception is turned into one of ours with a message built from the call's
 name (``POST records/create-upload``) and the exception's redacted text, and
 raised ``from None`` so the original (whose text may hold the URL) is not
-chained into tracebacks. What the server is *assumed* to do lives in
+chained into tracebacks. The token travels only in the request this module
+makes. An answer's parsing and the errors it maps to are in
+:mod:`ingestd.valt.wire`, a chunk's multipart frame in
+:mod:`ingestd.valt.multipart`; what the server is *assumed* to do lives in
 :mod:`ingestd.valt.rules`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
-import json
-import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from ingestd.errors import (
     AuthFailed,
-    BodyTooLarge,
     ChunkRefused,
     PermanentError,
     Redirected,
     RetryableError,
-    ValtError,
 )
 from ingestd.logs import get_logger, redact_text, redact_url, register_secret
 from ingestd.valt import rules as valt_rules
+from ingestd.valt.multipart import PieceSource, frame_chunk
+from ingestd.valt.wire import (
+    Answer,
+    StallGuard,
+    dig,
+    guarded,
+    parse_answer,
+    raise_for,
+    redirect_target,
+)
 
 log = get_logger("ingestd.valt.client")
 
@@ -42,44 +49,11 @@ MAX_ANSWER_BYTES = 1024 * 1024
 LOGIN_RETRY_FIRST = 60.0
 LOGIN_RETRY_MAX = 900.0
 
-PieceSource = Callable[[], AsyncIterator[bytes | memoryview]]
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A server answer: status, parsed JSON (None if not JSON) and text."""
-
-    status: int
-    body: Any
-    text: str
-    date: str | None = None
-
 
 @dataclass(frozen=True, slots=True)
 class CreatedRecord:
     record_id: str
     video_id: str
-
-
-class _StallGuard:
-    """Cancels a request when its body stops moving for ``idle`` seconds.
-
-    aiohttp's ``sock_read`` covers waiting for the answer, but nothing covers a
-    server that stops reading our body; a total timeout would cut off a large
-    upload on a slow link, so the deadline moves with every piece sent.
-    """
-
-    def __init__(self, idle: float) -> None:
-        self.idle = idle
-        self.timeout: asyncio.Timeout | None = None
-
-    def progress(self) -> None:
-        if self.timeout is not None:
-            self.timeout.reschedule(asyncio.get_running_loop().time() + self.idle)
-
-    def body_done(self) -> None:
-        if self.timeout is not None:
-            self.timeout.reschedule(None)
 
 
 class ValtClient:
@@ -198,8 +172,8 @@ class ValtClient:
                 status=401,
                 reason="auth_failed",
             )
-        self._raise_for(answer, "POST login", quote=False)
-        token = _dig(answer.body, "data", "access_token")
+        raise_for(answer, "POST login", quote=False)
+        token = dig(answer.body, "data", "access_token")
         if not isinstance(token, str) or not token:
             raise PermanentError(
                 "POST login: the answer holds no access token", reason="bad_answer"
@@ -278,11 +252,11 @@ class ValtClient:
         """One HTTP request; every client-side failure becomes a RetryableError."""
         url = self.base_url + path
         params = {"access_token": token} if token else None
-        guard = _StallGuard(self.timeout)
+        guard = StallGuard(self.timeout)
         send_headers = dict(headers or {})
         data: Any = None
         if pieces is not None:
-            data = _guarded(pieces(), guard)
+            data = guarded(pieces(), guard)
             send_headers["Content-Length"] = str(length)
         try:
             async with asyncio.timeout(None) as timeout:
@@ -302,7 +276,7 @@ class ValtClient:
                 ) as response:
                     guard.body_done()
                     raw = await response.content.read(MAX_ANSWER_BYTES)
-                    answer = _answer(response.status, raw, response.headers.get("Date"))
+                    answer = parse_answer(response.status, raw, response.headers.get("Date"))
                     location = response.headers.get("Location")
         except TimeoutError:
             self._contact(False)
@@ -344,35 +318,13 @@ class ValtClient:
         self.last_contact_ok = ok
         self.on_contact(ok)
 
-    def _raise_for(self, answer: Answer, what: str, *, quote: bool = True) -> None:
-        """Turn a non-2xx answer into the right exception.
-
-        ``quote=False`` leaves the server's words out (``login``: its answer may
-        quote the password, which is too short to be scrubbed if under 4 characters).
-        """
-        if 200 <= answer.status < 300:
-            return
-        if quote:
-            words = valt_rules.status_message(answer.status, answer.body, answer.text)
-        else:
-            words = (
-                f"{answer.status} {_phrase(answer.status)} "
-                "(the server's words are not shown: they may quote the credentials)"
-            )
-        message = f"{what}: {words}"
-        if answer.status == 413:
-            raise BodyTooLarge(message, status=413, reason="too_large")
-        if valt_rules.is_retryable_status(answer.status):
-            raise RetryableError(message, status=answer.status)
-        raise PermanentError(message, status=answer.status)
-
     # --- calls --------------------------------------------------------------
 
     async def server_version(self) -> tuple[str, str | None]:
         """The server's version and its ``Date`` header (for the clock check)."""
         answer = await self._call("GET", "/admin/general", "GET admin/general")
-        self._raise_for(answer, "GET admin/general")
-        version = _dig(answer.body, "data", "version")
+        raise_for(answer, "GET admin/general")
+        version = dig(answer.body, "data", "version")
         return (str(version) if version is not None else "unknown"), answer.date
 
     async def create_upload(
@@ -386,11 +338,11 @@ class ValtClient:
         if any(share.values()):
             body["share"] = {key: list(value) for key, value in share.items()}
         answer = await self._call("POST", "/records/create-upload", what, json_body=body)
-        self._raise_for(answer, what)
-        record_id = _dig(answer.body, "id")
-        videos = _dig(answer.body, "videos")
-        if record_id is None and isinstance(_dig(answer.body, "data"), Mapping):
-            record_id, videos = _dig(answer.body, "data", "id"), _dig(answer.body, "data", "videos")
+        raise_for(answer, what)
+        record_id = dig(answer.body, "id")
+        videos = dig(answer.body, "videos")
+        if record_id is None and isinstance(dig(answer.body, "data"), Mapping):
+            record_id, videos = dig(answer.body, "data", "id"), dig(answer.body, "data", "videos")
         video_ids = valt_rules.parse_video_ids(videos)
         if record_id is None or not video_ids:
             # The record may exist: the caller reconciles by search before creating again.
@@ -411,30 +363,19 @@ class ValtClient:
     ) -> None:
         """Send one chunk (``length`` bytes from ``pieces``) as multipart ``file``."""
         what = "POST records/{id}/videos/{id}"
-        boundary = "ingestd" + secrets.token_hex(12)
-        head, tail = _multipart_frame(boundary, filename)
-
-        async def framed() -> AsyncIterator[bytes | memoryview]:
-            yield head
-            async for piece in pieces():
-                yield piece
-            yield tail
-
+        chunk = frame_chunk(filename, pieces, length)
         answer = await self._call(
             "POST",
             f"/records/{record_id}/videos/{video_id}",
             what,
-            pieces=framed,
-            length=len(head) + length + len(tail),
-            headers={
-                "Content-Type": f"multipart/form-data; boundary={boundary}",
-                "Content-Range": content_range,
-            },
+            pieces=chunk.pieces,
+            length=chunk.length,
+            headers={"Content-Type": chunk.content_type, "Content-Range": content_range},
         )
         if 400 <= answer.status < 500 and answer.status not in (401, 413, 408, 425, 429):
             message = valt_rules.status_message(answer.status, answer.body, answer.text)
             raise ChunkRefused(f"{what}: {message}", status=answer.status, reason="refused")
-        self._raise_for(answer, what)
+        raise_for(answer, what)
 
     async def get_record(self, record_id: str) -> Mapping[str, Any] | None:
         """``GET records/{id}``'s ``data``, or None when the record does not exist."""
@@ -442,8 +383,8 @@ class ValtClient:
         answer = await self._call("GET", f"/records/{record_id}", what)
         if answer.status == 404:
             return None
-        self._raise_for(answer, what)
-        data = _dig(answer.body, "data")
+        raise_for(answer, what)
+        data = dig(answer.body, "data")
         if not isinstance(data, Mapping):
             raise RetryableError(f"{what}: the answer holds no record", reason="bad_answer")
         return data
@@ -462,8 +403,8 @@ class ValtClient:
                 "limit": valt_rules.SEARCH_PAGE,
             }
             answer = await self._call("POST", "/records", what, json_body=body)
-            self._raise_for(answer, what)
-            records = _dig(answer.body, "data", "records")
+            raise_for(answer, what)
+            records = dig(answer.body, "data", "records")
             if not isinstance(records, list):
                 raise RetryableError(
                     f"{what}: the answer holds no record list", reason="bad_answer"
@@ -479,7 +420,7 @@ class ValtClient:
         answer = await self._call("POST", f"/records/{record_id}/delete", what, json_body={})
         if answer.status == 404:
             return False
-        self._raise_for(answer, what)
+        raise_for(answer, what)
         return True
 
     async def _admin_get(self, path: str, what: str) -> Answer | None:
@@ -501,9 +442,9 @@ class ValtClient:
         answer = await self._admin_get(f"/admin/{kind}", what)
         if answer is None:
             return None
-        self._raise_for(answer, what)
+        raise_for(answer, what)
         key = "users" if kind == "users" else "userGroups"
-        items = _dig(answer.body, "data", key)
+        items = dig(answer.body, "data", key)
         return [i for i in items if isinstance(i, Mapping)] if isinstance(items, list) else []
 
     async def get_template(self, template_id: int) -> Mapping[str, Any] | None:
@@ -513,82 +454,15 @@ class ValtClient:
         answer = await self._admin_get(f"/admin/templates/{template_id}", what)
         if answer is None:
             return None
-        self._raise_for(answer, what)
-        data = _dig(answer.body, "data")
+        raise_for(answer, what)
+        data = dig(answer.body, "data")
         if not isinstance(data, Mapping):
             raise PermanentError(f"{what}: the answer holds no template", reason="bad_answer")
         return data
-
-
-def _phrase(status: int) -> str:
-    """The standard reason phrase of a status (ours, not the server's words)."""
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "(unknown status)"
-
-
-def redirect_target(url: str, location: str | None) -> str:
-    """Where a redirect points: scheme, host and port only (never a path's query string,
-    nor user:password@), bounded, since the ``Location`` is the server's text."""
-    if not location:
-        return "an address it does not give (no Location header)"
-    try:
-        parts = urlsplit(urljoin(url, location.strip()))
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "an address that is not a URL"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme or '?'}://{host}{port}"[:120]
 
 
 def _found(raw: object) -> valt_rules.FoundRecord | None:
     return valt_rules.parse_found_record(raw) if isinstance(raw, Mapping) else None
 
 
-async def _guarded(
-    pieces: AsyncIterator[bytes | memoryview], guard: _StallGuard
-) -> AsyncIterator[bytes | memoryview]:
-    async for piece in pieces:
-        guard.progress()
-        yield piece
-    guard.progress()
-
-
-def _multipart_frame(boundary: str, filename: str) -> tuple[bytes, bytes]:
-    """The bytes before and after the file in a one-field multipart body.
-
-    The filename is escaped the way browsers do (HTML's form encoding):
-    ``"`` and line breaks percent-encoded, everything else raw UTF-8.
-    """
-    safe = filename.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
-    head = (
-        f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="{valt_rules.UPLOAD_FIELD}"; filename="{safe}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode("utf-8", "surrogateescape")
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    return head, tail
-
-
-def _answer(status: int, raw: bytes, date: str | None) -> Answer:
-    text = raw.decode("utf-8", "replace")
-    body: Any = None
-    if text.strip()[:1] in ("{", "["):
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = None
-    return Answer(status=status, body=body, text=text, date=date)
-
-
-def _dig(body: object, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(body, Mapping):
-            return None
-        body = body.get(key)
-    return body
-
-
-__all__ = ["Answer", "CreatedRecord", "ValtClient", "ValtError"]
+__all__ = ["CreatedRecord", "ValtClient"]
