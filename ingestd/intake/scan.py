@@ -4,8 +4,9 @@ Folder events get lost (network shares, inotify overflow, the daemon being
 down), so every ``rescan_interval`` each root is walked again and each file
 compared with its newest job. A file seen for the first time, or changed
 after it was done, becomes a ``waiting`` job at once; the settle loop takes
-it from there. A folder event about one file takes the same path
-(:meth:`Scanner.observe`), under the same lock.
+it from there. A new device number alone (a remount) is no change. A folder
+event about one file takes the same path (:meth:`Scanner.observe`), under
+the same lock.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import WatchConfig
-from ingestd.intake.waiting import SETTLED, Snap, Tracked, Waiting
+from ingestd.intake.waiting import SETTLED, Snap, Tracked, Waiting, same_file
 from ingestd.intake.walk import iter_file_entries
 from ingestd.ledger.store import Known, Ledger, State
 from ingestd.logs import get_logger
@@ -107,7 +108,7 @@ class Scanner:
             snap = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
             if path not in live:
                 known = settled.get(path)
-                if known is not None and known[1] == snap:
+                if known is not None and same_file(known[1], snap):
                     continue
             candidates.append((path, snap))
         return files, candidates, not errors
@@ -151,7 +152,7 @@ class Scanner:
                 new: list[tuple[str, Snap]] = []
                 for path, snap in candidates:
                     known = live.get(path) or settled.get(path)
-                    if known is None or (known[2] in SETTLED and known[1] != snap):
+                    if known is None or (known[2] in SETTLED and not same_file(known[1], snap)):
                         new.append((path, snap))
                     else:
                         changed += await self.observe(Path(path), root, snap, known)
@@ -235,7 +236,7 @@ class Scanner:
         """Compare one file with its newest job (``known``): a new job if it is new or
         changed after done, back to waiting if it changed before; 1 if either happened.
         The caller holds :attr:`observing`."""
-        if known is None or (known[2] in SETTLED and known[1] != snap):
+        if known is None or (known[2] in SETTLED and not same_file(known[1], snap)):
             job = await self.ledger.add_job(
                 path=str(path), root=str(root), snapshot=snap, state=State.WAITING
             )
@@ -254,7 +255,7 @@ class Scanner:
                 self.waiting.tracking[job_id] = Tracked(snap, now, now)
                 self.waiting.settle_now.set()
             return 0
-        if known_snap == snap:
+        if same_file(known_snap, snap):
             return 0
         job = await self.ledger.get_job(job_id)
         await self.ledger.reset_to_waiting(job, snap, "file changed")
