@@ -795,6 +795,41 @@ class Ledger:
                 (size, mtime_ns, inode, device, reason, now, job.id),
             )
 
+    async def missing_sources(self) -> set[int]:
+        """The jobs failed because their file disappeared before its upload finished
+        (``source_missing``): the intake takes each up again once its file is back."""
+        rows = await self._conn.fetchall(
+            "SELECT id FROM jobs WHERE state='failed' AND fail_reason='source_missing'"
+        )
+        return {int(row[0]) for row in rows}
+
+    async def take_up_returned(self, job_id: int, snapshot: tuple[int, int, int, int]) -> bool:
+        """A job failed ``source_missing`` whose file is there again: the same job takes it,
+        back to ``waiting`` as in :meth:`reset_to_waiting` (attempts reset, a partial record
+        queued for deletion in the same transaction). False, and nothing changed, unless the
+        job is still failed so (``ingestd retry`` may have come first)."""
+        size, mtime_ns, inode, device = snapshot
+        now = time.time()
+        async with self.transaction():
+            row = await self._conn.fetchone(
+                "SELECT record_id FROM jobs "
+                "WHERE id=? AND state='failed' AND fail_reason='source_missing'",
+                (job_id,),
+            )
+            if row is None:
+                return False
+            if row[0]:
+                await self._queue_deletion(str(row[0]), job_id, "source_missing", now)
+            await self._conn.execute(
+                "UPDATE jobs SET state='waiting', size=?, mtime_ns=?, inode=?, device=?, "
+                "record_id=NULL, video_id=NULL, bytes_acked=0, sha256=NULL, attempts=0, "
+                "next_attempt_at=0, create_started_at=NULL, confirm_delay=NULL, "
+                "whole_file=0, restarts=0, fail_reason=NULL, fail_detail=NULL, "
+                "wait_reason='the file is back', force=0, updated_at=? WHERE id=?",
+                (size, mtime_ns, inode, device, now, job_id),
+            )
+        return True
+
     async def restart_upload(self, job: Job, reason: str, *, whole_file: bool) -> bool:
         """Drop the job's record (queued for deletion) so the next attempt starts anew.
 
