@@ -224,7 +224,8 @@ class Job:
     final_inode: int | None = None
     final_device: int | None = None
     # Why the after-upload action, keep_for or failed_to left the file alone
-    # ("replaced", "missing", "owned"); set, it is not tried again.
+    # ("replaced", "missing", "owned"); set, it is not tried again ("owned": until no live
+    # job owns the path, Ledger.retake_unowned).
     left_alone: str | None = None
 
     @classmethod
@@ -829,6 +830,29 @@ class Ledger:
                 (size, mtime_ns, inode, device, now, job_id),
             )
         return True
+
+    async def retake_unowned(self) -> list[int]:
+        """Done jobs left alone because another live job owned their file (``left_alone``
+        ``owned``), whose file no live job owns any more: the step is due again. One whose
+        after-upload action never ran (no ``final_path``, nothing cleaned) is pending again;
+        one held back from ``keep_for`` is no longer held back. Returns their ids."""
+        marks = ",".join("?" * len(LIVE))
+        rows = await self._conn.fetchall(
+            "SELECT id FROM jobs AS j WHERE state='done' AND left_alone='owned' AND NOT EXISTS "
+            "(SELECT 1 FROM jobs AS o WHERE o.path=COALESCE(j.final_path, j.path) "
+            f"AND o.id<>j.id AND o.state IN ({marks})) ORDER BY id",
+            [s.value for s in LIVE],
+        )
+        ids = [int(row[0]) for row in rows]
+        for first in range(0, len(ids), _MAX_VARIABLES):
+            part = ids[first : first + _MAX_VARIABLES]
+            await self._conn.execute(
+                "UPDATE jobs SET left_alone=NULL, after_done=CASE WHEN final_path IS NULL "
+                "AND cleaned_at IS NULL THEN 0 ELSE after_done END, updated_at=? "
+                f"WHERE left_alone='owned' AND id IN ({','.join('?' * len(part))})",
+                (time.time(), *part),
+            )
+        return ids
 
     async def restart_upload(self, job: Job, reason: str, *, whole_file: bool) -> bool:
         """Drop the job's record (queued for deletion) so the next attempt starts anew.
