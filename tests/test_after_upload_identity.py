@@ -4,7 +4,7 @@
 file's identity (inode, size, mtime) against what the ledger recorded, and
 never act while another live job owns the path. Otherwise the file is left
 alone, ``file.left_alone`` is logged and the job is marked so it is not tried
-again.
+again; left alone as owned, only until no live job owns the path.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from conftest import (
     wait_for,
     write_config,
 )
-from ledger_support import add_job_in
+from ledger_support import add_job_in, set_state
 from structlog.testing import capture_logs
 
 from ingestd.config.load import load_config
@@ -246,6 +246,58 @@ async def test_no_deletion_while_another_live_job_owns_the_path(
             await housekeeping(
                 config.after_upload, _belongs(config), ledger
             )  # marked: not tried again
+        assert [e for e in logs if e["event"] == "file.left_alone"] == []
+    finally:
+        await ledger.close()
+
+
+@pytest.mark.parametrize("how", ["keep_for", "delete", "move"])
+async def test_a_file_left_alone_as_owned_is_tried_again_once_the_owner_is_gone(
+    tmp_path: Path, server: FakeValtThread, export: Path, how: str
+) -> None:
+    """``owned`` holds only while the other job is live: once it is done with (here skipped,
+    as a copy), housekeeping tries the step again, on the very file it uploaded."""
+    video = export / "clip.mp4"
+    random_file(video, 1000)
+    archive = tmp_path / "archive"
+    after: dict[str, Any] = {
+        "keep_for": {"keep_for": "1s"},
+        "delete": {"action": "delete"},
+        "move": {"action": "move", "move_to": str(archive)},
+    }[how]
+    config = load_config(write_config(tmp_path, server.url, after_upload=after))
+    ledger, done_id = await _ledger_with(
+        tmp_path, video, State.DONE, after_done=int(how == "keep_for"), final_path=str(video)
+    )
+    try:
+        snap = snapshot(video)
+        assert snap is not None
+        other = await ledger.add_job(
+            path=str(video),
+            root=str(export),
+            snapshot=(snap.size, snap.mtime_ns, snap.inode, snap.device),
+        )
+        if how == "keep_for":
+            await housekeeping(config.after_upload, _belongs(config), ledger)
+        else:
+            await apply_after_upload(
+                config.after_upload, _belongs(config), ledger, await ledger.get_job(done_id)
+            )
+        assert (await ledger.get_job(done_id)).left_alone == "owned"
+        await housekeeping(config.after_upload, _belongs(config), ledger)  # still owned
+        assert video.exists() and (await ledger.get_job(done_id)).left_alone == "owned"
+        await set_state(ledger, other.id, State.SKIPPED)
+        with capture_logs() as logs:
+            await housekeeping(config.after_upload, _belongs(config), ledger)
+        assert not video.exists()
+        job = await ledger.get_job(done_id)
+        assert (job.after_done, job.left_alone) == (1, None)
+        if how == "move":
+            assert job.final_path == str(archive / "clip.mp4")
+            assert (archive / "clip.mp4").exists()
+        else:
+            assert job.cleaned_at is not None
+        assert [e["job_id"] for e in logs if e["event"] == "file.no_longer_owned"] == [done_id]
         assert [e for e in logs if e["event"] == "file.left_alone"] == []
     finally:
         await ledger.close()

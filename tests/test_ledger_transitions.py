@@ -172,3 +172,26 @@ async def test_the_upload_path_goes_through_in_order(tmp_path: Path) -> None:
         )
     finally:
         await ledger.close()
+
+
+async def test_source_returned_takes_up_only_a_job_failed_source_missing(tmp_path: Path) -> None:
+    """The file is back: only a job failed because it had gone moves (to waiting, its
+    partial record queued for deletion); every other job, failed otherwise included, stays."""
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        for n, state in enumerate(State):
+            job = await _job_in(ledger, state, n)
+            before = await _row(ledger, job.id)
+            assert not await ledger.source_returned(job.id, (7, 7, 7, 7)), state
+            assert await _row(ledger, job.id) == before, state
+        gone = await _job_in(ledger, State.FAILED, 99)
+        await set_state(
+            ledger, gone.id, State.FAILED, fail_reason="source_missing", record_id="r9", attempts=3
+        )
+        assert await ledger.source_returned(gone.id, (7, 7, 7, 7))
+        back = await ledger.get_job(gone.id)
+        assert (back.state, back.attempts, back.record_id, back.size) == (State.WAITING, 0, None, 7)
+        assert [d.record_id for d in await ledger.due_deletions(float("inf"))] == ["r9"]
+        assert not await ledger.source_returned(gone.id, (7, 7, 7, 7))  # once
+    finally:
+        await ledger.close()

@@ -4,8 +4,10 @@ Folder events get lost (network shares, inotify overflow, the daemon being
 down), so every ``rescan_interval`` each root is walked again and each file
 compared with its newest job. A file seen for the first time, or changed
 after it was done, becomes a ``waiting`` job at once; the settle loop takes
-it from there. A folder event about one file takes the same path
-(:meth:`Scanner.observe`), under the same lock.
+it from there. A file whose job failed because it had gone (renamed away
+mid-upload) takes that job up again once it is back. A new device number
+alone (a remount) is no change. A folder event about one file takes the
+same path (:meth:`Scanner.observe`), under the same lock.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import asyncio
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import WatchConfig
-from ingestd.intake.waiting import SETTLED, Snap, Tracked, Waiting
+from ingestd.intake.waiting import SETTLED, Snap, Tracked, Waiting, same_file
 from ingestd.intake.walk import iter_file_entries
 from ingestd.ledger.api import JobLedger
 from ingestd.ledger.model import Known, State
@@ -108,7 +110,7 @@ class Scanner:
             snap = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
             if path not in live:
                 known = settled.get(path)
-                if known is not None and known[1] == snap:
+                if known is not None and same_file(known[1], snap):
                     continue
             candidates.append((path, snap))
         return files, candidates, not errors
@@ -149,13 +151,14 @@ class Scanner:
                     await self._recall_settled(
                         [path for path, _snap in candidates if path not in live]
                     )
+                missing = await self._missing(live)
                 new: list[tuple[str, Snap]] = []
                 for path, snap in candidates:
                     known = live.get(path) or settled.get(path)
-                    if known is None or (known[2] in SETTLED and known[1] != snap):
+                    if known is None or (known[2] in SETTLED and not same_file(known[1], snap)):
                         new.append((path, snap))
                     else:
-                        changed += await self.observe(Path(path), root, snap, known)
+                        changed += await self.observe(Path(path), root, snap, known, missing)
                 changed += await self._add_new(root, new)
         self._bad_names, self._bad_names_seen = self._bad_names_seen, set()
         if clean:
@@ -192,6 +195,13 @@ class Scanner:
         for path, known in (await self.ledger.snapshots_for_paths(missing)).items():
             if known[2] in SETTLED:
                 self._settled[path] = known
+
+    async def _missing(self, live: dict[str, Known]) -> set[int]:
+        """The live jobs failed as ``source_missing`` (one query, and only when any job
+        failed): those whose file a scan finds again are taken up again."""
+        if not any(known[2] == State.FAILED for known in live.values()):
+            return set()
+        return await self.ledger.missing_sources()
 
     async def _known(self) -> tuple[dict[str, Known], dict[str, Known]]:
         """The newest job of every path, as (settled: done or skipped, live: the others)."""
@@ -231,12 +241,18 @@ class Scanner:
         return len(new)
 
     async def observe(
-        self, path: Path, root: Path, snap: Snap, known: tuple[int, Snap, State] | None
+        self,
+        path: Path,
+        root: Path,
+        snap: Snap,
+        known: tuple[int, Snap, State] | None,
+        missing: Collection[int] | None = None,
     ) -> int:
         """Compare one file with its newest job (``known``): a new job if it is new or
-        changed after done, back to waiting if it changed before; 1 if either happened.
-        The caller holds :attr:`observing`."""
-        if known is None or (known[2] in SETTLED and known[1] != snap):
+        changed after done, back to waiting if it changed before, or if its job failed
+        because the file had gone (``missing``: those jobs' ids, asked of the ledger when
+        None); 1 if any of these happened. The caller holds :attr:`observing`."""
+        if known is None or (known[2] in SETTLED and not same_file(known[1], snap)):
             job = await self.ledger.add_job(path=str(path), root=str(root), snapshot=snap)
             now = time.monotonic()
             self._maybe_settled.add(job.id)
@@ -253,7 +269,12 @@ class Scanner:
                 self.waiting.tracking[job_id] = Tracked(snap, now, now)
                 self.waiting.settle_now.set()
             return 0
-        if known_snap == snap:
+        if state == State.FAILED:
+            if missing is None:
+                missing = await self.ledger.missing_sources()
+            if job_id in missing:
+                return await self._take_up(job_id, path, snap)
+        if same_file(known_snap, snap):
             return 0
         job = await self.ledger.get_job(job_id)
         await self.ledger.source_changed(job, snap, "file changed")
@@ -261,6 +282,17 @@ class Scanner:
         self.waiting.tracking[job_id] = Tracked(snap, now, now)
         self.waiting.settle_now.set()
         log.info("file.changed", job_id=job_id, path=str(path), was=state.value, size=snap[0])
+        return 1
+
+    async def _take_up(self, job_id: int, path: Path, snap: Snap) -> int:
+        """The file of a job failed ``source_missing`` is back (renamed away mid-upload and
+        back, a share that came back): the same job uploads it."""
+        if not await self.ledger.source_returned(job_id, snap):
+            return 0
+        now = time.monotonic()
+        self.waiting.tracking[job_id] = Tracked(snap, now, now)
+        self.waiting.settle_now.set()
+        log.info("file.returned", job_id=job_id, path=str(path), size=snap[0])
         return 1
 
     # --- rescans --------------------------------------------------------------------------------

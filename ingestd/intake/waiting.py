@@ -29,6 +29,12 @@ def as_snap(s: FileSnapshot) -> Snap:
     return (s.size, s.mtime_ns, s.inode, s.device)
 
 
+def same_file(a: Snap, b: Snap) -> bool:
+    """The same unchanged file: size, mtime and inode agree. The device is not compared
+    (as disk/moves.Identity): a remount can give the same file system a new number."""
+    return a[:3] == b[:3]
+
+
 @dataclass
 class Tracked:
     """A waiting file: the version last seen and since when it has not changed."""

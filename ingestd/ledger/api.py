@@ -76,6 +76,9 @@ class JobReads(Protocol):
 
     async def waiting(self) -> list[Waiting]: ...
 
+    async def missing_sources(self) -> set[int]:
+        """The jobs failed ``source_missing`` (taken up again when their file is back)."""
+
     async def known_snapshots(self) -> dict[str, Known]: ...
 
     async def live_snapshots(self) -> dict[str, Known]: ...
@@ -126,6 +129,10 @@ class JobWrites(Protocol):
     async def update_current(self, job: Job, **changes: Any) -> bool:
         """:meth:`update` while the job is still in ``job``'s state with ``job``'s record."""
 
+    async def retake_unowned(self) -> list[int]:
+        """Done jobs held back as ``left_alone: owned`` whose path no live job owns now: their
+        after-upload step is due again. Returns their ids."""
+
 
 class JobTransitions(Protocol):
     """Every change of a job's state (the table is ``transitions.py``'s docstring). Each
@@ -141,6 +148,8 @@ class JobTransitions(Protocol):
     async def queue(self, files: Sequence[Queueing]) -> int: ...
 
     async def source_changed(self, job: Job, snapshot: Snapshot, reason: str) -> bool: ...
+
+    async def source_returned(self, job_id: int, snapshot: Snapshot) -> bool: ...
 
     async def begin_create(
         self,

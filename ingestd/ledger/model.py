@@ -90,7 +90,8 @@ class Job:
     final_inode: int | None = None
     final_device: int | None = None
     # Why the after-upload action, keep_for or failed_to left the file alone
-    # ("replaced", "missing", "owned"); set, it is not tried again.
+    # ("replaced", "missing", "owned"); set, it is not tried again ("owned": until no live
+    # job owns the path, retake_unowned).
     left_alone: str | None = None
 
     @classmethod

@@ -41,6 +41,14 @@ class JobQueries(Connected):
         )
         return [Job.from_row(row) for row in rows]
 
+    async def missing_sources(self) -> set[int]:
+        """The jobs failed because their file disappeared before its upload finished
+        (``source_missing``): the intake takes each up again once its file is back."""
+        rows = await self._conn.fetchall(
+            "SELECT id FROM jobs WHERE state='failed' AND fail_reason='source_missing'"
+        )
+        return {int(row[0]) for row in rows}
+
     async def waiting(self) -> list[Waiting]:
         """The ``waiting`` jobs, oldest first."""
         rows = await self._conn.fetchall(

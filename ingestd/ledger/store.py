@@ -42,12 +42,15 @@ from ingestd.ledger import schema
 from ingestd.ledger.backup import RESTORED_AT, RESTORED_BACKUP_TIME, refuse_lost_ledger
 from ingestd.ledger.connection import (
     DAMAGE_CODES,
+    MAX_VARIABLES,
     Guarded,
+    marks,
     primary_code,
     sqlite_uri,
 )
 from ingestd.ledger.model import (
     JOB_COLUMNS,
+    LIVE,
     Job,
     LastRestore,
     Snapshot,
@@ -273,3 +276,25 @@ class SqliteLedger(Transitions, JobQueries):
             (*values, job.id, job.state.value, job.record_id),
         )
         return bool(cursor.rowcount)
+
+    async def retake_unowned(self) -> list[int]:
+        """Done jobs left alone because another live job owned their file (``left_alone``
+        ``owned``), whose file no live job owns any more: the step is due again. One whose
+        after-upload action never ran (no ``final_path``, nothing cleaned) is pending again;
+        one held back from ``keep_for`` is no longer held back. Returns their ids."""
+        rows = await self._conn.fetchall(
+            "SELECT id FROM jobs AS j WHERE state='done' AND left_alone='owned' AND NOT EXISTS "
+            "(SELECT 1 FROM jobs AS o WHERE o.path=COALESCE(j.final_path, j.path) "
+            f"AND o.id<>j.id AND o.state IN ({marks(LIVE)})) ORDER BY id",
+            [s.value for s in LIVE],
+        )
+        ids = [int(row[0]) for row in rows]
+        for first in range(0, len(ids), MAX_VARIABLES):
+            part = ids[first : first + MAX_VARIABLES]
+            await self._conn.execute(
+                "UPDATE jobs SET left_alone=NULL, after_done=CASE WHEN final_path IS NULL "
+                "AND cleaned_at IS NULL THEN 0 ELSE after_done END, updated_at=? "
+                f"WHERE left_alone='owned' AND id IN ({marks(part)})",
+                (time.time(), *part),
+            )
+        return ids

@@ -14,6 +14,7 @@ state         transition             from
 ============  =====================  ==============================================
 waiting       add_job, add_jobs      (a new job: a file seen for the first time)
               source_changed         queued, creating, uploading, confirming, failed
+              source_returned        failed (source_missing; its file is back)
               retry (force)          waiting, skipped
 queued        queue                  waiting
               restart_upload         queued, creating, uploading, confirming
@@ -174,6 +175,46 @@ class Transitions(DeletionQueue):
             )
             if moved and job.record_id:
                 await self._queue_deletion(job.record_id, job.id, reason, now)
+        return moved
+
+    async def source_returned(self, job_id: int, snapshot: Snapshot) -> bool:
+        """A job failed ``source_missing`` whose file is there again: the same job takes it,
+        back to ``waiting`` as in :meth:`source_changed` (attempts reset, a partial record
+        queued for deletion in the same transaction). False, and nothing changed, unless the
+        job is still failed so (``ingestd retry`` may have come first)."""
+        size, mtime_ns, inode, device = snapshot
+        now = time.time()
+        async with self.transaction():
+            row = await self._conn.fetchone(
+                "SELECT record_id FROM jobs "
+                "WHERE id=? AND state='failed' AND fail_reason='source_missing'",
+                (job_id,),
+            )
+            if row is None:
+                return False
+            changes = {
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "inode": inode,
+                "device": device,
+                "record_id": None,
+                "video_id": None,
+                "bytes_acked": 0,
+                "sha256": None,
+                "attempts": 0,
+                "next_attempt_at": 0,
+                "create_started_at": None,
+                "confirm_delay": None,
+                "whole_file": 0,
+                "restarts": 0,
+                "fail_reason": None,
+                "fail_detail": None,
+                "wait_reason": "the file is back",
+                "force": 0,
+            }
+            moved = await self._move(job_id, (State.FAILED,), State.WAITING, changes, now=now)
+            if moved and row[0]:
+                await self._queue_deletion(str(row[0]), job_id, "source_missing", now)
         return moved
 
     # --- the worker: record and bytes --------------------------------------------------------

@@ -13,7 +13,8 @@ snapshot, or the moved copy's identity recorded at the move), and never
 while another live job owns the path. Otherwise the file is left alone,
 ``file.left_alone`` is logged, and the job's ``left_alone`` says why, so it
 is not tried again: a recording written under an uploaded one's name is
-never deleted or moved in its place (issue 11, finding 2).
+never deleted or moved in its place (issue 11, finding 2). Only ``owned``
+passes: once no live job owns the path, housekeeping tries the step again.
 
 The done marker and sidecars travel with their video. A move never
 overwrites and never leaves a partial file (disk/moves.py). Empty folders
@@ -343,7 +344,10 @@ async def move_failed(
 
 
 async def housekeeping(config: AfterUploadConfig, belongs: Belongings, ledger: JobLedger) -> None:
-    """Finish after-upload actions a crash interrupted; delete what ``keep_for`` has expired."""
+    """Finish after-upload actions a crash interrupted, or another job's ownership of the
+    file held back; delete what ``keep_for`` has expired."""
+    for job_id in await ledger.retake_unowned():
+        log.info("file.no_longer_owned", job_id=job_id)
     for job in await ledger.pending_after_actions():
         await apply_after_upload(config, belongs, ledger, job)
     keep_for = config.keep_for
