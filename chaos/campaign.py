@@ -756,6 +756,7 @@ class Campaign:
         chunk_size = self.rng.choice(CHUNK_SIZES)
         self.chunk_sizes_used.add(chunk_size)
         started = time.monotonic()
+        log_offset = self.log.stat().st_size if self.log.exists() else 0
         process = self.start_daemon("final", None, chunk_size)
         outcome = "clean"
         try:
@@ -773,6 +774,9 @@ class Campaign:
                     break
                 time.sleep(0.25)
         finally:
+            # A SIGTERM before the daemon installed its handlers kills it (-15): that is
+            # the campaign's timing, not the daemon's fault, so wait until it has started.
+            self.wait_started(process, log_offset)
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -790,6 +794,16 @@ class Campaign:
         self.say(f"run {self.run_number:>3}  final  chunk {chunk_label(chunk_size)}  -> {outcome}")
         if outcome != "clean":
             self.report.problems.append(f"final run: {outcome}")
+
+    def wait_started(self, process: subprocess.Popen[bytes], offset: int) -> None:
+        """Until this run's log says ``daemon.started`` (or the process ended, or 60 s)."""
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            with open(self.log, "rb") as handle:
+                handle.seek(offset)
+                if b"daemon.started" in handle.read():
+                    return
+            time.sleep(0.1)
 
     def failed_jobs(self) -> int:
         rows, _ = ledger_state(self.ledger)
