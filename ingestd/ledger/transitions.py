@@ -59,6 +59,31 @@ _RESTART_FROM = (*DISPATCHABLE, State.CONFIRMING)
 _ANY_RECORD = object()
 
 
+def _new_version(snapshot: Snapshot, reason: str) -> dict[str, Any]:
+    """A job's fields for a new version of its file: nothing of the old upload is kept."""
+    size, mtime_ns, inode, device = snapshot
+    return {
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "inode": inode,
+        "device": device,
+        "record_id": None,
+        "video_id": None,
+        "bytes_acked": 0,
+        "sha256": None,
+        "attempts": 0,
+        "next_attempt_at": 0,
+        "create_started_at": None,
+        "confirm_delay": None,
+        "whole_file": 0,
+        "restarts": 0,
+        "fail_reason": None,
+        "fail_detail": None,
+        "wait_reason": reason,
+        "force": 0,
+    }
+
+
 class Transitions(DeletionQueue):
     """The named transitions (mixed into the SQLite ledger; see the table above)."""
 
@@ -146,28 +171,8 @@ class Transitions(DeletionQueue):
     async def source_changed(self, job: Job, snapshot: Snapshot, reason: str) -> bool:
         """The file changed before ``done``: the same job goes back to ``waiting`` for the
         new version; its partial record (if any) is queued for deletion with it."""
-        size, mtime_ns, inode, device = snapshot
         now = time.time()
-        changes = {
-            "size": size,
-            "mtime_ns": mtime_ns,
-            "inode": inode,
-            "device": device,
-            "record_id": None,
-            "video_id": None,
-            "bytes_acked": 0,
-            "sha256": None,
-            "attempts": 0,
-            "next_attempt_at": 0,
-            "create_started_at": None,
-            "confirm_delay": None,
-            "whole_file": 0,
-            "restarts": 0,
-            "fail_reason": None,
-            "fail_detail": None,
-            "wait_reason": reason,
-            "force": 0,
-        }
+        changes = _new_version(snapshot, reason)
         sources = self._as_seen(job, _CHANGED_FROM)
         async with self.transaction():
             moved = await self._move(
@@ -182,7 +187,6 @@ class Transitions(DeletionQueue):
         back to ``waiting`` as in :meth:`source_changed` (attempts reset, a partial record
         queued for deletion in the same transaction). False, and nothing changed, unless the
         job is still failed so (``ingestd retry`` may have come first)."""
-        size, mtime_ns, inode, device = snapshot
         now = time.time()
         async with self.transaction():
             row = await self._conn.fetchone(
@@ -192,26 +196,7 @@ class Transitions(DeletionQueue):
             )
             if row is None:
                 return False
-            changes = {
-                "size": size,
-                "mtime_ns": mtime_ns,
-                "inode": inode,
-                "device": device,
-                "record_id": None,
-                "video_id": None,
-                "bytes_acked": 0,
-                "sha256": None,
-                "attempts": 0,
-                "next_attempt_at": 0,
-                "create_started_at": None,
-                "confirm_delay": None,
-                "whole_file": 0,
-                "restarts": 0,
-                "fail_reason": None,
-                "fail_detail": None,
-                "wait_reason": "the file is back",
-                "force": 0,
-            }
+            changes = _new_version(snapshot, "the file is back")
             moved = await self._move(job_id, (State.FAILED,), State.WAITING, changes, now=now)
             if moved and row[0]:
                 await self._queue_deletion(str(row[0]), job_id, "source_missing", now)
