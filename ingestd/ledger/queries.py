@@ -68,7 +68,7 @@ class JobQueries(Connected):
 
         A path's live job is always its newest: a new job for a path is only made
         once the old one is done or skipped. Index lookups, so cheap however many
-        done jobs the ledger holds (intake/watcher.py keeps those in memory between scans).
+        done jobs the ledger holds (intake/scan.py keeps those in memory between scans).
         """
         marks = ",".join("?" * len(LIVE))
         return await self._snapshots(
@@ -79,29 +79,22 @@ class JobQueries(Connected):
 
     async def snapshots_of(self, job_ids: Iterable[int]) -> dict[str, Known]:
         """As :meth:`known_snapshots`, for the jobs ``job_ids`` (gone ones are left out)."""
-        wanted = sorted(set(job_ids))
-        found: dict[str, Known] = {}
-        for first in range(0, len(wanted), MAX_VARIABLES):
-            part = wanted[first : first + MAX_VARIABLES]
-            found.update(
-                await self._snapshots(
-                    "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs "
-                    f"WHERE id IN ({','.join('?' * len(part))})",
-                    part,
-                )
-            )
-        return found
+        return await self._snapshots_where("id", sorted(set(job_ids)))
 
     async def snapshots_for_paths(self, paths: Iterable[str]) -> dict[str, Known]:
         """As :meth:`known_snapshots`, for the newest job of each of ``paths`` that has one."""
-        wanted = sorted(set(paths))
+        return await self._snapshots_where("path", sorted(set(paths)))
+
+    async def _snapshots_where(self, column: str, wanted: Sequence[Any]) -> dict[str, Known]:
+        """The snapshots of the jobs whose ``column`` is one of ``wanted``, in batches that
+        keep within SQLite's limit on bound values."""
         found: dict[str, Known] = {}
         for first in range(0, len(wanted), MAX_VARIABLES):
             part = wanted[first : first + MAX_VARIABLES]
             found.update(
                 await self._snapshots(
                     "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs "
-                    f"WHERE path IN ({','.join('?' * len(part))})",
+                    f"WHERE {column} IN ({','.join('?' * len(part))})",
                     part,
                 )
             )
