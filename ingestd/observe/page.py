@@ -153,7 +153,7 @@ function health(h) {
     const free = f.free_bytes === null ? "" : ", " + size(f.free_bytes) + " free";
     rows.push([f.folder + (f.path ? " " + f.path : ""), f.state, f.detail + free]);
   }
-  document.getElementById("health").replaceChildren(table(["part", "state", ""],
+  document.getElementById("health").replaceChildren(table(["part", "state", "detail"],
     rows.map(([part, state, detail]) => [part, el("span", {class: stateClass(state),
       text: state}), detail])));
 }
@@ -187,7 +187,12 @@ function render(s) {
 
 async function refresh() {
   try {
-    const answer = await fetch("status.json", {cache: "no-store", credentials: "same-origin"});
+    // Relative to the page (a proxy may serve it under a path), but without the user and
+    // password a typed URL may hold: fetch() refuses a URL with credentials in it.
+    const url = new URL("status.json", location.href);
+    url.username = "";
+    url.password = "";
+    const answer = await fetch(url, {cache: "no-store", credentials: "same-origin"});
     if (!answer.ok) throw new Error("the daemon answered " + answer.status);
     render(await answer.json());
   } catch (error) {
