@@ -17,10 +17,16 @@ $(STAMP): pyproject.toml
 fuse3:
 	@command -v fusermount3 >/dev/null || (apt-get update -qq && apt-get install -y -qq fuse3)
 
+# The status page's browser test (tests/test_status_page_browser.py) drives headless
+# Debian Chromium over the DevTools protocol; nothing is downloaded when the tests run.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
 demo: $(STAMP)
 	$(BIN)/ingestd demo
 
-test: $(STAMP) fuse3
+test: $(STAMP) fuse3 chromium
 	$(BIN)/pytest
 
 # The long crash and fault campaign (the short form runs inside `make test`).

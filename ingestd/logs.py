@@ -169,6 +169,12 @@ class _PathRedactor:
         return found
 
 
+def redact_path_fields(fields: MutableMapping[str, Any], roots: Sequence[str]) -> dict[str, Any]:
+    """``fields`` as a log line under ``log.redact_paths`` shows them (the status page uses
+    it): ``path`` and ``name`` become tokens, other texts lose the names they held."""
+    return dict(_PathRedactor(True, roots)(None, "", dict(fields)))
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,

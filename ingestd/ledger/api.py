@@ -71,7 +71,12 @@ class JobReads(Protocol):
     async def find_job(self, job_id: int) -> Job | None: ...
 
     async def jobs_in(
-        self, states: Iterable[State], *, order: str = "id", newest_first: bool = False
+        self,
+        states: Iterable[State],
+        *,
+        order: str = "id",
+        newest_first: bool = False,
+        limit: int | None = None,
     ) -> list[Job]: ...
 
     async def waiting(self) -> list[Waiting]: ...

@@ -28,16 +28,23 @@ class JobQueries(Connected):
     _counts: tuple[tuple[int, int], dict[str, int]] | None  # see counts()
 
     async def jobs_in(
-        self, states: Iterable[State], *, order: str = "id", newest_first: bool = False
+        self,
+        states: Iterable[State],
+        *,
+        order: str = "id",
+        newest_first: bool = False,
+        limit: int | None = None,
     ) -> list[Job]:
-        """The jobs in ``states``, ordered by the column ``order`` (and then id)."""
+        """The jobs in ``states``, ordered by the column ``order`` (and then id); the first
+        ``limit`` only when given (a page shows a few of perhaps 100,000 queued)."""
         if order not in JOB_COLUMNS:
             raise LedgerError(f"no job field {order!r} to order by")
         names = [s.value for s in states]
         way = "DESC" if newest_first else "ASC"
         rows = await self._conn.fetchall(
-            f"SELECT * FROM jobs WHERE state IN ({marks(names)}) ORDER BY {order} {way}, id",
-            names,
+            f"SELECT * FROM jobs WHERE state IN ({marks(names)}) ORDER BY {order} {way}, id "
+            "LIMIT ?",
+            [*names, -1 if limit is None else max(0, limit)],  # SQLite: LIMIT -1 is no limit
         )
         return [Job.from_row(row) for row in rows]
 

@@ -1,4 +1,5 @@
-"""``/healthz`` and ``/metrics`` on ``status.listen``, and the periodic health and alert look.
+"""``/healthz``, ``/metrics`` and the status page on ``status.listen``, and the periodic
+health and alert look.
 
 ``/healthz`` answers 200 with a small JSON body when all is well, 503 with
 the list of problems otherwise: the folder watcher is dead, the ledger is not
@@ -33,6 +34,8 @@ from ingestd.logs import get_logger, redact_text
 from ingestd.observe.alerts import Alerter
 from ingestd.observe.http import StatusServer, start_status_server
 from ingestd.observe.metrics import CONTENT_TYPE, Metrics, MetricsTelemetry
+from ingestd.observe.page import CONTENT_SECURITY_POLICY, PAGE
+from ingestd.observe.page_data import PageInputs, gather_page
 from ingestd.observe.view import DaemonView
 from ingestd.units import format_size
 
@@ -73,6 +76,7 @@ class StatusService:
         self.ledger_path = ledger_path
         self._token = token  # status.token_file: every path then needs it
         self.metrics = Metrics()
+        self.redact_paths = redact_paths
         self.alerter = Alerter(alerts, redact_paths=redact_paths, metrics=self.metrics)
         self.telemetry = MetricsTelemetry(self.metrics, on_job_failed=self.alerter.job_failed)
         self.view = LedgerView()
@@ -93,7 +97,8 @@ class StatusService:
 
     @contextlib.asynccontextmanager
     async def serving(self, daemon: DaemonView) -> AsyncIterator[None]:
-        """Serve ``/healthz`` and ``/metrics`` on ``status.listen`` (if set) while inside."""
+        """Serve ``/healthz``, ``/metrics`` and the page on ``status.listen`` (if set) while
+        inside."""
         self._daemon = daemon
         listen = self.status.listen
         if listen is not None:
@@ -235,6 +240,8 @@ class StatusService:
     def _routes(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._page)
+        app.router.add_get("/status.json", self._page_data)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         daemon = self._require_daemon()
@@ -260,6 +267,40 @@ class StatusService:
     async def _metrics(self, _request: web.Request) -> web.Response:
         await self._refresh()
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _page(self, _request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html", headers=_PAGE_HEADERS)
+
+    async def _page_data(self, _request: web.Request) -> web.Response:
+        daemon = self._require_daemon()
+        await self._refresh()
+        problems = self.problems()
+        inputs = PageInputs(
+            counts=self.view.counts,
+            problems=problems,
+            watch_paths=self.watch.paths,
+            free_bytes=self.free_bytes,
+            min_free=self.watch.min_free,
+            ledger_path=self.ledger_path,
+            ledger_problems=self._ledger_problems(),
+            last_upload_at=self.telemetry.last_upload_at,
+            redact_paths=self.redact_paths,
+        )
+        try:
+            body = await gather_page(daemon, inputs)
+        except LEDGER_ERRORS as exc:
+            body = {"error": f"the ledger cannot be read: {redact_text(str(exc))}"}
+            return web.json_response(body, status=503, headers=_PAGE_HEADERS)
+        return web.json_response(body, headers=_PAGE_HEADERS)
+
+
+# The page shows what is on this machine: never cached, never framed, nothing from outside.
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _free_space(roots: Sequence[Path]) -> dict[int, int]:

@@ -328,7 +328,7 @@ async def start_status_server(
         "status.listening",
         host=host,
         port=port,
-        endpoints=["/healthz", "/metrics"],
+        endpoints=["/", "/status.json", "/healthz", "/metrics"],
         token=token is not None,
         max_connections=gate.cap,
     )
