@@ -12,21 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The power-cut tests mount a FUSE file system (powercut/): libfuse 3 and fusermount3.
-.PHONY: fuse3
-fuse3:
-	@command -v fusermount3 >/dev/null || (apt-get update -qq && apt-get install -y -qq fuse3)
-
-# The status page's browser test (tests/test_status_page_browser.py) drives headless
-# Debian Chromium over the DevTools protocol; nothing is downloaded when the tests run.
-.PHONY: chromium
-chromium:
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+# Debian packages the tests need, installed (one apt-get run) only when missing:
+# fuse3 for the power-cut file system (powercut/, fusermount3), chromium for the status
+# page's browser test (driven over the DevTools protocol; nothing is downloaded at run time).
+.PHONY: debian-packages fuse3 chromium
+debian-packages:
+	@missing="$$(command -v fusermount3 >/dev/null || echo fuse3) $$(command -v chromium >/dev/null || echo chromium)"; \
+	if [ -n "$$(echo $$missing)" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+fuse3 chromium: debian-packages
 
 demo: $(STAMP)
 	$(BIN)/ingestd demo
 
-test: $(STAMP) fuse3 chromium
+test: $(STAMP) debian-packages
 	$(BIN)/pytest
 
 # The long crash and fault campaign (the short form runs inside `make test`).
