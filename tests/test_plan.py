@@ -237,3 +237,27 @@ def test_plan_does_not_load_the_daemon() -> None:
         [sys.executable, "-c", code], env=ingestd_env(), cwd=REPO, capture_output=True, text=True
     )
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_what_plan_says_is_what_the_daemon_uploads(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    _video(export / "room-3" / "a.mp4")
+    _video(export / "b.mp4")
+    _text(export / "b.mp4.yaml", "name: Case 9\ntemplate:\n  2: seen\nshare:\n  users: [alice]\n")
+    _text(export / "c.part", "x")
+    config = _config(tmp_path, server.url, watch={"settle": "0.3s", "check_container": True})
+    planned = {
+        item["record"]["name"]: item["record"]
+        for item in json.loads(_plan(config, "--json").stdout)["files"]
+        if item["action"] == "upload"
+    }
+    once = run_cli("run", "-c", str(config), "--once", "--max-wait", "30s")
+    assert once.returncode == 0, once.stderr
+    held = {record["name"]: record for record in server.snapshot()["records"]}
+    assert set(held) == set(planned) == {"room a", "Case 9"}
+    for name, record in planned.items():
+        assert held[name]["template"] == record["template"]
+        assert held[name]["share"] == {
+            kind: [item["id"] for item in items] for kind, items in record["share"].items()
+        }
