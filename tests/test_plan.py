@@ -161,9 +161,11 @@ def test_plan_reads_the_ledger_without_changing_it(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:
     _video(export / "done.mp4")
+    _video(export / "broken.mp4")
+    _text(export / "broken.mp4.json", "[not, a, mapping]")
     config = _config(tmp_path, server.url, watch={"settle": "0.3s", "check_container": True})
     once = run_cli("run", "-c", str(config), "--once", "--max-wait", "30s")
-    assert once.returncode == 0, once.stderr
+    assert once.returncode == 1, once.stderr  # broken.mp4 failed
     records = len(server.snapshot()["records"])
     shutil.copy(export / "done.mp4", export / "again.mp4")
     _aged(export / "again.mp4")
@@ -173,7 +175,12 @@ def test_plan_reads_the_ledger_without_changing_it(
     files = _by_name(_plan(config, "--json"))
     assert files["done.mp4"]["action"] == "skip"
     assert files["done.mp4"]["why"] == "already uploaded"
-    assert files["done.mp4"]["job"] == before[0]["id"]
+    jobs = {Path(row["path"]).name: row["id"] for row in before}
+    done_job, failed_job = jobs["done.mp4"], jobs["broken.mp4"]
+    assert files["done.mp4"]["job"] == done_job
+    assert files["broken.mp4"]["action"] == "skip"
+    assert files["broken.mp4"]["why"].startswith("failed: bad_sidecar: sidecar broken.mp4.json")
+    assert files["broken.mp4"]["why"].endswith(f"(`ingestd retry {failed_job}`)")
     assert files["again.mp4"]["action"] == "skip"
     assert files["again.mp4"]["why"] == f"same content as {export / 'done.mp4'}"
     assert files["new.mp4"]["action"] == "upload"
