@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    plan = commands.add_parser(
+        "plan", help="dry run: what each file present would get; nothing is uploaded"
+    )
+    _add_config(plan)
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+
     retry = commands.add_parser("retry", help="re-queue failed jobs")
     _add_config(retry)
     retry.add_argument("jobs", nargs="*", type=int, metavar="JOB", help="job ids")
@@ -118,6 +124,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from ingestd.commands import status
 
         return status.command(args)
+    if command == "plan":
+        from ingestd.commands import plan
+
+        return plan.command(args)
     if command == "retry":
         from ingestd.commands import retry
 

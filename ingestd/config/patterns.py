@@ -67,6 +67,31 @@ class PathFilter:
             return False
         return all(self.wants_dir(part) for part in parts[:-1]) and self.wants_file(parts[-1])
 
+    def why_unwanted(self, relpath: PurePath) -> str | None:
+        """Why :meth:`wants_path` refuses ``relpath``, naming the key and the glob (for
+        ``ingestd plan``); None when it is wanted."""
+        parts = relpath.parts
+        for part in parts[:-1]:
+            if not self.wants_dir(part):
+                glob = _first_match(self.exclude, part)
+                return f"in folder {part}, excluded by watch.exclude {glob!r}"
+        if not parts:
+            return "not a file"
+        name = parts[-1]
+        if self._exclude.match(name) is not None:
+            return f"excluded by watch.exclude {_first_match(self.exclude, name)!r}"
+        if self._include.match(name) is None:
+            return f"not matched by watch.include ({', '.join(self.include) or 'empty'})"
+        return None
+
+
+def _first_match(patterns: Sequence[str], name: str) -> str:
+    """The first glob of ``patterns`` that matches ``name`` (as :class:`PathFilter` does)."""
+    for pattern in patterns:
+        if re.match(fnmatch.translate(pattern), name, re.IGNORECASE):
+            return pattern
+    return "?"
+
 
 # --- gitignore-style patterns, by pathspec ------------------------------------------------
 

@@ -24,6 +24,23 @@ from ingestd.logs import get_logger
 log = get_logger("ingestd.intake.ready")
 
 
+def compares_with(twin: Job | None) -> bool:
+    """True when the full sha256 must be compared with ``twin``'s: it is done and has one."""
+    return twin is not None and twin.state == State.DONE and bool(twin.sha256)
+
+
+def twin_outcome(twin: Job | None, same_sha256: bool) -> tuple[str, str | None]:
+    """What an earlier job of the same fingerprint means for a finished file:
+    ``("duplicate", why)``, ``("wait", why)`` or ``("upload", None)``. ``same_sha256``:
+    the full hashes agree (only asked when :func:`compares_with`). The settle loop and
+    ``ingestd plan`` both decide with this."""
+    if twin is not None and compares_with(twin) and same_sha256:
+        return "duplicate", f"same content as {twin.path}"
+    if twin is not None and twin.state != State.DONE:
+        return "wait", f"same content as job {twin.id}, in progress"
+    return "upload", None
+
+
 @dataclass
 class Pending:
     """Finished files a settle pass queues together, and their fingerprints."""
@@ -88,23 +105,22 @@ class Ready:
                 twin = twins[job_id]
             else:
                 twin = await self.ledger.twin_of(print_, job_id)
-            same = twin is not None and twin.state == State.DONE and bool(twin.sha256)
-            if twin is not None and same:
-                same = (
-                    await asyncio.to_thread(full_sha256, path, tracked.snap, self.rule)
-                    == twin.sha256
-                )
+            same = compares_with(twin) and (
+                await asyncio.to_thread(full_sha256, path, tracked.snap, self.rule)
+                == (twin.sha256 if twin is not None else None)
+            )
         except (OSError, FileRefused) as exc:
             await self.waiting.wait(job_id, path, tracked, f"cannot read the file ({problem(exc)})")
             return
-        if twin is not None and same:
+        outcome, why = twin_outcome(twin, same)
+        if twin is not None and outcome == "duplicate":
             await self.ledger.skip_duplicate(
                 job_id,
                 # The version judged, or the next scan takes it for a changed file: a new job.
                 tracked.snap,
                 print_,
                 twin.sha256,
-                f"same content as {twin.path}",
+                why or "",
             )
             self.waiting.tracking.pop(job_id, None)
             log.info(
@@ -115,10 +131,8 @@ class Ready:
                 earlier_path=twin.path,
                 record_id=twin.record_id,
             )
-        elif twin is not None and twin.state != State.DONE:
-            await self.waiting.wait(
-                job_id, path, tracked, f"same content as job {twin.id}, in progress"
-            )
+        elif outcome == "wait":
+            await self.waiting.wait(job_id, path, tracked, why or "")
         else:
             pending.add(job_id, path, tracked, now, print_)
 

@@ -47,6 +47,46 @@ def _look_all(paths: list[str], follow_symlinks: bool) -> list[FileSnapshot | OS
     return looks
 
 
+def judge_settled(
+    checks: FinishedChecks,
+    path: Path,
+    snap: Snap,
+    wall: float,
+    writers: dict[Path, WritersVerdict | OSError] | None,
+    *,
+    sidecar_settle: float | None,
+    rule: OpenRule,
+) -> Verdict:
+    """Why the settled file ``path`` (as ``snap``) must still wait, else its fingerprint.
+
+    Blocks on the disk (a worker thread). The settle loop and ``ingestd plan`` both
+    judge with this, so the two never disagree. ``sidecar_settle``: ``watch.settle``
+    when ``record.sidecar`` is on (a sidecar must settle too), else None. Whatever
+    judging raises is this file's verdict, never the caller's.
+    """
+    verdict = Verdict()
+    try:
+        try:
+            verdict.reason = "empty file (0 bytes)" if snap[0] == 0 else None
+            if verdict.reason is None:
+                verdict.reason = checks.why_not_finished(
+                    path, snap[0], writers=writers, judged=snap
+                )
+            if verdict.reason is None and sidecar_settle is not None:
+                # Wall time, as it is compared with the sidecar's mtime.
+                verdict.reason = sidecar_wait_reason(path, sidecar_settle, wall, rule)
+        except (OSError, FileRefused) as err:
+            verdict.check_error = err
+        if verdict.reason is None and verdict.check_error is None:
+            try:
+                verdict.fingerprint = fingerprint(path, snap, rule)
+            except (OSError, FileRefused) as err:
+                verdict.read_error = err
+    except Exception as err:
+        verdict.internal_error = err
+    return verdict
+
+
 class Settler:
     """Watches the waiting files until each is finished, then hands it to :class:`Ready`."""
 
@@ -218,38 +258,18 @@ class Settler:
             writers = None  # /proc unreadable: each file's check then looks for itself
         verdicts = []
         for path, snap in files:
-            verdict = Verdict()
-            try:
-                self._judge_one(path, snap, wall, writers, verdict)
-            except Exception as err:
-                verdict.internal_error = err
-            verdicts.append(verdict)
-        return verdicts
-
-    def _judge_one(
-        self,
-        path: Path,
-        snap: Snap,
-        wall: float,
-        writers: dict[Path, WritersVerdict | OSError] | None,
-        verdict: Verdict,
-    ) -> None:
-        try:
-            verdict.reason = "empty file (0 bytes)" if snap[0] == 0 else None
-            if verdict.reason is None:
-                verdict.reason = self.checks.why_not_finished(
-                    path, snap[0], writers=writers, judged=snap
+            verdicts.append(
+                judge_settled(
+                    self.checks,
+                    path,
+                    snap,
+                    wall,
+                    writers,
+                    sidecar_settle=self.watch.settle if self.sidecars else None,
+                    rule=self.rule,
                 )
-            if verdict.reason is None and self.sidecars:
-                # A sidecar must settle too; wall time, as it is compared with its mtime.
-                verdict.reason = sidecar_wait_reason(path, self.watch.settle, wall, self.rule)
-        except (OSError, FileRefused) as err:
-            verdict.check_error = err
-        if verdict.reason is None and verdict.check_error is None:
-            try:
-                verdict.fingerprint = fingerprint(path, snap, self.rule)
-            except (OSError, FileRefused) as err:
-                verdict.read_error = err
+            )
+        return verdicts
 
     def _log_still_changing(self, job_id: int, path: Path, tracked: Tracked, now: float) -> None:
         if (

@@ -46,6 +46,26 @@ class RecordMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class ShareChoice:
+    """Who one kind of share (users or groups) names, before names become ids."""
+
+    kind: str
+    items: tuple[int | str, ...]
+    key: str  # where they come from, for messages: ``record.share.users``, ``sidecar X: ...``
+    from_sidecar: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDraft:
+    """A file's record as the rules and its sidecar make it, share names not yet ids."""
+
+    name: str
+    template: dict[str, str]
+    share: dict[str, ShareChoice]
+    sidecar: Sidecar | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Chosen:
     """The configuration that applies to one file: the defaults, or its rule's."""
 
@@ -125,6 +145,14 @@ class RecordNamer:
         """The record for one file. PermanentError (``bad_sidecar``,
         ``unknown_share_name``) fails its job; RetryableError (``sidecar_unsettled``,
         the server) tries again later."""
+        draft = await self.draft_for(path, root, size, mtime_ns)
+        share = {kind: await self.share_ids(draft.share[kind]) for kind in KINDS}
+        return RecordMeta(name=draft.name, template=draft.template, share=share)
+
+    async def draft_for(self, path: Path, root: Path, size: int, mtime_ns: int) -> RecordDraft:
+        """Name, template and share choices for one file, without asking the server (the
+        uploads and ``ingestd plan`` both start here). Raises as :meth:`meta_for` does for
+        its sidecar."""
         values = placeholder_values(path, root, size, mtime_ns, self.pattern)
         chosen = self.choose(str(values["relpath"]))
         name = render(chosen.name, values).strip() or path.stem
@@ -133,8 +161,8 @@ class RecordNamer:
         if sidecar is not None:
             name = sidecar.name or name
             fields.update(sidecar.template)
-        share = {kind: await self._share_ids(kind, chosen, sidecar) for kind in KINDS}
-        return RecordMeta(name=name, template=fields, share=share)
+        share = {kind: _share_choice(kind, chosen, sidecar) for kind in KINDS}
+        return RecordDraft(name=name, template=fields, share=share, sidecar=sidecar)
 
     def _sidecar(self, video: Path) -> Sidecar | None:
         verdict = examine_sidecar(video, self.settle, time.time(), self.rule)
@@ -146,18 +174,22 @@ class RecordNamer:
             )
         return verdict.sidecar
 
-    async def _share_ids(self, kind: str, chosen: _Chosen, sidecar: Sidecar | None) -> list[int]:
-        from_sidecar: Iterable[int | str] | None = getattr(sidecar, kind, None)
-        if sidecar is not None and from_sidecar is not None:
-            try:
-                return await self.directory.ids(kind, from_sidecar)
-            except ShareNameError as exc:
-                raise PermanentError(
-                    f"sidecar {sidecar.path.name}: share.{kind}: {exc}", reason="bad_sidecar"
-                ) from None
+    async def share_ids(self, choice: ShareChoice) -> list[int]:
+        """The ids of one share choice; a name the server does not know fails the job."""
         try:
-            return await self.directory.ids(kind, getattr(chosen.share, kind))
+            return await self.directory.ids(choice.kind, choice.items)
         except ShareNameError as exc:
-            raise PermanentError(
-                f"{chosen.share_key}.{kind}: {exc}", reason="unknown_share_name"
-            ) from None
+            reason = "bad_sidecar" if choice.from_sidecar else "unknown_share_name"
+            raise PermanentError(f"{choice.key}: {exc}", reason=reason) from None
+
+
+def _share_choice(kind: str, chosen: _Chosen, sidecar: Sidecar | None) -> ShareChoice:
+    """A sidecar's ``share.KIND``, where it names one, replaces the configuration's."""
+    from_sidecar: Iterable[int | str] | None = getattr(sidecar, kind, None)
+    if sidecar is not None and from_sidecar is not None:
+        return ShareChoice(
+            kind, tuple(from_sidecar), f"sidecar {sidecar.path.name}: share.{kind}", True
+        )
+    return ShareChoice(
+        kind, tuple(getattr(chosen.share, kind)), f"{chosen.share_key}.{kind}", False
+    )
