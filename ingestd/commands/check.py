@@ -135,7 +135,11 @@ async def _check_server(
             )
             return
         except ValtError as exc:
-            report.fail(f"server {where} cannot be reached: {exc}")
+            # An HTTP answer means the server was reached; its message says what it was.
+            reached = exc.status is not None
+            report.fail(
+                f"server {where}: {exc}" if reached else f"server {where} cannot be reached: {exc}"
+            )
             return
         report.ok(f"server {where} reachable, logged in as {config.valt.username!r}")
         try:
@@ -268,6 +272,7 @@ def command(args: argparse.Namespace) -> int:
     password = resolve_password(config.valt, os.environ)
     register_secret(password)
     token = resolve_status_token(config.status, os.environ) is not None
-    configure_logging(fmt="json", level="error", stream=sys.stderr)
+    # Every problem is a line of the table; a log line would land in the middle of it.
+    configure_logging(fmt="json", level="critical", stream=sys.stderr)
     check = run_check(config, password, print, probe=args.probe_upload, status_token=token)
     return asyncio.run(check)
