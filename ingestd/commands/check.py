@@ -16,6 +16,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ingestd.commands.check_places import (
+    check_after_upload_folders,
+    check_ledger_folder,
+    check_status_port,
+)
 from ingestd.commands.common import load
 from ingestd.commands.probe import probe_upload
 from ingestd.config.credentials import resolve_password, resolve_status_token
@@ -67,11 +72,9 @@ def _check_folders(config: Config, report: _Report) -> None:
         else:
             report.ok(f"watch folder {folder}")
             _free_space_line(folder, config.watch.min_free, report)
-    ledger_dir = _existing_parent(config.ledger.path)
-    if os.access(ledger_dir, os.W_OK):
-        report.ok(f"ledger folder {config.ledger.path.parent} is writable")
-    else:
-        report.fail(f"ledger folder {config.ledger.path.parent} is not writable (ledger.path)")
+    check_ledger_folder(config, report.say)
+    check_after_upload_folders(config, report.say)
+    check_status_port(config, report.say)
 
 
 def _free_space_line(folder: Path, min_free: int, report: _Report) -> None:
@@ -88,13 +91,6 @@ def _free_space_line(folder: Path, min_free: int, report: _Report) -> None:
         )
     else:
         report.ok(f"{format_size(free)} free on the volume of {folder}")
-
-
-def _existing_parent(path: Path) -> Path:
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
 
 
 def _clock_line(date_header: str | None, report: _Report) -> None:
