@@ -6,18 +6,27 @@
 - ``check``: a ledger folder that does not exist yet, ``move_to``/``failed_to``
   that are missing, and ``status.listen`` free, taken, or held by this ledger's daemon.
 - ``/healthz``: a folder watcher that is not running names the folder.
+- a ledger folder on a read-only mount: ``status`` reads it, a write says read-only
+  (not "permissions?").
+- ``export`` to a full disk (``/dev/full``): one line, no traceback.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import (
+    REPO,
     free_port,
     ingestd_env,
     random_file,
@@ -172,3 +181,63 @@ def test_a_watcher_not_running_names_the_folder(tmp_path: Path, server: FakeValt
         f"watch.paths[0] {missing} does not exist or is not a folder (is the share mounted?)" in p
         for p in problems
     ), problems
+
+
+@pytest.fixture
+def read_only_state(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path/state``, a folder the test fills, then mounted read-only over itself."""
+    state = tmp_path / "state"
+    state.mkdir()
+    yield state
+    subprocess.run(["umount", "-l", str(state)], check=False, capture_output=True)
+
+
+def _remount_read_only(folder: Path) -> None:
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_a_read_only_ledger_folder_is_read_by_status_and_named_read_only(
+    tmp_path: Path, server: FakeValtThread, export: Path, read_only_state: Path
+) -> None:
+    random_file(export / "a.mp4", 1000)
+    ledger = {"path": str(read_only_state / "ledger.db")}
+    config = str(write_config(tmp_path, server.url, watch={"settle": "0.1s"}, ledger=ledger))
+    assert run_cli("run", "-c", config, "--once", "--max-wait", "5s").returncode == 0
+    _remount_read_only(read_only_state)
+
+    status = run_cli("status", "-c", config, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"]["done"] == 1
+
+    paused = run_cli("pause", "-c", config)
+    assert paused.returncode == 1
+    assert paused.stderr.startswith(
+        "ingestd: ledger error: the ledger's folder is on a read-only file system: "
+        "remount it read-write, or set ledger.path to a writable place"
+    ), paused.stderr
+    assert "permissions?" not in paused.stderr
+
+
+def test_export_to_a_full_disk_is_one_line(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    random_file(export / "a.mp4", 1000)
+    config = str(write_config(tmp_path, server.url, watch={"settle": "0.1s"}))
+    assert run_cli("run", "-c", config, "--once", "--max-wait", "5s").returncode == 0
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "ingestd", "export", "-c", config],
+            env=ingestd_env(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "ingestd: export: the CSV could not be written (No space left on device): "
+        "the disk is full: free some space, or send the CSV elsewhere\n"
+    ), result.stderr

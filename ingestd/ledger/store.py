@@ -43,6 +43,7 @@ from ingestd.ledger.backup import RESTORED_AT, RESTORED_BACKUP_TIME, refuse_lost
 from ingestd.ledger.connection import (
     DAMAGE_CODES,
     Guarded,
+    on_read_only_fs,
     primary_code,
     sqlite_uri,
 )
@@ -112,9 +113,7 @@ class SqliteLedger(Transitions, JobQueries):
             refuse_lost_ledger(path)
         try:
             if readonly:
-                conn = await aiosqlite.connect(
-                    sqlite_uri(path, readonly=True), uri=True, isolation_level=None
-                )
+                conn = await _connect_readonly(path)
             else:
                 make_private_folders(path.parent)
                 # 0600 before SQLite makes it 0644; its -wal and -shm then take the same mode.
@@ -273,3 +272,21 @@ class SqliteLedger(Transitions, JobQueries):
             (*values, job.id, job.state.value, job.record_id),
         )
         return bool(cursor.rowcount)
+
+
+async def _connect_readonly(path: Path) -> aiosqlite.Connection:
+    """A read-only connection, also on a read-only mount (``status`` is documented
+    read-only): there SQLite cannot make the ``-shm`` a WAL ledger needs, so a ledger
+    with no ``-wal`` left (closed cleanly: nothing beyond the main file) opens immutable."""
+    conn = await aiosqlite.connect(sqlite_uri(path, readonly=True), uri=True, isolation_level=None)
+    try:
+        await conn.execute("SELECT count(*) FROM sqlite_master")
+        return conn
+    except sqlite3.OperationalError:
+        await conn.close()
+        wal = path.with_name(path.name + "-wal")
+        if not on_read_only_fs(path) or (wal.exists() and wal.stat().st_size > 0):
+            raise
+    return await aiosqlite.connect(
+        sqlite_uri(path, readonly=True, immutable=True), uri=True, isolation_level=None
+    )
