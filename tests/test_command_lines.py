@@ -220,6 +220,23 @@ def test_a_read_only_ledger_folder_is_read_by_status_and_named_read_only(
     assert "permissions?" not in paused.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_check_names_a_read_only_watch_folder_read_only(tmp_path: Path) -> None:
+    share = tmp_path / "export"
+    share.mkdir()
+    after = {"action": "delete"}
+    config = write_config(tmp_path, "http://127.0.0.1:9", after_upload=after)
+    _remount_read_only(share)
+    try:
+        lines = _check_lines(config)
+    finally:
+        subprocess.run(["umount", "-l", str(share)], check=False)
+    assert (
+        f"FAIL  watch folder {share} is on a read-only file system "
+        "(after_upload.action needs to write it)"
+    ) in lines, lines
+
+
 def test_export_to_a_full_disk_is_one_line(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:

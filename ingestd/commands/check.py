@@ -20,6 +20,7 @@ from ingestd.commands.check_places import (
     check_after_upload_folders,
     check_ledger_folder,
     check_status_port,
+    read_only,
 )
 from ingestd.commands.common import load
 from ingestd.commands.probe import probe_upload
@@ -67,8 +68,9 @@ def _check_folders(config: Config, report: _Report) -> None:
             report.fail(f"watch folder {folder} does not exist (watch.paths)")
         elif not os.access(folder, os.R_OK | os.X_OK):
             report.fail(f"watch folder {folder} is not readable by this user")
-        elif needs_write and not os.access(folder, os.W_OK):
-            report.fail(f"watch folder {folder} is not writable (after_upload.action needs it)")
+        elif needs_write and (not os.access(folder, os.W_OK) or read_only(folder)):
+            why = "is on a read-only file system" if read_only(folder) else "is not writable"
+            report.fail(f"watch folder {folder} {why} (after_upload.action needs to write it)")
         else:
             report.ok(f"watch folder {folder}")
             _free_space_line(folder, config.watch.min_free, report)
