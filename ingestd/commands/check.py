@@ -16,6 +16,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ingestd.commands.check_places import (
+    check_after_upload_folders,
+    check_ledger_folder,
+    check_status_port,
+    read_only,
+)
 from ingestd.commands.common import load
 from ingestd.commands.probe import probe_upload
 from ingestd.config.credentials import resolve_password, resolve_status_token
@@ -62,16 +68,15 @@ def _check_folders(config: Config, report: _Report) -> None:
             report.fail(f"watch folder {folder} does not exist (watch.paths)")
         elif not os.access(folder, os.R_OK | os.X_OK):
             report.fail(f"watch folder {folder} is not readable by this user")
-        elif needs_write and not os.access(folder, os.W_OK):
-            report.fail(f"watch folder {folder} is not writable (after_upload.action needs it)")
+        elif needs_write and (not os.access(folder, os.W_OK) or read_only(folder)):
+            why = "is on a read-only file system" if read_only(folder) else "is not writable"
+            report.fail(f"watch folder {folder} {why} (after_upload.action needs to write it)")
         else:
             report.ok(f"watch folder {folder}")
             _free_space_line(folder, config.watch.min_free, report)
-    ledger_dir = _existing_parent(config.ledger.path)
-    if os.access(ledger_dir, os.W_OK):
-        report.ok(f"ledger folder {config.ledger.path.parent} is writable")
-    else:
-        report.fail(f"ledger folder {config.ledger.path.parent} is not writable (ledger.path)")
+    check_ledger_folder(config, report.say)
+    check_after_upload_folders(config, report.say)
+    check_status_port(config, report.say)
 
 
 def _free_space_line(folder: Path, min_free: int, report: _Report) -> None:
@@ -88,13 +93,6 @@ def _free_space_line(folder: Path, min_free: int, report: _Report) -> None:
         )
     else:
         report.ok(f"{format_size(free)} free on the volume of {folder}")
-
-
-def _existing_parent(path: Path) -> Path:
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
 
 
 def _clock_line(date_header: str | None, report: _Report) -> None:
@@ -135,7 +133,11 @@ async def _check_server(
             )
             return
         except ValtError as exc:
-            report.fail(f"server {where} cannot be reached: {exc}")
+            # An HTTP answer means the server was reached; its message says what it was.
+            reached = exc.status is not None
+            report.fail(
+                f"server {where}: {exc}" if reached else f"server {where} cannot be reached: {exc}"
+            )
             return
         report.ok(f"server {where} reachable, logged in as {config.valt.username!r}")
         try:
@@ -268,6 +270,7 @@ def command(args: argparse.Namespace) -> int:
     password = resolve_password(config.valt, os.environ)
     register_secret(password)
     token = resolve_status_token(config.status, os.environ) is not None
-    configure_logging(fmt="json", level="error", stream=sys.stderr)
+    # Every problem is a line of the table; a log line would land in the middle of it.
+    configure_logging(fmt="json", level="critical", stream=sys.stderr)
     check = run_check(config, password, print, probe=args.probe_upload, status_token=token)
     return asyncio.run(check)

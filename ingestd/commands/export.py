@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import datetime as dt
+import errno
 import io
+import os
+import sys
 from collections.abc import Iterable
 
 from ingestd.commands.common import load
 from ingestd.commands.exits import EXIT_OK
-from ingestd.errors import UsageError
+from ingestd.errors import IngestdError, UsageError
 from ingestd.ledger.api import open_ledger
 from ingestd.ledger.model import Job, State
 
@@ -53,7 +57,7 @@ def command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if not config.ledger.path.exists():
-        print(audit_csv([]), end="")
+        _write(audit_csv([]))
         return EXIT_OK
 
     async def read() -> str:
@@ -63,5 +67,23 @@ def command(args: argparse.Namespace) -> int:
         finally:
             await ledger.close()
 
-    print(asyncio.run(read()), end="")
+    _write(asyncio.run(read()))
     return EXIT_OK
+
+
+def _write(text: str) -> None:
+    """The CSV to standard output; a full disk or a closed pipe is one line, not a traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        # Python flushes stdout again at exit: point it at /dev/null so that says nothing.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if exc.errno == errno.ENOSPC:
+            advice = "the disk is full: free some space, or send the CSV elsewhere"
+        else:
+            advice = "the file or pipe it goes to refused it"
+        raise IngestdError(
+            f"export: the CSV could not be written ({exc.strerror or exc}): {advice}"
+        ) from None

@@ -1,12 +1,32 @@
-"""``ingestd retry (JOB... | --failed) [--force]``: re-queue failed jobs."""
+"""``ingestd retry (JOB... | --failed) [--force]``: re-queue failed jobs.
+
+Exit 2 when an id is not in the ledger (named), 1 when nothing was re-queued;
+each named job that was not re-queued gets one line giving its state.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ingestd.commands.common import load, with_ledger
-from ingestd.commands.exits import EXIT_OK
+from ingestd.commands.exits import EXIT_OK, EXIT_PROBLEM
 from ingestd.errors import UsageError
+from ingestd.ledger.api import JobLedger
+from ingestd.ledger.model import Job, State
+
+
+def _left_alone(job: Job, force: bool) -> str:
+    """Why a named job was not re-queued, from its state."""
+    if job.state == State.DONE:
+        return f"job {job.id} ({job.path}) is done: there is nothing to retry"
+    if job.state in (State.WAITING, State.SKIPPED) and not force:
+        why = job.wait_reason or job.fail_reason or job.state.value
+        return (
+            f"job {job.id} ({job.path}) is {job.state.value} ({why}), not failed: "
+            "`--force` uploads it without the finished checks"
+        )
+    return f"job {job.id} ({job.path}) is {job.state.value}, not failed: it needs no retry"
 
 
 def command(args: argparse.Namespace) -> int:
@@ -14,9 +34,22 @@ def command(args: argparse.Namespace) -> int:
         raise UsageError("retry needs job ids or --failed (see `ingestd status`)")
     config = load(args)
     ids = None if args.failed and not args.jobs else list(args.jobs)
-    retried = with_ledger(config, lambda ledger: ledger.retry(ids, force=args.force))
-    print(
-        f"re-queued {len(retried)} job(s)"
-        + (f": {', '.join(map(str, retried))}" if retried else "")
-    )
+
+    async def go(ledger: JobLedger) -> tuple[list[int], list[Job]]:
+        named = [] if ids is None else [await ledger.find_job(job_id) for job_id in ids]
+        unknown = [job_id for job_id, job in zip(ids or [], named, strict=True) if job is None]
+        if unknown:
+            listed = ", ".join(map(str, unknown))
+            noun = "job" if len(unknown) == 1 else "jobs"
+            raise UsageError(f"no {noun} {listed} in the ledger (`ingestd status` lists them)")
+        retried = await ledger.retry(ids, force=args.force)
+        return retried, [job for job in named if job is not None and job.id not in retried]
+
+    retried, left = with_ledger(config, go)
+    for job in left:
+        print(_left_alone(job, args.force), file=sys.stderr)
+    if not retried:
+        print("nothing was re-queued" + ("" if ids else ": no job is failed"), file=sys.stderr)
+        return EXIT_PROBLEM
+    print(f"re-queued {len(retried)} job(s): {', '.join(map(str, retried))}")
     return EXIT_OK

@@ -12,6 +12,7 @@ from ingestd.config.credentials import resolve_password, resolve_status_token
 from ingestd.daemon.lifecycle import Daemon
 from ingestd.failpoints import load_failpoints
 from ingestd.ledger.lock import LedgerLock
+from ingestd.ledger.model import Job, State
 from ingestd.logs import configure_logging, register_secret
 from ingestd.units import parse_duration
 
@@ -45,7 +46,25 @@ def command(args: argparse.Namespace) -> int:
         if result.message:
             print(f"ingestd: {result.message}", file=sys.stderr)
         for job in result.not_done:
-            why = job.fail_reason or job.wait_reason or job.state.value
-            detail = f": {job.fail_detail}" if job.fail_detail and job.fail_reason else ""
-            print(f"not done: {job.path} ({job.state.value}: {why}{detail})", file=sys.stderr)
+            print(f"not done: {job.path} ({job.state.value}: {_why(job)})", file=sys.stderr)
     return result.exit_code
+
+
+# A job stopped half-way has no reason of its own: say where it stood.
+_UNFINISHED = {
+    State.QUEUED: "its upload had not begun",
+    State.CREATING: "its record was being created on the server",
+    State.UPLOADING: "part of it was sent",
+    State.CONFIRMING: "all of it was sent, the server had not confirmed it yet",
+}
+
+
+def _why(job: Job) -> str:
+    if job.fail_reason:
+        return job.fail_reason + (f": {job.fail_detail}" if job.fail_detail else "")
+    if job.wait_reason:
+        return job.wait_reason
+    where = _UNFINISHED.get(job.state, job.state.value)
+    if job.state == State.UPLOADING and job.size:
+        where = f"{100 * job.bytes_acked / job.size:.0f}% of it was sent"
+    return f"{where}; the next run goes on from there"

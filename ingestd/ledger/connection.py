@@ -58,6 +58,23 @@ _WRITE_FAILURES = {
 }
 
 
+_MAYBE_READ_ONLY = frozenset({_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM})
+READ_ONLY_FS = (
+    "the ledger's folder is on a read-only file system: remount it read-write, "
+    "or set ledger.path to a writable place"
+)
+
+
+def on_read_only_fs(path: Path) -> bool:
+    """Whether ``path`` (or, while it does not exist, its folder) is on a read-only mount."""
+    for place in (path, path.parent):
+        try:
+            return bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+        except OSError:
+            continue
+    return False
+
+
 def primary_code(exc: sqlite3.Error) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return code & 0xFF if isinstance(code, int) else None
@@ -172,6 +189,8 @@ class Guarded:
         what = _WRITE_FAILURES.get(code)
         if what is None:
             return None
+        if code in _MAYBE_READ_ONLY and on_read_only_fs(self._path):
+            what = READ_ONLY_FS  # not a permissions problem: chmod would not help
         problem = f"{what}: {self._path}: {exc}"
         self._on_write_failure(problem)
         return LedgerUnwritable(problem)
@@ -187,10 +206,16 @@ class Connected:
         return Transaction(self._conn)
 
 
-def sqlite_uri(path: Path, *, readonly: bool) -> str:
+def sqlite_uri(path: Path, *, readonly: bool, immutable: bool = False) -> str:
     """``file:`` URI of ``path``, percent-escaped: a ``?``, ``#`` or ``%`` in a folder's name
-    would otherwise end the path or start a query (issue 11, finding 13)."""
-    return Path(os.path.abspath(path)).as_uri() + ("?mode=ro" if readonly else "")
+    would otherwise end the path or start a query (issue 11, finding 13).
+
+    ``immutable``: SQLite neither locks nor looks for ``-wal``/``-shm``, for a ledger
+    on a read-only mount that has no ``-wal`` (nothing can change it there)."""
+    uri = Path(os.path.abspath(path)).as_uri()
+    if immutable:
+        return uri + "?mode=ro&immutable=1"
+    return uri + ("?mode=ro" if readonly else "")
 
 
 def marks(values: Sequence[Any]) -> str:

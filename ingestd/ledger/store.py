@@ -45,6 +45,7 @@ from ingestd.ledger.connection import (
     MAX_VARIABLES,
     Guarded,
     marks,
+    on_read_only_fs,
     primary_code,
     sqlite_uri,
 )
@@ -115,9 +116,7 @@ class SqliteLedger(Transitions, JobQueries):
             refuse_lost_ledger(path)
         try:
             if readonly:
-                conn = await aiosqlite.connect(
-                    sqlite_uri(path, readonly=True), uri=True, isolation_level=None
-                )
+                conn = await _connect_readonly(path)
             else:
                 make_private_folders(path.parent)
                 # 0600 before SQLite makes it 0644; its -wal and -shm then take the same mode.
@@ -298,3 +297,21 @@ class SqliteLedger(Transitions, JobQueries):
                 (time.time(), *part),
             )
         return ids
+
+
+async def _connect_readonly(path: Path) -> aiosqlite.Connection:
+    """A read-only connection, also on a read-only mount (``status`` is documented
+    read-only): there SQLite cannot make the ``-shm`` a WAL ledger needs, so a ledger
+    with no ``-wal`` left (closed cleanly: nothing beyond the main file) opens immutable."""
+    conn = await aiosqlite.connect(sqlite_uri(path, readonly=True), uri=True, isolation_level=None)
+    try:
+        await conn.execute("SELECT count(*) FROM sqlite_master")
+        return conn
+    except sqlite3.OperationalError:
+        await conn.close()
+        wal = path.with_name(path.name + "-wal")
+        if not on_read_only_fs(path) or (wal.exists() and wal.stat().st_size > 0):
+            raise
+    return await aiosqlite.connect(
+        sqlite_uri(path, readonly=True, immutable=True), uri=True, isolation_level=None
+    )

@@ -214,7 +214,30 @@ class StatusService:
         down = now - self._watcher_seen
         if down < WATCHER_GRACE:
             return []
-        return [f"the folder watcher is not running (for {down:.0f} s)"]
+        return [self._watcher_down(down)]
+
+    def _watcher_down(self, down: float) -> str:
+        """Which folders go unwatched, and why when it shows: a folder that is not there."""
+        named = [
+            (
+                f"watch.paths[{index}]"
+                if self.alerter.redact_paths
+                else f"watch.paths[{index}] {path}",
+                path,
+            )
+            for index, path in enumerate(self.watch.paths)
+        ]
+        missing = [name for name, path in named if not path.is_dir()]
+        if missing and len(missing) == len(named):
+            return (
+                f"the folder watcher is not running (for {down:.0f} s): {', '.join(missing)} "
+                "does not exist or is not a folder (is the share mounted?)"
+            )
+        return (
+            f"the folder watcher is not running for {', '.join(name for name, _ in named)} "
+            f"(for {down:.0f} s; the log's watcher.failed says why): files are still found by "
+            "the rescan every watch.rescan_interval"
+        )
 
     def _ledger_problems(self) -> list[str]:
         found = []

@@ -1,14 +1,13 @@
 """The Valt client: one aiohttp session, login and re-login, typed failures.
 
 No URL, token or password ever leaves this module unredacted: every aiohttp
-exception is turned into one of ours with a message built from the call's
-name (``POST records/create-upload``) and the exception's redacted text, and
-raised ``from None`` so the original (whose text may hold the URL) is not
-chained into tracebacks. The token travels only in the request this module
-makes. An answer's parsing and the errors it maps to are in
-:mod:`ingestd.valt.wire`, a chunk's multipart frame in
-:mod:`ingestd.valt.multipart`; what the server is *assumed* to do lives in
-:mod:`ingestd.valt.rules`.
+exception is turned into one of ours (:mod:`ingestd.valt.failures`: one line
+naming the call, what is wrong and what to change), and raised ``from None``
+so the original (whose text may hold the URL) is not chained into tracebacks.
+The token travels only in the request this module makes. An answer's parsing
+and the errors it maps to are in :mod:`ingestd.valt.wire`, a chunk's multipart
+frame in :mod:`ingestd.valt.multipart`; what the server is *assumed* to do
+lives in :mod:`ingestd.valt.rules`.
 """
 
 from __future__ import annotations
@@ -30,8 +29,9 @@ from ingestd.errors import (
     Redirected,
     RetryableError,
 )
-from ingestd.logs import get_logger, redact_text, redact_url, register_secret
+from ingestd.logs import get_logger, redact_url, register_secret
 from ingestd.valt import rules as valt_rules
+from ingestd.valt.failures import login_failure, timed_out, transport_failure
 from ingestd.valt.multipart import PieceSource, frame_chunk
 from ingestd.valt.wire import (
     Answer,
@@ -172,6 +172,9 @@ class ValtClient:
                 status=401,
                 reason="auth_failed",
             )
+        not_valt = login_failure(answer, "POST login", self._url_shown)
+        if not_valt is not None:
+            raise not_valt
         raise_for(answer, "POST login", quote=False)
         token = dig(answer.body, "data", "access_token")
         if not isinstance(token, str) or not token:
@@ -280,21 +283,10 @@ class ValtClient:
                     location = response.headers.get("Location")
         except TimeoutError:
             self._contact(False)
-            raise RetryableError(
-                f"{what}: no progress for {self.timeout:.0f} s (valt.timeout)", reason="timeout"
-            ) from None
-        except aiohttp.ClientConnectorCertificateError:
-            self._contact(False)
-            raise RetryableError(
-                f"{what}: the server's TLS certificate is not trusted "
-                "(set valt.ca_file to the CA that signed it)",
-                reason="tls",
-            ) from None
+            raise timed_out(what, self.timeout) from None
         except aiohttp.ClientError as exc:
             self._contact(False)
-            raise RetryableError(
-                f"{what}: {type(exc).__name__}: {redact_text(str(exc))}", reason="connection"
-            ) from None
+            raise transport_failure(exc, what) from None
         self._contact(answer.status < 500)
         if 300 <= answer.status < 400:
             self._redirected(what, answer.status, url, location)

@@ -26,6 +26,9 @@ UPLOAD_FIELD = "file"
 READY_STATUS = "ready"
 # Failures worth retrying; every other 4xx is permanent.
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
+# Valt always has ``POST login``: a server that has no such route (404), refuses the
+# method (405) or implements no POST (501) is another server, or valt.url is not the base.
+NOT_VALT_LOGIN_STATUSES = frozenset({404, 405, 501})
 
 
 def is_retryable_status(status: int) -> bool:
