@@ -33,6 +33,42 @@ MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Modules whose tests share one expensive module fixture (a campaign): xdist gives all of a
+# module's tests to one worker, else each worker would run the campaign again.
+ONE_WORKER_MODULES = ("tests/test_chaos_short.py", "tests/test_powercut_campaign.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first: run in parallel (xdist), they would otherwise end the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_Scheduling(), "ingestd-xdist-scheduling")
+
+
+class _Scheduling:
+    """``--dist load`` (the default of ``-n``), but ONE_WORKER_MODULES each on one worker.
+
+    ``--dist loadgroup`` would do, but with pytest 9 xdist's group suffix on the node id is
+    lost and every test is scheduled alone.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getvalue("dist") != "load":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
+            def _split_scope(self, nodeid: str) -> str:
+                module = nodeid.split("::", 1)[0]
+                return module if module in ONE_WORKER_MODULES else nodeid
+
+        return Scheduling(config, log)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[FakeValtThread]:
     with FakeValtThread(tmp_path / "server", users={USERNAME: PASSWORD}, faults=Faults()) as fake:
