@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +270,41 @@ def log_events(log_file: Path) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return events
+
+
+@functools.cache
+def documented_events() -> frozenset[str]:
+    """The event names in the first column of the README's table of log events."""
+    text = (REPO / "README.md").read_text()
+    _, found, table = text.partition("\n| event | fields | meaning |\n")
+    assert found, "README.md has no table of log events"
+    names: set[str] = set()
+    for line in table.splitlines()[1:]:  # the first is the | --- | row
+        if not line.startswith("|"):
+            break
+        names.update(re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", line.split("|")[1]))
+    return frozenset(names)
+
+
+def assert_no_event(logged: str | Path | Iterable[Any], *names: str) -> None:
+    """No event ``names`` in ``logged``: a daemon's output (text, or a log file), event dicts,
+    event names, or (time, event, fields) entries. Each name must be in the README's table,
+    so that a renamed event fails here instead of passing as absent."""
+    unknown = [name for name in names if name not in documented_events()]
+    assert not unknown, f"not in the README's table of log events: {unknown}"
+    if isinstance(logged, Path):
+        logged = log_events(logged)
+    if isinstance(logged, str):
+        found = [line for line in logged.splitlines() if any(name in line for name in names)]
+    else:
+        found = [entry for entry in logged if _event_name(entry) in names]
+    assert not found, found
+
+
+def _event_name(entry: Any) -> Any:
+    if isinstance(entry, dict):
+        return entry.get("event")
+    return entry[1] if isinstance(entry, tuple) else entry
 
 
 def server_videos(server: FakeValtThread) -> dict[str, dict[str, Any]]:

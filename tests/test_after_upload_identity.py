@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    assert_no_event,
     ingestd_env,
     ledger_rows,
     log_events,
@@ -101,7 +102,7 @@ def test_keep_for_never_deletes_a_newer_recording_under_the_same_name(
     assert room.read_bytes() == v2
     received = sorted(r["videos"][0]["received"] for r in server.snapshot()["records"])
     assert received == [1000, 2000]
-    assert _events(log_file, "file.expired") == []
+    assert_no_event(log_file, "file.expired")
 
 
 @pytest.mark.parametrize("action", ["delete", "move"])
@@ -227,7 +228,7 @@ async def test_no_deletion_while_another_live_job_owns_the_path(
         assert (await ledger.get_job(done_id)).left_alone == "owned"
         with capture_logs() as logs:
             await housekeeping(config, ledger)  # marked: not tried again
-        assert [e for e in logs if e["event"] == "file.left_alone"] == []
+        assert_no_event(logs, "file.left_alone")
     finally:
         await ledger.close()
 

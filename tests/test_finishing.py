@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from conftest import (
     KiB,
+    assert_no_event,
     ledger_rows,
     log_events,
     run_cli,
@@ -526,7 +527,7 @@ def test_retry_force_uploads_a_crashed_capture_and_a_skipped_duplicate(
     uploaded_once(server, "original", original)
     assert len(server.snapshot()["records"]) == 3
     assert crashed.stat().st_size == len(FTYP) + 8 + 128 * KiB
-    assert [e for e in log_events(log) if e["event"] == "job.failed"] == []
+    assert_no_event(log, "job.failed")
 
 
 # --- 8. file.still_changing: a low rate, not a loop ----------------------------------------------
@@ -616,7 +617,9 @@ async def test_still_changing_is_logged_at_a_low_rate(
     assert all(gap >= every for gap in gaps), gaps
     assert all(entry[2]["job_id"] == job.id for entry in logged)
     assert [entry[2]["size"] for entry in logged] == sorted({entry[2]["size"] for entry in logged})
-    assert recorder.named("file.waiting") == []  # "still being written" is not logged each time
+    assert_no_event(
+        recorder.events, "file.waiting"
+    )  # "still being written" is not logged each time
     assert job.state == watcher.State.WAITING
     assert job.wait_reason == "still being written"
     assert ready == []

@@ -10,6 +10,7 @@ from pathlib import Path
 from conftest import (
     KiB,
     MiB,
+    assert_no_event,
     ledger_rows,
     log_events,
     random_file,
@@ -54,7 +55,7 @@ def test_same_content_under_another_name_is_skipped(
     assert rows["take 1 edited.mp4"]["state"] == "done"
     assert len(server.snapshot()["records"]) == 2
     log = run_cli("run", "-c", str(config), "--once").stdout
-    assert "file.duplicate" not in log  # nothing new: decided once, remembered
+    assert_no_event(log, "file.duplicate")  # nothing new: decided once, remembered
     uploads = server.snapshot()["upload_bytes_received"]
     assert uploads == 2 * 9 * MiB
 

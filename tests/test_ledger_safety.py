@@ -33,6 +33,7 @@ import pytest
 from conftest import (
     NOBODY,
     KiB,
+    assert_no_event,
     free_port,
     ingestd_env,
     ledger_rows,
@@ -305,7 +306,7 @@ def test_a_full_disk_stops_new_work_and_loses_nothing(
         assert _records_per_name(server) == records  # no new work
         assert daemon.poll() is None
         assert len(_events(log, "ledger.unwritable")) == 1  # said once, no crash loop
-        assert not _events(log, "daemon.task_failed") and not _events(log, "watcher.failed")
+        assert_no_event(log, "daemon.task_failed", "watcher.failed")
         inside_jobs = len(_events(log, "job.ledger_unwritable"))
         assert inside_jobs >= 1
     finally:
@@ -355,7 +356,8 @@ def test_a_read_only_ledger_folder_stops_new_work_until_it_is_writable(
             (export / f"clip {n}.mp4").chmod(0o644)
         time.sleep(3)  # found, but not uploaded: no new work
         assert sum(_records_per_name(server).values()) == 2
-        assert daemon.poll() is None and not _events(log, "daemon.task_failed")
+        assert daemon.poll() is None
+        assert_no_event(log, "daemon.task_failed")
 
         state.chmod(0o755)
         wait_for(lambda: _events(log, "ledger.writable"), timeout=15)
