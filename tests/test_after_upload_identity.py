@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ from typing import Any
 import pytest
 from conftest import (
     assert_no_event,
-    ingestd_env,
     ledger_rows,
     log_events,
     random_file,
-    run_cli,
+    run_once,
     start_daemon,
     stop_process,
     wait_for,
@@ -38,12 +36,6 @@ from ingestd.fake_valt import FakeValtThread
 from ingestd.intake.finished import snapshot
 from ingestd.ledger.store import _MIGRATIONS, _SCHEMA, Ledger, State
 from ingestd.upload.after_upload import apply_after_upload, housekeeping, move_failed
-
-
-def _once(config: Path, max_wait: str = "10s", **env: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(
-        "run", "-c", str(config), "--once", "--max-wait", max_wait, env=ingestd_env(**env)
-    )
 
 
 def _left_alone(output: str) -> list[dict[str, Any]]:
@@ -80,7 +72,7 @@ def test_keep_for_never_deletes_a_newer_recording_under_the_same_name(
     config = write_config(
         tmp_path, server.url, watch={"settle": "0.1s"}, after_upload={"keep_for": "1s"}
     )
-    assert _once(config).returncode == 0
+    assert run_once(config, "10s").returncode == 0
     [v1] = ledger_rows(tmp_path / "ledger.db")
     writer, v2 = _write_open(room, 2000, seed=2)
     wait_for(lambda: time.time() > v1["done_at"] + 1.5, timeout=10)
@@ -120,7 +112,7 @@ def test_the_after_upload_action_skips_a_file_replaced_after_done(
         watch={"settle": "0.1s"},
         after_upload={"action": action, "move_to": str(archive) if action == "move" else None},
     )
-    crashed = _once(config, INGESTD_FAILPOINTS="before_after_action")
+    crashed = run_once(config, "10s", INGESTD_FAILPOINTS="before_after_action")
     assert crashed.returncode == -signal.SIGKILL
     writer, v2 = _write_open(room, 2000, seed=2)
     log_file = tmp_path / "daemon.log"
@@ -303,7 +295,7 @@ def test_upgrade_from_version_2_expires_only_the_copy_it_can_vouch_for(
         server.url,
         after_upload={"action": "move", "move_to": str(archive), "keep_for": "1s"},
     )
-    result = _once(config)
+    result = run_once(config, "10s")
     assert result.returncode == 0
     assert not renamed.exists() and other.exists()
     [event] = _left_alone(result.stdout)

@@ -15,6 +15,7 @@ from conftest import (
     log_events,
     random_file,
     run_cli,
+    run_once,
     server_videos,
     sha256_file,
     start_daemon,
@@ -28,10 +29,6 @@ from ingestd.fake_valt import FakeValtThread
 CHUNK = 256 * KiB
 
 
-def _once(config: Path, max_wait: str = "10s") -> int:
-    return run_cli("run", "-c", str(config), "--once", "--max-wait", max_wait).returncode
-
-
 def _states(tmp_path: Path) -> dict[str, str]:
     return {Path(r["path"]).name: r["state"] for r in ledger_rows(tmp_path / "ledger.db")}
 
@@ -41,7 +38,7 @@ def test_same_content_under_another_name_is_skipped(
 ) -> None:
     random_file(export / "take 1.mp4", 9 * MiB, seed=7)  # larger than head + tail
     config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert len(server.snapshot()["records"]) == 1
     (export / "copies").mkdir()
     shutil.copyfile(export / "take 1.mp4", export / "copies" / "take 1 (copy).mp4")
@@ -49,7 +46,7 @@ def test_same_content_under_another_name_is_skipped(
     data = bytearray((export / "take 1.mp4").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (export / "take 1 edited.mp4").write_bytes(bytes(data))
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     rows = {Path(r["path"]).name: r for r in ledger_rows(tmp_path / "ledger.db")}
     assert rows["take 1 (copy).mp4"]["state"] == "skipped"
     assert rows["take 1 edited.mp4"]["state"] == "done"
@@ -65,7 +62,7 @@ def test_duplicate_log_names_the_earlier_record(
 ) -> None:
     random_file(export / "a.mp4", 300 * KiB, seed=1)
     config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     record_id = server.snapshot()["records"][0]["id"]
     shutil.copyfile(export / "a.mp4", export / "b.mp4")
     result = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
@@ -86,10 +83,10 @@ def test_replaced_after_done_is_a_new_job(
 ) -> None:
     random_file(export / "clip.mp4", 300 * KiB, seed=1)
     config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     time.sleep(0.01)
     second = random_file(export / "clip.mp4", 400 * KiB, seed=2)
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     rows = ledger_rows(tmp_path / "ledger.db")
     assert [r["state"] for r in rows] == ["done", "done"]
     assert rows[1]["sha256"] == second
@@ -97,7 +94,7 @@ def test_replaced_after_done_is_a_new_job(
     # The same content written again under the same name: recognised, not uploaded again.
     (export / "clip.mp4").write_bytes((export / "clip.mp4").read_bytes())
     os.utime(export / "clip.mp4", (time.time() + 5, time.time() + 5))
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert [r["state"] for r in ledger_rows(tmp_path / "ledger.db")] == ["done", "done", "skipped"]
     assert len(server.snapshot()["records"]) == 2
 

@@ -40,6 +40,7 @@ from conftest import (
     log_events,
     random_file,
     run_cli,
+    run_once,
     server_videos,
     start_as_nobody,
     start_daemon,
@@ -49,10 +50,6 @@ from conftest import (
 )
 
 from ingestd.fake_valt import FakeValtThread
-
-
-def _once(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("run", "-c", str(config), "--once", "--max-wait", "20s", env=ingestd_env(**env))
 
 
 def _ledger(config: Path, *action: str) -> subprocess.CompletedProcess[str]:
@@ -131,7 +128,7 @@ def test_a_damaged_ledger_stops_the_daemon_before_anything_is_sent(
     if damage == "page_overwritten":
         for n in range(2):
             random_file(export / f"take {n}.mp4", 20 * KiB, seed=n)
-        assert _once(config).returncode == 0
+        assert run_once(config).returncode == 0
         _damage_middle(ledger)
     else:
         ledger.write_bytes(random.Random(3).randbytes(64 * KiB))
@@ -161,7 +158,7 @@ def test_a_lost_ledger_is_not_started_afresh_but_restored(
     random_file(export / "clip.mp4", 100 * KiB)
     config = write_config(tmp_path, server.url, ledger={"backups": 1})
     ledger = tmp_path / "ledger.db"
-    assert _once(config).returncode == 0  # its start-up made a first backup
+    assert run_once(config).returncode == 0  # its start-up made a first backup
     assert _ledger(config, "backup").returncode == 0
     [kept] = tmp_path.glob("ledger.db.backup-*")  # the newest ledger.backups are kept
     refused = _ledger(config, "restore")
@@ -171,7 +168,7 @@ def test_a_lost_ledger_is_not_started_afresh_but_restored(
         ledger.with_name(ledger.name + side).unlink(missing_ok=True)
     sent = server.snapshot()["upload_bytes_received"]
 
-    result = _once(config)
+    result = run_once(config)
     assert result.returncode == 1
     assert f"the ledger {ledger} is missing (but 1 backup(s)" in result.stderr
     assert server.snapshot()["upload_bytes_received"] == sent
@@ -181,7 +178,7 @@ def test_a_lost_ledger_is_not_started_afresh_but_restored(
     assert restored.returncode == 0, restored.stderr
     assert f"skipped {bad.name}" in restored.stdout
     assert f"from {kept.name}" in restored.stdout
-    assert _once(config).returncode == 0
+    assert run_once(config).returncode == 0
     assert server.snapshot()["upload_bytes_received"] == sent
     assert [row["state"] for row in ledger_rows(ledger)] == ["done"]
 
@@ -204,10 +201,10 @@ def test_restoring_an_old_backup_uploads_nothing_again(
         name: random_file(export / f"{name}.mp4", 100 * KiB, seed=n)
         for n, name in enumerate(["a", "b"])
     }
-    assert _once(config).returncode == 0
+    assert run_once(config).returncode == 0
     # "c" is caught mid-upload when the backup is taken.
     digests["c"] = random_file(export / "c.mp4", 12 * 64 * KiB, seed=3)
-    killed = _once(config, INGESTD_FAILPOINTS="after_chunk_committed:3")
+    killed = run_once(config, INGESTD_FAILPOINTS="after_chunk_committed:3")
     assert killed.returncode == -signal.SIGKILL
     made = _ledger(config, "backup")
     assert made.returncode == 0, made.stderr
@@ -216,7 +213,7 @@ def test_restoring_an_old_backup_uploads_nothing_again(
     # After the backup: "c" finishes, three files come and go up.
     for n, name in enumerate(["d", "e", "f"], start=4):
         digests[name] = random_file(export / f"{name}.mp4", 150 * KiB, seed=n)
-    assert _once(config).returncode == 0
+    assert run_once(config).returncode == 0
     assert len(ledger_rows(ledger)) == 6
     _damage_middle(ledger)
     damaged = _sha256(ledger)
