@@ -69,6 +69,7 @@ from conftest import (
     log_events,
     random_file,
     run_cli,
+    run_once,
     server_videos,
     sha256_file,
     start_as_nobody,
@@ -354,7 +355,7 @@ def test_a_name_too_long_for_its_done_marker_waits_and_holds_up_nothing(
     (export / "ok.mp4.done").touch()
     random_file(export / LONG_ASCII, 20 * KiB, seed=1)
     config = write_config(tmp_path, server.url, watch={"done_marker": ".done"})
-    ran = run_cli("run", "-c", str(config), "--once", "--max-wait", "3s")
+    ran = run_once(config, "3s")
     assert ran.returncode == 1, ran.stderr  # the long name is not done
     assert server_videos(server)["ok"]["sha256"] == digest
     assert set(server_videos(server)) == {"ok"}

@@ -33,6 +33,7 @@ from conftest import (
     ledger_rows,
     log_events,
     run_cli,
+    run_once,
     server_videos,
     sha256_file,
     start_daemon,
@@ -382,7 +383,7 @@ def test_largesize_and_size_zero_boxes_upload_and_unfinished_files_stay_waiting(
     empty = export / "empty.mkv"  # no boxes to judge: only the 0-byte rule holds it
     empty.touch()
     config = write_config(tmp_path, server.url, watch=CHECKS_ON)
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "2s")
+    result = run_once(config, "2s")
     assert result.returncode == 1, result.stderr
     assert f"not done: {no_moov} (waiting: no moov box)" in result.stderr
     assert f"not done: {empty} (waiting: empty file (0 bytes))" in result.stderr

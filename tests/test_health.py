@@ -18,7 +18,7 @@ from conftest import (
     ingestd_env,
     ledger_rows,
     random_file,
-    run_cli,
+    run_once,
     start_daemon,
     stop_process,
     wait_for,
@@ -185,6 +185,6 @@ def test_a_port_in_use_is_a_clear_error(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run_cli("run", "-c", str(_config(tmp_path, server.url, port)), "--once")
+        done = run_once(_config(tmp_path, server.url, port), "10m")
     assert done.returncode == 1, done.stderr
     assert f"status.listen: cannot listen on 127.0.0.1:{port}" in done.stderr

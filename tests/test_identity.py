@@ -14,7 +14,6 @@ from conftest import (
     ledger_rows,
     log_events,
     random_file,
-    run_cli,
     run_once,
     server_videos,
     sha256_file,
@@ -51,7 +50,7 @@ def test_same_content_under_another_name_is_skipped(
     assert rows["take 1 (copy).mp4"]["state"] == "skipped"
     assert rows["take 1 edited.mp4"]["state"] == "done"
     assert len(server.snapshot()["records"]) == 2
-    log = run_cli("run", "-c", str(config), "--once").stdout
+    log = run_once(config, "10m").stdout
     assert_no_event(log, "file.duplicate")  # nothing new: decided once, remembered
     uploads = server.snapshot()["upload_bytes_received"]
     assert uploads == 2 * 9 * MiB
@@ -65,7 +64,7 @@ def test_duplicate_log_names_the_earlier_record(
     assert run_once(config, "10s").returncode == 0
     record_id = server.snapshot()["records"][0]["id"]
     shutil.copyfile(export / "a.mp4", export / "b.mp4")
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
+    result = run_once(config, "10s")
     assert result.returncode == 0
     [event] = [e for e in _json_lines(result.stdout) if e["event"] == "file.duplicate"]
     assert event["record_id"] == record_id

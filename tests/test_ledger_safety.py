@@ -231,7 +231,7 @@ def test_restoring_an_old_backup_uploads_nothing_again(
     sent, records = server.snapshot()["upload_bytes_received"], _records_per_name(server)
 
     log = tmp_path / "after-restore.log"
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
+    result = run_once(config, "20s")
     log.write_text(result.stdout)
     assert result.returncode == 0, result.stderr
     assert server.snapshot()["upload_bytes_received"] == sent  # not one byte again
@@ -437,7 +437,7 @@ def test_sigkill_at_random_moments_never_damages_the_ledger(
 
     print(f"\nkill loop done at {time.monotonic() - started:.1f} s")
     server.set_faults(slow_rate=0.0)
-    last = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
+    last = run_once(config, "20s")
     assert last.returncode == 0, last.stderr
     assert Counter(row["state"] for row in ledger_rows(ledger)) == {"done": files}
     print(f"\nSIGKILL: {survived}/{kills} kills survived, {busy} while the ledger was changing")

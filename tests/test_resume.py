@@ -130,7 +130,7 @@ def test_two_empty_candidates_fail_as_ambiguous(
     killed = run_once(config, INGESTD_FAILPOINTS="after_create_response")
     assert killed.returncode == -signal.SIGKILL
     server.seed_record("Room 4", author=USERNAME)  # a second empty one of ours appears
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
+    result = run_once(config, "10s")
     assert result.returncode == 1
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert (row["state"], row["fail_reason"]) == ("failed", "ambiguous_record")
@@ -197,7 +197,7 @@ def test_strict_search_spares_our_accounts_finished_record(
     assert killed.returncode == -signal.SIGKILL
     [ours_empty] = [r["id"] for r in server.snapshot()["records"] if r["id"] != finished]
 
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
+    result = run_once(config, "20s")
     assert result.returncode == 0, result.stderr[-3000:]
     state = server.snapshot()
     [row] = ledger_rows(tmp_path / "ledger.db")
@@ -219,7 +219,7 @@ def test_unprovable_record_is_left_alone_and_listed(
     # A server whose GET records/{id} does not say "videos" (and a strict search).
     server.set_faults(strict_search=True, omit_nulls=True)
 
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
+    result = run_once(config, "20s")
     assert result.returncode == 0, result.stderr[-3000:]
     state = server.snapshot()
     assert state["deleted"] == []
