@@ -1,4 +1,7 @@
-"""Shared test fixtures: a real fake Valt server on loopback, real files, real processes."""
+"""Shared test fixtures: a real fake Valt server on loopback, real files, real processes.
+
+The helpers that need no pytest (the bench uses them too) are in tests/support.py.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +20,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-import yaml
 
 from ingestd.config.schema import load_config
 from ingestd.fake_valt import FakeValtThread, Faults
@@ -33,8 +34,10 @@ from ingestd.intake.watcher import Intake
 from ingestd.ledger.store import Ledger
 from powercut import PowerCutMount, missing, mount
 
+# The test modules import these from here, as before.
+from tests.support import USERNAME, wait_for, write_config  # noqa: F401
+
 PASSWORD = "s3cret-Pass-w0rd-xyz"
-USERNAME = "ingest"
 KiB = 1024
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -97,42 +100,6 @@ def export(tmp_path: Path) -> Path:
     folder = tmp_path / "export"
     folder.mkdir()
     return folder
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def write_config(tmp_path: Path, url: str, **sections: dict[str, Any]) -> Path:
-    """A config file for tests: fast settle and backoff, small chunks, JSON logs."""
-    base: dict[str, Any] = {
-        "valt": {"url": url, "username": USERNAME, "timeout": "5s"},
-        "watch": {
-            "paths": [str(tmp_path / "export")],
-            "settle": "0.3s",
-            "rescan_interval": "2s",
-            # Test files are random bytes; tests of the MP4 check switch it on.
-            "check_container": False,
-        },
-        "upload": {
-            "workers": 2,
-            "chunk_size": "256KiB",
-            "backoff_initial": "0.05s",
-            "backoff_max": "0.5s",
-        },
-        "ledger": {"path": str(tmp_path / "ledger.db")},
-        "log": {"format": "json", "level": "info"},
-        "status": {"listen": None},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_merge(base, sections)))
-    return path
 
 
 async def intake_for_tests(tmp_path: Path, **watch: Any) -> tuple[Intake, Ledger]:
@@ -303,17 +270,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(MiB), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05) -> Any:
-    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def log_events(log_file: Path) -> list[dict[str, Any]]:
