@@ -35,7 +35,7 @@ from ingestd.ledger.store import Ledger
 from powercut import PowerCutMount, missing, mount
 
 # The test modules import these from here, as before.
-from tests.support import USERNAME, wait_for, write_config  # noqa: F401
+from tests.support import USERNAME, wait_for, write_config
 
 PASSWORD = "s3cret-Pass-w0rd-xyz"
 KiB = 1024
@@ -343,6 +343,37 @@ def ledger_rows(path: Path) -> list[dict[str, Any]]:
         raise
     finally:
         conn.close()
+
+
+def health(port: int, wait: float = 0) -> tuple[int, dict[str, Any]]:
+    """``GET /healthz`` on loopback: (status, JSON body), (0, {}) while nothing listens; with
+    ``wait``, polled that long for an answer."""
+    import urllib.error
+    import urllib.request
+
+    def get() -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read())
+        except OSError:
+            return 0, {}
+
+    if wait:
+        return wait_for(lambda: (lambda got: got if got[0] else None)(get()), timeout=wait)
+    return get()
+
+
+def issued_tokens(fake: Any) -> set[str]:
+    """Every token a fake Valt (``FakeValt``) handed out: live ones and those it expired."""
+    return set(fake.state.accounts.issued_tokens())
+
+
+def job_states(ledger: Path) -> dict[str, str]:
+    """File name -> state of every job in the ledger."""
+    return {Path(row["path"]).name: row["state"] for row in ledger_rows(ledger)}
 
 
 def free_port() -> int:

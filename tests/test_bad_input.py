@@ -65,6 +65,7 @@ from conftest import (
     MiB,
     assert_no_event,
     free_port,
+    job_states,
     ledger_rows,
     log_events,
     random_file,
@@ -107,10 +108,6 @@ def multipart_filename(name: str) -> str:
 
 def rows_by_name(ledger: Path) -> dict[str, dict[str, Any]]:
     return {Path(row["path"]).name: row for row in ledger_rows(ledger)}
-
-
-def states(ledger: Path) -> dict[str, str]:
-    return {name: row["state"] for name, row in rows_by_name(ledger).items()}
 
 
 def filenames_on_server(server: FakeValtThread) -> dict[str, str | None]:
@@ -216,7 +213,7 @@ def test_bad_files_as_an_unprivileged_daemon(
         uploaded = {"normal.mp4", "deep.mov", "inside.mp4", "half.mp4", *ODD_NAMES, BACKSLASH_NAME}
 
         def settled() -> bool:
-            now = states(ledger)
+            now = job_states(ledger)
             rows = rows_by_name(ledger)
             return (
                 all(now.get(name) == "done" for name in uploaded)
@@ -246,10 +243,10 @@ def test_bad_files_as_an_unprivileged_daemon(
 
         # The unreadable file becomes readable: it goes on by itself.
         locked.chmod(0o644)
-        wait_alive(daemon, log, lambda: states(ledger).get("locked.mp4") == "done", timeout=20)
+        wait_alive(daemon, log, lambda: job_states(ledger).get("locked.mp4") == "done", timeout=20)
         # A waiting file that is deleted is forgotten.
         (export / "empty.mp4").unlink()
-        wait_alive(daemon, log, lambda: "empty.mp4" not in states(ledger), timeout=20)
+        wait_alive(daemon, log, lambda: "empty.mp4" not in job_states(ledger), timeout=20)
         assert_healthy(daemon, log)
     finally:
         assert stop_process(daemon) == 0
@@ -310,7 +307,9 @@ def test_symlinks_followed_when_asked_and_loops_end(
             lambda: (
                 done
                 <= {
-                    n for n, s in states(tmp_path / "ledger.db").items() if s in ("done", "skipped")
+                    n
+                    for n, s in job_states(tmp_path / "ledger.db").items()
+                    if s in ("done", "skipped")
                 }
             ),
         )
@@ -387,7 +386,7 @@ def test_files_deleted_or_truncated_before_and_during_upload(
     daemon = start_daemon(config, log)
     try:
         everything = {"keep.mp4", "gone-queued.mp4", "truncated.mp4", "gone-midway.mp4"}
-        wait_alive(daemon, log, lambda: states(ledger) == dict.fromkeys(everything, "queued"))
+        wait_alive(daemon, log, lambda: job_states(ledger) == dict.fromkeys(everything, "queued"))
         (export / "gone-queued.mp4").unlink()  # between the scan and the upload
         # Slow answers, so that the two big files are caught in the middle.
         server.set_faults(slow_rate=1.0, slow_seconds=0.15)
@@ -405,7 +404,7 @@ def test_files_deleted_or_truncated_before_and_during_upload(
         server.set_faults(slow_rate=0.0)
 
         def finished() -> bool:
-            now = states(ledger)
+            now = job_states(ledger)
             deletions = pending_deletions(ledger)
             return now.get("keep.mp4") == now.get("truncated.mp4") == "done" and not deletions
 
@@ -502,7 +501,7 @@ def test_non_json_answers_html_502_and_hangs_are_retried_to_one_record_each(
         server.set_faults(not_json_rate=0.0, hang_rate=1.0)
         wait_alive(daemon, log, lambda: injected("hang") >= 3)
         server.set_faults(hang_rate=0.0)
-        done = lambda: set(states(tmp_path / "ledger.db").values()) == {"done"}  # noqa: E731
+        done = lambda: set(job_states(tmp_path / "ledger.db").values()) == {"done"}  # noqa: E731
         wait_alive(daemon, log, done, timeout=40)
         wait_alive(daemon, log, lambda: pending_deletions(tmp_path / "ledger.db") == 0)
         assert_healthy(daemon, log)

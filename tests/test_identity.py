@@ -11,6 +11,7 @@ from conftest import (
     KiB,
     MiB,
     assert_no_event,
+    job_states,
     ledger_rows,
     log_events,
     random_file,
@@ -26,10 +27,6 @@ from conftest import (
 from ingestd.fake_valt import FakeValtThread
 
 CHUNK = 256 * KiB
-
-
-def _states(tmp_path: Path) -> dict[str, str]:
-    return {Path(r["path"]).name: r["state"] for r in ledger_rows(tmp_path / "ledger.db")}
 
 
 def test_same_content_under_another_name_is_skipped(
@@ -116,7 +113,7 @@ def test_a_file_that_grows_during_upload_is_uploaded_as_it_ends(
         with open(export / "live.mp4", "ab") as handle:
             handle.write(os.urandom(3 * CHUNK))
         server.set_faults(slow_rate=0.0)
-        wait_for(lambda: _states(tmp_path).get("live.mp4") == "done", timeout=30)
+        wait_for(lambda: job_states(tmp_path / "ledger.db").get("live.mp4") == "done", timeout=30)
     finally:
         assert stop_process(daemon) == 0
     state = server.snapshot()
@@ -143,7 +140,7 @@ def test_a_file_rewritten_or_truncated_during_upload(
         wait_for(second_upload_under_way, timeout=30)
         os.truncate(export / "live.mp4", 10 * CHUNK)  # and now it shrinks
         server.set_faults(slow_rate=0.0)
-        wait_for(lambda: _states(tmp_path).get("live.mp4") == "done", timeout=30)
+        wait_for(lambda: job_states(tmp_path / "ledger.db").get("live.mp4") == "done", timeout=30)
     finally:
         assert stop_process(daemon) == 0
     state = server.snapshot()
@@ -163,7 +160,7 @@ def test_a_file_deleted_during_upload_fails_and_its_record_goes(
         wait_for(lambda: server.snapshot()["upload_bytes_received"] >= 3 * CHUNK, timeout=30)
         (export / "live.mp4").unlink()
         server.set_faults(slow_rate=0.0)
-        wait_for(lambda: _states(tmp_path).get("other.mp4") == "done", timeout=30)
+        wait_for(lambda: job_states(tmp_path / "ledger.db").get("other.mp4") == "done", timeout=30)
         wait_for(lambda: server.snapshot()["deleted"], timeout=10)
     finally:
         assert stop_process(daemon) == 0

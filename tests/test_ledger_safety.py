@@ -15,7 +15,6 @@ cache held, cannot be simulated here and is taken on SQLite's word.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -23,8 +22,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ from conftest import (
     KiB,
     assert_no_event,
     free_port,
+    health,
     ingestd_env,
     ledger_rows,
     log_events,
@@ -249,17 +247,6 @@ def test_restoring_an_old_backup_uploads_nothing_again(
 # --- a full disk, a read-only folder --------------------------------------------------------
 
 
-def _health(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read())
-    except OSError:
-        return 0, {}
-
-
 def test_a_full_disk_stops_new_work_and_loses_nothing(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:
@@ -295,8 +282,8 @@ def test_a_full_disk_stops_new_work_and_loses_nothing(
     try:
         [event] = wait_for(lambda: _events(log, "ledger.unwritable"), timeout=30)
         assert "disk is full" in event["problem"]
-        wait_for(lambda: _health(port)[0] == 503, timeout=20, interval=0.2)
-        assert any("ledger" in problem for problem in _health(port)[1]["problems"])
+        wait_for(lambda: health(port)[0] == 503, timeout=20, interval=0.2)
+        assert any("ledger" in problem for problem in health(port)[1]["problems"])
         time.sleep(1)  # a job that was already sending may finish
         records = _records_per_name(server)
         time.sleep(2)
