@@ -43,9 +43,17 @@ MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
 
 
-# Modules whose tests share one expensive module fixture (a campaign): xdist gives all of a
-# module's tests to one worker, else each worker would run the campaign again.
-ONE_WORKER_MODULES = ("tests/test_chaos_short.py", "tests/test_powercut_campaign.py")
+# Modules whose tests must share one worker (xdist), by group. A campaign's tests share one
+# module fixture. Tests that mount file systems (FUSE, tmpfs) must not mount while another's
+# power cut remounts: the kernel gives the freed device number to whichever mount comes next,
+# and the remounted disk would come back with another st_dev.
+ONE_WORKER = {
+    "tests/test_chaos_short.py": "chaos campaign",
+    "tests/test_powercut_campaign.py": "mounts",
+    "tests/test_powercut_fs.py": "mounts",
+    "tests/test_power_durability.py": "mounts",
+    "tests/test_move_across_filesystems.py": "mounts",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class _Scheduling:
-    """``--dist load`` (the default of ``-n``), but ONE_WORKER_MODULES each on one worker.
+    """``--dist load`` (the default of ``-n``), but each group of ONE_WORKER on one worker.
 
     ``--dist loadgroup`` would do, but with pytest 9 xdist's group suffix on the node id is
     lost and every test is scheduled alone.
@@ -73,8 +81,7 @@ class _Scheduling:
 
         class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
             def _split_scope(self, nodeid: str) -> str:
-                module = nodeid.split("::", 1)[0]
-                return module if module in ONE_WORKER_MODULES else nodeid
+                return ONE_WORKER.get(nodeid.split("::", 1)[0], nodeid)
 
         return Scheduling(config, log)
 
