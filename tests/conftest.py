@@ -211,11 +211,14 @@ def _loop_running() -> bool:
 def run_in_process(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``ingestd ARGS`` through its entry point, with ``env`` as the environment; its output
     captured, the logging it configures undone afterwards."""
+    from ingestd import logs
     from ingestd.commands.main import main
 
     out, err = io.StringIO(), io.StringIO()
     saved_env, root = dict(os.environ), logging.getLogger()
     saved_logging, saved_structlog = (list(root.handlers), root.level), structlog.get_config()
+    # The secrets it registers are kept for the process's life: not for the next test's.
+    saved_secrets = (set(logs._SECRETS), list(logs._TOKENS), logs._SECRETS_ORDER)
     os.environ.clear()
     os.environ.update(env)
     code: Any = 0
@@ -231,6 +234,12 @@ def run_in_process(args: list[str], env: dict[str, str]) -> subprocess.Completed
         root.handlers[:] = saved_logging[0]
         root.setLevel(saved_logging[1])
         structlog.configure(**saved_structlog)
+        with logs._SECRETS_LOCK:
+            logs._SECRETS.clear()
+            logs._SECRETS.update(saved_secrets[0])
+            logs._TOKENS.clear()
+            logs._TOKENS.extend(saved_secrets[1])
+            logs._SECRETS_ORDER = saved_secrets[2]
     return subprocess.CompletedProcess(args, int(code or 0), out.getvalue(), err.getvalue())
 
 
