@@ -52,7 +52,7 @@ def write_config(tmp_path: Path, url: str, **sections: dict[str, Any]) -> Path:
         "valt": {"url": url, "username": USERNAME, "timeout": "5s"},
         "watch": {
             "paths": [str(tmp_path / "export")],
-            "settle": "0.3s",
+            "settle": "0.1s",
             "rescan_interval": "2s",
             # Test files are random bytes; tests of the MP4 check switch it on.
             "check_container": False,
