@@ -74,7 +74,7 @@ def run_small_files(bench: Bench) -> None:
             wait_for(
                 lambda: _ledger_count(ledger, "done") >= SMALL_COUNT
                 or daemon.process.poll() is not None,
-                600, "all small files done", every=0.5,
+                600, "all small files done", interval=0.5,
             )  # fmt: skip
             finished = _last_done(ledger)
             cpu = daemon.cpu() - cpu_before
@@ -137,7 +137,7 @@ def run_backlog(bench: Bench) -> None:
             quiet = (daemon.cpu() - cpu0) / (time.time() - wall0)
             wait_for(
                 lambda: len(_interval_rescans(daemon)) >= 2,
-                3 * BACKLOG_RESCAN + 30, "two periodic rescans", every=0.2,
+                3 * BACKLOG_RESCAN + 30, "two periodic rescans", interval=0.2,
             )  # fmt: skip
             # The window holds whole intervals: two rescans and the quiet time between.
             time.sleep(max(0.0, wall0 + 2 * BACKLOG_RESCAN - time.time()))

@@ -10,13 +10,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.server import PASSWORD, USERNAME
+from tests.support import wait_for, write_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -37,17 +35,6 @@ def peak_rss(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmHWM for {pid}")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(every)
 
 
 class Server:
@@ -116,11 +103,7 @@ def write_config(workdir: Path, url: str, folder: Path, **sections: dict[str, An
         "log": {"format": "json", "level": "info"},
         "status": {"listen": None},
     }
-    for name, values in sections.items():
-        config[name] = {**config.get(name, {}), **values}
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(workdir / "config.yaml", config, sections)
 
 
 class Ingestd:

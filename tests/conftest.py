@@ -1,23 +1,31 @@
-"""Shared test fixtures: a real fake Valt server on loopback, real files, real processes."""
+"""Shared test fixtures: a real fake Valt server on loopback, real files, real processes.
+
+The helpers that need no pytest (the bench uses them too) are in tests/support.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
+import io
 import json
+import logging
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import structlog
 
 from ingestd.config.load import load_config
 from ingestd.fake_valt import FakeValtThread, Faults
@@ -26,11 +34,56 @@ from ingestd.intake.watcher import Intake
 from ingestd.ledger.store import SqliteLedger
 from powercut import PowerCutMount, missing, mount
 
+# The test modules import these from here, as before.
+from tests.support import USERNAME, wait_for, write_config
+
 PASSWORD = "s3cret-Pass-w0rd-xyz"
-USERNAME = "ingest"
 KiB = 1024
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
+
+
+# Modules whose tests must share one worker (xdist), by group. A campaign's tests share one
+# module fixture. Tests that mount file systems (FUSE, tmpfs) must not mount while another's
+# power cut remounts: the kernel gives the freed device number to whichever mount comes next,
+# and the remounted disk would come back with another st_dev.
+ONE_WORKER = {
+    "tests/test_chaos_short.py": "chaos campaign",
+    "tests/test_powercut_campaign.py": "mounts",
+    "tests/test_powercut_fs.py": "mounts",
+    "tests/test_power_durability.py": "mounts",
+    "tests/test_move_across_filesystems.py": "mounts",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first: run in parallel (xdist), they would otherwise end the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_Scheduling(), "ingestd-xdist-scheduling")
+
+
+class _Scheduling:
+    """``--dist load`` (the default of ``-n``), but each group of ONE_WORKER on one worker.
+
+    ``--dist loadgroup`` would do, but with pytest 9 xdist's group suffix on the node id is
+    lost and every test is scheduled alone.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getvalue("dist") != "load":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
+            def _split_scope(self, nodeid: str) -> str:
+                return ONE_WORKER.get(nodeid.split("::", 1)[0], nodeid)
+
+        return Scheduling(config, log)
 
 
 @pytest.fixture
@@ -54,42 +107,6 @@ def export(tmp_path: Path) -> Path:
     folder = tmp_path / "export"
     folder.mkdir()
     return folder
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def write_config(tmp_path: Path, url: str, **sections: dict[str, Any]) -> Path:
-    """A config file for tests: fast settle and backoff, small chunks, JSON logs."""
-    base: dict[str, Any] = {
-        "valt": {"url": url, "username": USERNAME, "timeout": "5s"},
-        "watch": {
-            "paths": [str(tmp_path / "export")],
-            "settle": "0.3s",
-            "rescan_interval": "2s",
-            # Test files are random bytes; tests of the MP4 check switch it on.
-            "check_container": False,
-        },
-        "upload": {
-            "workers": 2,
-            "chunk_size": "256KiB",
-            "backoff_initial": "0.05s",
-            "backoff_max": "0.5s",
-        },
-        "ledger": {"path": str(tmp_path / "ledger.db")},
-        "log": {"format": "json", "level": "info"},
-        "status": {"listen": None},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_merge(base, sections)))
-    return path
 
 
 async def intake_for_tests(tmp_path: Path, **watch: Any) -> tuple[Intake, SqliteLedger]:
@@ -153,10 +170,17 @@ def start_as_nobody(config: Path, log_file: Path, **env: str) -> subprocess.Pope
         )
 
 
+# Commands that end by themselves and kill nothing: run in the test's process (a second
+# faster than a new interpreter); ``run`` and the rest get a real process.
+IN_PROCESS = frozenset({"check", "status", "retry", "export", "pause", "resume", "ledger"})
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
-    """``ingestd ARGS`` as a real process."""
+    """``ingestd ARGS``: a real process, or the same entry point in this one for IN_PROCESS."""
+    if args and args[0] in IN_PROCESS and not _loop_running():
+        return run_in_process(list(args), env or ingestd_env())
     return subprocess.run(
         [sys.executable, "-m", "ingestd", *args],
         env=env or ingestd_env(),
@@ -165,6 +189,59 @@ def run_cli(
         timeout=timeout,
         cwd=REPO,
     )
+
+
+def run_once(config: Path, max_wait: str = "20s", **env: str) -> subprocess.CompletedProcess[str]:
+    """``ingestd run -c CONFIG --once``: in this process (a second faster), or as a real one
+    when ``INGESTD_FAILPOINTS`` is given (a failpoint kills the process it is in) or when an
+    event loop runs here already (an async test)."""
+    args = ["run", "-c", str(config), "--once", "--max-wait", max_wait]
+    if env.get("INGESTD_FAILPOINTS") or _loop_running():
+        return run_cli(*args, env=ingestd_env(**env))
+    return run_in_process(args, ingestd_env(**env))
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def run_in_process(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``ingestd ARGS`` through its entry point, with ``env`` as the environment; its output
+    captured, the logging it configures undone afterwards."""
+    from ingestd import logs
+    from ingestd.commands.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, root = dict(os.environ), logging.getLogger()
+    saved_logging, saved_structlog = (list(root.handlers), root.level), structlog.get_config()
+    # The secrets it registers are kept for the process's life: not for the next test's.
+    saved_secrets = (set(logs._SECRETS), list(logs._TOKENS), logs._SECRETS_ORDER)
+    os.environ.clear()
+    os.environ.update(env)
+    code: Any = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(args)
+            except SystemExit as exit_:
+                code = exit_.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        root.handlers[:] = saved_logging[0]
+        root.setLevel(saved_logging[1])
+        structlog.configure(**saved_structlog)
+        with logs._SECRETS_LOCK:
+            logs._SECRETS.clear()
+            logs._SECRETS.update(saved_secrets[0])
+            logs._TOKENS.clear()
+            logs._TOKENS.extend(saved_secrets[1])
+            logs._SECRETS_ORDER = saved_secrets[2]
+    return subprocess.CompletedProcess(args, int(code or 0), out.getvalue(), err.getvalue())
 
 
 def start_daemon(
@@ -212,17 +289,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05) -> Any:
-    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
 def log_events(log_file: Path) -> list[dict[str, Any]]:
     """The JSON log lines of a daemon's output (other lines are skipped)."""
     events = []
@@ -233,6 +299,41 @@ def log_events(log_file: Path) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return events
+
+
+@functools.cache
+def documented_events() -> frozenset[str]:
+    """The event names in the first column of the README's table of log events."""
+    text = (REPO / "README.md").read_text()
+    _, found, table = text.partition("\n| event | fields | meaning |\n")
+    assert found, "README.md has no table of log events"
+    names: set[str] = set()
+    for line in table.splitlines()[1:]:  # the first is the | --- | row
+        if not line.startswith("|"):
+            break
+        names.update(re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", line.split("|")[1]))
+    return frozenset(names)
+
+
+def assert_no_event(logged: str | Path | Iterable[Any], *names: str) -> None:
+    """No event ``names`` in ``logged``: a daemon's output (text, or a log file), event dicts,
+    event names, or (time, event, fields) entries. Each name must be in the README's table,
+    so that a renamed event fails here instead of passing as absent."""
+    unknown = [name for name in names if name not in documented_events()]
+    assert not unknown, f"not in the README's table of log events: {unknown}"
+    if isinstance(logged, Path):
+        logged = log_events(logged)
+    if isinstance(logged, str):
+        found = [line for line in logged.splitlines() if any(name in line for name in names)]
+    else:
+        found = [entry for entry in logged if _event_name(entry) in names]
+    assert not found, found
+
+
+def _event_name(entry: Any) -> Any:
+    if isinstance(entry, dict):
+        return entry.get("event")
+    return entry[1] if isinstance(entry, tuple) else entry
 
 
 def server_videos(server: FakeValtThread) -> dict[str, dict[str, Any]]:
@@ -259,6 +360,37 @@ def ledger_rows(path: Path) -> list[dict[str, Any]]:
         raise
     finally:
         conn.close()
+
+
+def health(port: int, wait: float = 0) -> tuple[int, dict[str, Any]]:
+    """``GET /healthz`` on loopback: (status, JSON body), (0, {}) while nothing listens; with
+    ``wait``, polled that long for an answer."""
+    import urllib.error
+    import urllib.request
+
+    def get() -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read())
+        except OSError:
+            return 0, {}
+
+    if wait:
+        return wait_for(lambda: (lambda got: got if got[0] else None)(get()), timeout=wait)
+    return get()
+
+
+def issued_tokens(fake: Any) -> set[str]:
+    """Every token a fake Valt (``FakeValt``) handed out: live ones and those it expired."""
+    return set(fake.state.accounts.issued_tokens())
+
+
+def job_states(ledger: Path) -> dict[str, str]:
+    """File name -> state of every job in the ledger."""
+    return {Path(row["path"]).name: row["state"] for row in ledger_rows(ledger)}
 
 
 def free_port() -> int:

@@ -8,23 +8,15 @@ from pathlib import Path
 
 from conftest import (
     KiB,
-    ingestd_env,
     ledger_rows,
     random_file,
-    run_cli,
+    run_once,
     server_videos,
     sha256_file,
     write_config,
 )
 
 from ingestd.fake_valt import FakeValtThread
-
-
-def _once(config: Path, **env: str) -> int:
-    result = run_cli(
-        "run", "-c", str(config), "--once", "--max-wait", "10s", env=ingestd_env(**env)
-    )
-    return result.returncode
 
 
 def test_move_keeps_the_relative_path_and_never_overwrites(
@@ -45,7 +37,7 @@ def test_move_keeps_the_relative_path_and_never_overwrites(
         watch={"settle": "0.1s"},
         after_upload={"action": "move", "move_to": str(archive)},
     )
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert (archive / "room 1" / "clip.mp4").read_bytes() == b"an older clip of the same name"
     moved = archive / "room 1" / "clip (1).mp4"
     assert moved.exists() and (archive / "room 1" / "clip (1).json").exists()
@@ -56,7 +48,7 @@ def test_move_keeps_the_relative_path_and_never_overwrites(
     assert export.is_dir()  # the watch root itself stays
     rows = ledger_rows(tmp_path / "ledger.db")
     assert {r["final_path"] for r in rows} >= {str(moved)}
-    assert _once(config) == 0  # nothing is uploaded again
+    assert run_once(config, "10s").returncode == 0  # nothing is uploaded again
     assert len(server.snapshot()["records"]) == 2
 
 
@@ -72,7 +64,7 @@ def test_delete_removes_video_marker_and_empty_folders(
         watch={"settle": "0.1s", "done_marker": ".done"},
         after_upload={"action": "delete"},
     )
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert not (export / "a" / "b").exists()
     assert (export / "a" / "keep.txt").exists()
     assert server_videos(server)["clip"]["received"] == 1000
@@ -85,10 +77,10 @@ def test_keep_for_deletes_the_source_later(
     config = write_config(
         tmp_path, server.url, watch={"settle": "0.1s"}, after_upload={"keep_for": "1s"}
     )
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert (export / "sub" / "clip.mp4").exists()  # kept right after the upload
     time.sleep(1.2)
-    assert _once(config) == 0  # housekeeping runs at start-up
+    assert run_once(config, "10s").returncode == 0  # housekeeping runs at start-up
     assert not (export / "sub").exists()
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert row["cleaned_at"] is not None
@@ -108,7 +100,7 @@ def test_failed_to_sets_the_file_aside_with_a_reason(
         upload={"max_attempts": 2},
         after_upload={"action": "delete", "failed_to": str(failed)},
     )
-    assert _once(config) == 1
+    assert run_once(config, "10s").returncode == 1
     assert (failed / "room" / "bad.mp4").exists()
     text = (failed / "room" / "bad.mp4.error.txt").read_text()
     assert "Reason:" in text and "ingestd retry 1" in text and "500" in text
@@ -127,7 +119,7 @@ def test_nothing_is_moved_or_deleted_before_done(
         upload={"confirm_timeout": "2s"},
         after_upload={"action": "delete"},
     )
-    assert _once(config) == 1  # never ready: fails not_ready
+    assert run_once(config, "10s").returncode == 1  # never ready: fails not_ready
     assert (export / "clip.mp4").exists()
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert (row["state"], row["fail_reason"]) == ("failed", "not_ready")
@@ -140,10 +132,13 @@ def test_a_crash_between_done_and_the_action_only_delays_it(
     config = write_config(
         tmp_path, server.url, watch={"settle": "0.1s"}, after_upload={"action": "delete"}
     )
-    assert _once(config, INGESTD_FAILPOINTS="before_after_action") == -signal.SIGKILL
+    assert (
+        run_once(config, "10s", INGESTD_FAILPOINTS="before_after_action").returncode
+        == -signal.SIGKILL
+    )
     assert (export / "clip.mp4").exists()
     assert ledger_rows(tmp_path / "ledger.db")[0]["state"] == "done"
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert not (export / "clip.mp4").exists()
     assert len(server.snapshot()["records"]) == 1
 
@@ -155,14 +150,17 @@ def test_keep_is_settled_in_the_same_commit_as_done(
     crash right after it leaves nothing for housekeeping and the file where it was."""
     random_file(export / "clip.mp4", 1000)
     config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})  # action: keep
-    assert _once(config, INGESTD_FAILPOINTS="before_after_action") == -signal.SIGKILL
+    assert (
+        run_once(config, "10s", INGESTD_FAILPOINTS="before_after_action").returncode
+        == -signal.SIGKILL
+    )
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert (row["state"], row["after_done"], row["final_path"]) == (
         "done",
         1,
         str(export / "clip.mp4"),
     )
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert (export / "clip.mp4").exists()
     assert len(server.snapshot()["records"]) == 1
 
@@ -181,12 +179,12 @@ def test_a_crash_between_a_move_and_its_commit_finds_the_moved_copy(
         watch={"settle": "0.1s"},
         after_upload={"action": "move", "move_to": str(moved)},
     )
-    assert _once(config, INGESTD_FAILPOINTS="after_move") == -signal.SIGKILL
+    assert run_once(config, "10s", INGESTD_FAILPOINTS="after_move").returncode == -signal.SIGKILL
     copy = moved / "room" / "clip.mp4"
     assert copy.exists() and not (export / "room" / "clip.mp4").exists()
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert (row["state"], row["after_done"]) == ("done", 0)
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert (row["after_done"], row["final_path"], row["left_alone"]) == (1, str(copy), None)
     assert sha256_file(copy) == digest

@@ -13,18 +13,17 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import (
-    ingestd_env,
+    assert_no_event,
     ledger_rows,
     log_events,
     random_file,
-    run_cli,
+    run_once,
     start_daemon,
     stop_process,
     wait_for,
@@ -41,12 +40,6 @@ from ingestd.ledger.model import State
 from ingestd.ledger.schema import MIGRATIONS, SCHEMA
 from ingestd.ledger.store import SqliteLedger
 from ingestd.upload.after_upload import Belongings, apply_after_upload, housekeeping, move_failed
-
-
-def _once(config: Path, max_wait: str = "10s", **env: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(
-        "run", "-c", str(config), "--once", "--max-wait", max_wait, env=ingestd_env(**env)
-    )
 
 
 def _left_alone(output: str) -> list[dict[str, Any]]:
@@ -83,7 +76,7 @@ def test_keep_for_never_deletes_a_newer_recording_under_the_same_name(
     config = write_config(
         tmp_path, server.url, watch={"settle": "0.1s"}, after_upload={"keep_for": "1s"}
     )
-    assert _once(config).returncode == 0
+    assert run_once(config, "10s").returncode == 0
     [v1] = ledger_rows(tmp_path / "ledger.db")
     writer, v2 = _write_open(room, 2000, seed=2)
     wait_for(lambda: time.time() > v1["done_at"] + 1.5, timeout=10)
@@ -105,7 +98,7 @@ def test_keep_for_never_deletes_a_newer_recording_under_the_same_name(
     assert room.read_bytes() == v2
     received = sorted(r["videos"][0]["received"] for r in server.snapshot()["records"])
     assert received == [1000, 2000]
-    assert _events(log_file, "file.expired") == []
+    assert_no_event(log_file, "file.expired")
 
 
 @pytest.mark.parametrize("action", ["delete", "move"])
@@ -123,7 +116,7 @@ def test_the_after_upload_action_skips_a_file_replaced_after_done(
         watch={"settle": "0.1s"},
         after_upload={"action": action, "move_to": str(archive) if action == "move" else None},
     )
-    crashed = _once(config, INGESTD_FAILPOINTS="before_after_action")
+    crashed = run_once(config, "10s", INGESTD_FAILPOINTS="before_after_action")
     assert crashed.returncode == -signal.SIGKILL
     writer, v2 = _write_open(room, 2000, seed=2)
     log_file = tmp_path / "daemon.log"
@@ -246,7 +239,7 @@ async def test_no_deletion_while_another_live_job_owns_the_path(
             await housekeeping(
                 config.after_upload, _belongs(config), ledger
             )  # marked: not tried again
-        assert [e for e in logs if e["event"] == "file.left_alone"] == []
+        assert_no_event(logs, "file.left_alone")
     finally:
         await ledger.close()
 
@@ -298,7 +291,7 @@ async def test_a_file_left_alone_as_owned_is_tried_again_once_the_owner_is_gone(
         else:
             assert job.cleaned_at is not None
         assert [e["job_id"] for e in logs if e["event"] == "file.no_longer_owned"] == [done_id]
-        assert [e for e in logs if e["event"] == "file.left_alone"] == []
+        assert_no_event(logs, "file.left_alone")
     finally:
         await ledger.close()
 
@@ -373,7 +366,7 @@ def test_upgrade_from_version_2_expires_only_the_copy_it_can_vouch_for(
         server.url,
         after_upload={"action": "move", "move_to": str(archive), "keep_for": "1s"},
     )
-    result = _once(config)
+    result = run_once(config, "10s")
     assert result.returncode == 0
     assert not renamed.exists() and other.exists()
     [event] = _left_alone(result.stdout)

@@ -17,6 +17,7 @@ from conftest import (
     KiB,
     free_port,
     ingestd_env,
+    job_states,
     ledger_rows,
     log_events,
     random_file,
@@ -90,10 +91,6 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     with Receiver() as hook:
         yield hook
-
-
-def _states(tmp_path: Path) -> list[str]:
-    return sorted(row["state"] for row in ledger_rows(tmp_path / "ledger.db"))
 
 
 def _alerts(receiver: Receiver, **alerts: object) -> dict[str, object]:
@@ -205,7 +202,9 @@ def test_a_dead_receiver_holds_no_upload_and_its_url_is_never_logged(
     log = tmp_path / "daemon.log"
     daemon = start_daemon(config, log)
     try:
-        wait_for(lambda: _states(tmp_path) == ["done", "failed"])  # the dead hook held up nothing
+        wait_for(
+            lambda: sorted(job_states(tmp_path / "ledger.db").values()) == ["done", "failed"]
+        )  # the dead hook held up nothing
     finally:
         assert stop_process(daemon) == 0
     events = log_events(log)

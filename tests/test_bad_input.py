@@ -63,11 +63,14 @@ from conftest import (
     NOBODY,
     KiB,
     MiB,
+    assert_no_event,
     free_port,
+    job_states,
     ledger_rows,
     log_events,
     random_file,
     run_cli,
+    run_once,
     server_videos,
     sha256_file,
     start_as_nobody,
@@ -107,10 +110,6 @@ def rows_by_name(ledger: Path) -> dict[str, dict[str, Any]]:
     return {Path(row["path"]).name: row for row in ledger_rows(ledger)}
 
 
-def states(ledger: Path) -> dict[str, str]:
-    return {name: row["state"] for name, row in rows_by_name(ledger).items()}
-
-
 def filenames_on_server(server: FakeValtThread) -> dict[str, str | None]:
     """Record name -> the multipart filename its video arrived with."""
     return server.call(
@@ -119,11 +118,12 @@ def filenames_on_server(server: FakeValtThread) -> dict[str, str | None]:
 
 
 def assert_healthy(process: subprocess.Popen[bytes], log: Path) -> None:
-    """Alive; no background task failed, the folder watch did not fail, no job hit a bug."""
+    """Alive; no background task failed, the folder watch did not fail, no job or worker hit a
+    bug."""
     assert process.poll() is None, tail(log)
-    unhealthy = ("daemon.task_failed", "watcher.failed", "job.internal_error")
-    bad = [e for e in log_events(log) if e["event"] in unhealthy]
-    assert not bad, bad
+    assert_no_event(
+        log, "daemon.task_failed", "watcher.failed", "job.internal_error", "worker.failed"
+    )
 
 
 def wait_alive(
@@ -213,7 +213,7 @@ def test_bad_files_as_an_unprivileged_daemon(
         uploaded = {"normal.mp4", "deep.mov", "inside.mp4", "half.mp4", *ODD_NAMES, BACKSLASH_NAME}
 
         def settled() -> bool:
-            now = states(ledger)
+            now = job_states(ledger)
             rows = rows_by_name(ledger)
             return (
                 all(now.get(name) == "done" for name in uploaded)
@@ -243,10 +243,10 @@ def test_bad_files_as_an_unprivileged_daemon(
 
         # The unreadable file becomes readable: it goes on by itself.
         locked.chmod(0o644)
-        wait_alive(daemon, log, lambda: states(ledger).get("locked.mp4") == "done", timeout=20)
+        wait_alive(daemon, log, lambda: job_states(ledger).get("locked.mp4") == "done", timeout=20)
         # A waiting file that is deleted is forgotten.
         (export / "empty.mp4").unlink()
-        wait_alive(daemon, log, lambda: "empty.mp4" not in states(ledger), timeout=20)
+        wait_alive(daemon, log, lambda: "empty.mp4" not in job_states(ledger), timeout=20)
         assert_healthy(daemon, log)
     finally:
         assert stop_process(daemon) == 0
@@ -307,7 +307,9 @@ def test_symlinks_followed_when_asked_and_loops_end(
             lambda: (
                 done
                 <= {
-                    n for n, s in states(tmp_path / "ledger.db").items() if s in ("done", "skipped")
+                    n
+                    for n, s in job_states(tmp_path / "ledger.db").items()
+                    if s in ("done", "skipped")
                 }
             ),
         )
@@ -352,7 +354,7 @@ def test_a_name_too_long_for_its_done_marker_waits_and_holds_up_nothing(
     (export / "ok.mp4.done").touch()
     random_file(export / LONG_ASCII, 20 * KiB, seed=1)
     config = write_config(tmp_path, server.url, watch={"done_marker": ".done"})
-    ran = run_cli("run", "-c", str(config), "--once", "--max-wait", "3s")
+    ran = run_once(config, "3s")
     assert ran.returncode == 1, ran.stderr  # the long name is not done
     assert server_videos(server)["ok"]["sha256"] == digest
     assert set(server_videos(server)) == {"ok"}
@@ -363,7 +365,7 @@ def test_a_name_too_long_for_its_done_marker_waits_and_holds_up_nothing(
     assert (
         rows[LONG_ASCII]["wait_reason"] == f"cannot look for marker {marker} (File name too long)"
     )
-    assert "daemon.task_failed" not in ran.stdout
+    assert_no_event(ran.stdout, "daemon.task_failed")
 
 
 # --- files that change under the daemon ----------------------------------------------------------
@@ -384,7 +386,7 @@ def test_files_deleted_or_truncated_before_and_during_upload(
     daemon = start_daemon(config, log)
     try:
         everything = {"keep.mp4", "gone-queued.mp4", "truncated.mp4", "gone-midway.mp4"}
-        wait_alive(daemon, log, lambda: states(ledger) == dict.fromkeys(everything, "queued"))
+        wait_alive(daemon, log, lambda: job_states(ledger) == dict.fromkeys(everything, "queued"))
         (export / "gone-queued.mp4").unlink()  # between the scan and the upload
         # Slow answers, so that the two big files are caught in the middle.
         server.set_faults(slow_rate=1.0, slow_seconds=0.15)
@@ -402,7 +404,7 @@ def test_files_deleted_or_truncated_before_and_during_upload(
         server.set_faults(slow_rate=0.0)
 
         def finished() -> bool:
-            now = states(ledger)
+            now = job_states(ledger)
             deletions = pending_deletions(ledger)
             return now.get("keep.mp4") == now.get("truncated.mp4") == "done" and not deletions
 
@@ -507,7 +509,7 @@ def test_non_json_answers_html_502_and_hangs_are_retried_to_one_record_each(
         server.set_faults(not_json_rate=0.0, hang_rate=1.0)
         wait_alive(daemon, log, lambda: injected("hang") >= 3)
         server.set_faults(hang_rate=0.0)
-        done = lambda: set(states(tmp_path / "ledger.db").values()) == {"done"}  # noqa: E731
+        done = lambda: set(job_states(tmp_path / "ledger.db").values()) == {"done"}  # noqa: E731
         wait_alive(daemon, log, done, timeout=40)
         wait_alive(daemon, log, lambda: pending_deletions(tmp_path / "ledger.db") == 0)
         assert_healthy(daemon, log)
@@ -526,7 +528,7 @@ def test_non_json_answers_html_502_and_hangs_are_retried_to_one_record_each(
     assert any(e["outcome"] == "replaced" for e in reconciled), reconciled
     # Every record a lost answer left behind was deleted again.
     assert len(server.snapshot()["deleted"]) == sum(e["outcome"] == "replaced" for e in reconciled)
-    assert not [e for e in events if e["event"] == "job.failed"]
+    assert_no_event(events, "job.failed")
 
 
 def test_a_wrong_password_is_tried_once_a_minute_and_fails_no_job(
@@ -561,4 +563,4 @@ def test_a_wrong_password_is_tried_once_a_minute_and_fails_no_job(
             assert stop_process(daemon) == 0
     events = log_events(log)
     assert [e["event"] for e in events].count("auth.failed") == 1
-    assert not [e for e in events if e["event"] in ("job.failed", "upload.retry")]
+    assert_no_event(events, "job.failed", "upload.retry")

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import (
     KiB,
-    ingestd_env,
     ledger_rows,
     random_file,
-    run_cli,
+    run_once,
     server_videos,
     sha256_file,
     start_daemon,
@@ -23,11 +22,6 @@ from conftest import (
 )
 
 from ingestd.fake_valt import FakeValtThread
-
-
-def _once(config: Path, failpoints: str = "") -> int:
-    env = ingestd_env(INGESTD_FAILPOINTS=failpoints) if failpoints else ingestd_env()
-    return run_cli("run", "-c", str(config), "--once", "--max-wait", "20s", env=env).returncode
 
 
 @pytest.mark.parametrize("answered", [1, 2])
@@ -46,14 +40,17 @@ def test_resume_cuts_chunks_as_before_when_chunk_size_changed(
     config = write_config(
         tmp_path, server.url, upload={"workers": 1, "chunk_size": "64KiB"}, watch=settle
     )
-    assert _once(config, f"after_chunk_response:{answered}") == -signal.SIGKILL
+    assert (
+        run_once(config, INGESTD_FAILPOINTS=f"after_chunk_response:{answered}").returncode
+        == -signal.SIGKILL
+    )
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert (row["state"], row["bytes_acked"]) == ("uploading", (answered - 1) * chunk)
 
     config = write_config(
         tmp_path, server.url, upload={"workers": 1, "chunk_size": "1MiB"}, watch=settle
     )
-    assert _once(config) == 0
+    assert run_once(config).returncode == 0
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert (row["state"], row["sha256"]) == ("done", digest)
     videos = server_videos(server)
@@ -90,7 +87,8 @@ def test_partial_record_is_deleted_before_the_next_one_is_made(
         upload={"workers": 1, "chunk_size": "64KiB", "backoff_initial": "1s", "backoff_max": "2s"},
         watch={"settle": "0.1s"},
     )
-    assert _once(config, "after_record_committed") == -signal.SIGKILL
+    killed = run_once(config, INGESTD_FAILPOINTS="after_record_committed")
+    assert killed.returncode == -signal.SIGKILL
     [partial] = server.snapshot()["records"]
     with open(clip, "ab") as handle:  # the capture program adds to it while the daemon is down
         handle.write(b"more")
@@ -98,7 +96,7 @@ def test_partial_record_is_deleted_before_the_next_one_is_made(
     server.set_faults(fail_rate=0.02, seed=_seed_with_faults_at({2}, 0.02))
     log_start = len(server.call(lambda fake: list(fake.request_log)))
 
-    assert _once(config) == 0
+    assert run_once(config).returncode == 0
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert (row["state"], row["sha256"]) == ("done", sha256_file(clip))
     assert [r["id"] for r in server.snapshot()["records"]] == [row["record_id"]]

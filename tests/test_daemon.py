@@ -14,6 +14,7 @@ from conftest import (
     KiB,
     MiB,
     ingestd_env,
+    job_states,
     ledger_rows,
     log_events,
     random_file,
@@ -157,15 +158,16 @@ def test_drain_is_bounded_and_a_second_signal_exits_at_once(
     log = tmp_path / "daemon.log"
     daemon = start_daemon(config, log)
     wait_for(lambda: "file.ready" in log.read_text(), timeout=20)
-    time.sleep(0.5)  # the login request now hangs
+    wait_for(lambda: _hangs(server) >= 1)  # the login request now hangs
     sent_at = time.monotonic()
     assert stop_process(daemon, timeout=10) == 0
     assert time.monotonic() - sent_at < 1 + 2
 
     second_log = tmp_path / "second.log"
     daemon = start_daemon(config, second_log)
+    hung = _hangs(server)
     wait_for(lambda: "daemon.started" in second_log.read_text(), timeout=20)
-    time.sleep(0.5)  # the job's first request now hangs
+    wait_for(lambda: _hangs(server) > hung)  # the job's first request now hangs
     daemon.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     sent_at = time.monotonic()
@@ -240,6 +242,10 @@ def test_sigkill_then_restart_resumes(tmp_path: Path, server: FakeValtThread, ex
     assert any(e["event"] == "upload.resumed" for e in log_events(log))
 
 
+def _hangs(server: FakeValtThread) -> int:
+    return int(server.snapshot()["faults_injected"].get("hang", 0))
+
+
 def test_retry_failed_and_pause_resume_reach_a_running_daemon(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:
@@ -261,11 +267,11 @@ def test_retry_failed_and_pause_resume_reach_a_running_daemon(
         assert time.monotonic() - retried_at < 5
 
         assert run_cli("pause", "-c", str(config)).returncode == 0
-        time.sleep(2.5)  # the daemon polls the ledger every 2 s
+        wait_for(lambda: "daemon.paused" in log.read_text(), timeout=10)  # seen by its poll
         random_file(export / "b.mp4", 300 * KiB, seed=2)
-        time.sleep(3)
-        states = {Path(r["path"]).name: r["state"] for r in ledger_rows(tmp_path / "ledger.db")}
-        assert states["b.mp4"] == "queued"
+        wait_for(lambda: job_states(tmp_path / "ledger.db").get("b.mp4") == "queued")
+        time.sleep(1)  # a worker would take it at once, were the daemon not paused
+        assert job_states(tmp_path / "ledger.db")["b.mp4"] == "queued"
         status = run_cli("status", "-c", str(config), "--json")
         assert status.returncode == 0 and json.loads(status.stdout)["paused"] is True
         assert run_cli("resume", "-c", str(config)).returncode == 0

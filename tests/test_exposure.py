@@ -20,6 +20,7 @@ from conftest import (
     USERNAME,
     log_events,
     run_cli,
+    run_once,
     write_config,
 )
 
@@ -67,7 +68,7 @@ def test_http_to_a_network_host_warns_in_check_and_at_every_start(
     result = run_cli("check", "-c", str(config))
     assert result.returncode == 0, result.stdout  # a warning leaves the exit code alone
     assert any("clear text" in line and "valt.url" in line for line in _warn_lines(result.stdout))
-    started = run_cli("run", "-c", str(config), "--once", "--max-wait", "1s")
+    started = run_once(config, "1s")
     assert started.returncode == 0, started.stderr
     log_file = tmp_path / "run.log"
     log_file.write_text(started.stdout)
@@ -80,7 +81,7 @@ def test_http_to_loopback_does_not_warn(tmp_path: Path, server: FakeValtThread) 
     result = run_cli("check", "-c", str(config))
     assert result.returncode == 0, result.stdout
     assert _warn_lines(result.stdout) == []
-    started = run_cli("run", "-c", str(config), "--once", "--max-wait", "1s")
+    started = run_once(config, "1s")
     log_file = tmp_path / "run.log"
     log_file.write_text(started.stdout)
     assert CLEARTEXT_EVENT not in {event["event"] for event in log_events(log_file)}

@@ -29,9 +29,11 @@ from typing import Any
 import pytest
 from conftest import (
     KiB,
+    assert_no_event,
     ledger_rows,
     log_events,
     run_cli,
+    run_once,
     server_videos,
     sha256_file,
     start_daemon,
@@ -359,7 +361,7 @@ def test_largesize_and_size_zero_boxes_upload_and_unfinished_files_stay_waiting(
     empty = export / "empty.mkv"  # no boxes to judge: only the 0-byte rule holds it
     empty.touch()
     config = write_config(tmp_path, server.url, watch=CHECKS_ON)
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "2s")
+    result = run_once(config, "2s")
     assert result.returncode == 1, result.stderr
     assert f"not done: {no_moov} (waiting: no moov box)" in result.stderr
     assert f"not done: {empty} (waiting: empty file (0 bytes))" in result.stderr
@@ -504,7 +506,7 @@ def test_retry_force_uploads_a_crashed_capture_and_a_skipped_duplicate(
     uploaded_once(server, "original", original)
     assert len(server.snapshot()["records"]) == 3
     assert crashed.stat().st_size == len(FTYP) + 8 + 128 * KiB
-    assert [e for e in log_events(log) if e["event"] == "job.failed"] == []
+    assert_no_event(log, "job.failed")
 
 
 # --- 8. file.still_changing: a low rate, not a loop ----------------------------------------------
@@ -596,7 +598,9 @@ async def test_still_changing_is_logged_at_a_low_rate(
     assert all(gap >= every for gap in gaps), gaps
     assert all(entry[2]["job_id"] == job.id for entry in logged)
     assert [entry[2]["size"] for entry in logged] == sorted({entry[2]["size"] for entry in logged})
-    assert recorder.named("file.waiting") == []  # "still being written" is not logged each time
+    assert_no_event(
+        recorder.events, "file.waiting"
+    )  # "still being written" is not logged each time
     assert job.state == State.WAITING
     assert job.wait_reason == "still being written"
     assert ready == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import time
@@ -15,10 +14,11 @@ from conftest import (
     KiB,
     MiB,
     free_port,
+    health,
     ingestd_env,
     ledger_rows,
     random_file,
-    run_cli,
+    run_once,
     start_daemon,
     stop_process,
     wait_for,
@@ -46,16 +46,11 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return 0, ""
 
 
-def _health(port: int) -> tuple[int, dict[str, Any]]:
-    status, body = wait_for(lambda: (lambda got: got if got[0] else None)(_get(port, "/healthz")))
-    return status, json.loads(body)
-
-
 def _unhealthy_with(port: int, words: str, timeout: float = 20) -> dict[str, Any]:
     """Wait for a 503 whose problems mention ``words``; returns the body."""
 
     def check() -> dict[str, Any] | None:
-        status, body = _health(port)
+        status, body = health(port, wait=30)
         if status == 503 and any(words in problem for problem in body["problems"]):
             return body
         return None
@@ -77,7 +72,7 @@ def test_idle_daemon_is_healthy_and_sends_nothing_to_valt(
     port = free_port()
     daemon = start_daemon(_config(tmp_path, server.url, port), tmp_path / "daemon.log")
     try:
-        status, body = _health(port)
+        status, body = health(port, wait=30)
         assert (status, body["status"], body["problems"]) == (200, "ok", [])
         assert body["backlog"] == 0 and body["mode"] == "daemon"
         before = server.snapshot()["requests"]
@@ -154,7 +149,7 @@ def test_metrics_move_during_a_real_upload_and_name_no_path(
         def sent() -> float:
             return _metric(_get(port, "/metrics")[1], "ingestd_bytes_uploaded_total")
 
-        _health(port)  # listening
+        health(port, wait=30)  # listening
         first = wait_for(sent, timeout=30)
         time.sleep(0.5)
         second = sent()
@@ -185,6 +180,6 @@ def test_a_port_in_use_is_a_clear_error(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run_cli("run", "-c", str(_config(tmp_path, server.url, port)), "--once")
+        done = run_once(_config(tmp_path, server.url, port), "10m")
     assert done.returncode == 1, done.stderr
     assert f"status.listen: cannot listen on 127.0.0.1:{port}" in done.stderr

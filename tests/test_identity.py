@@ -10,10 +10,12 @@ from pathlib import Path
 from conftest import (
     KiB,
     MiB,
+    assert_no_event,
+    job_states,
     ledger_rows,
     log_events,
     random_file,
-    run_cli,
+    run_once,
     server_videos,
     sha256_file,
     start_daemon,
@@ -27,20 +29,12 @@ from ingestd.fake_valt import FakeValtThread
 CHUNK = 256 * KiB
 
 
-def _once(config: Path, max_wait: str = "10s") -> int:
-    return run_cli("run", "-c", str(config), "--once", "--max-wait", max_wait).returncode
-
-
-def _states(tmp_path: Path) -> dict[str, str]:
-    return {Path(r["path"]).name: r["state"] for r in ledger_rows(tmp_path / "ledger.db")}
-
-
 def test_same_content_under_another_name_is_skipped(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:
     random_file(export / "take 1.mp4", 9 * MiB, seed=7)  # larger than head + tail
     config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert len(server.snapshot()["records"]) == 1
     (export / "copies").mkdir()
     shutil.copyfile(export / "take 1.mp4", export / "copies" / "take 1 (copy).mp4")
@@ -48,13 +42,13 @@ def test_same_content_under_another_name_is_skipped(
     data = bytearray((export / "take 1.mp4").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (export / "take 1 edited.mp4").write_bytes(bytes(data))
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     rows = {Path(r["path"]).name: r for r in ledger_rows(tmp_path / "ledger.db")}
     assert rows["take 1 (copy).mp4"]["state"] == "skipped"
     assert rows["take 1 edited.mp4"]["state"] == "done"
     assert len(server.snapshot()["records"]) == 2
-    log = run_cli("run", "-c", str(config), "--once").stdout
-    assert "file.duplicate" not in log  # nothing new: decided once, remembered
+    log = run_once(config, "10m").stdout
+    assert_no_event(log, "file.duplicate")  # nothing new: decided once, remembered
     uploads = server.snapshot()["upload_bytes_received"]
     assert uploads == 2 * 9 * MiB
 
@@ -64,10 +58,10 @@ def test_duplicate_log_names_the_earlier_record(
 ) -> None:
     random_file(export / "a.mp4", 300 * KiB, seed=1)
     config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     record_id = server.snapshot()["records"][0]["id"]
     shutil.copyfile(export / "a.mp4", export / "b.mp4")
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
+    result = run_once(config, "10s")
     assert result.returncode == 0
     [event] = [e for e in _json_lines(result.stdout) if e["event"] == "file.duplicate"]
     assert event["record_id"] == record_id
@@ -85,10 +79,10 @@ def test_replaced_after_done_is_a_new_job(
 ) -> None:
     random_file(export / "clip.mp4", 300 * KiB, seed=1)
     config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     time.sleep(0.01)
     second = random_file(export / "clip.mp4", 400 * KiB, seed=2)
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     rows = ledger_rows(tmp_path / "ledger.db")
     assert [r["state"] for r in rows] == ["done", "done"]
     assert rows[1]["sha256"] == second
@@ -96,7 +90,7 @@ def test_replaced_after_done_is_a_new_job(
     # The same content written again under the same name: recognised, not uploaded again.
     (export / "clip.mp4").write_bytes((export / "clip.mp4").read_bytes())
     os.utime(export / "clip.mp4", (time.time() + 5, time.time() + 5))
-    assert _once(config) == 0
+    assert run_once(config, "10s").returncode == 0
     assert [r["state"] for r in ledger_rows(tmp_path / "ledger.db")] == ["done", "done", "skipped"]
     assert len(server.snapshot()["records"]) == 2
 
@@ -119,7 +113,7 @@ def test_a_file_that_grows_during_upload_is_uploaded_as_it_ends(
         with open(export / "live.mp4", "ab") as handle:
             handle.write(os.urandom(3 * CHUNK))
         server.set_faults(slow_rate=0.0)
-        wait_for(lambda: _states(tmp_path).get("live.mp4") == "done", timeout=30)
+        wait_for(lambda: job_states(tmp_path / "ledger.db").get("live.mp4") == "done", timeout=30)
     finally:
         assert stop_process(daemon) == 0
     state = server.snapshot()
@@ -146,7 +140,7 @@ def test_a_file_rewritten_or_truncated_during_upload(
         wait_for(second_upload_under_way, timeout=30)
         os.truncate(export / "live.mp4", 10 * CHUNK)  # and now it shrinks
         server.set_faults(slow_rate=0.0)
-        wait_for(lambda: _states(tmp_path).get("live.mp4") == "done", timeout=30)
+        wait_for(lambda: job_states(tmp_path / "ledger.db").get("live.mp4") == "done", timeout=30)
     finally:
         assert stop_process(daemon) == 0
     state = server.snapshot()
@@ -166,7 +160,7 @@ def test_a_file_deleted_during_upload_fails_and_its_record_goes(
         wait_for(lambda: server.snapshot()["upload_bytes_received"] >= 3 * CHUNK, timeout=30)
         (export / "live.mp4").unlink()
         server.set_faults(slow_rate=0.0)
-        wait_for(lambda: _states(tmp_path).get("other.mp4") == "done", timeout=30)
+        wait_for(lambda: job_states(tmp_path / "ledger.db").get("other.mp4") == "done", timeout=30)
         wait_for(lambda: server.snapshot()["deleted"], timeout=10)
     finally:
         assert stop_process(daemon) == 0

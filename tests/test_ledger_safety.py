@@ -15,7 +15,6 @@ cache held, cannot be simulated here and is taken on SQLite's word.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -23,8 +22,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,12 +30,15 @@ import pytest
 from conftest import (
     NOBODY,
     KiB,
+    assert_no_event,
     free_port,
+    health,
     ingestd_env,
     ledger_rows,
     log_events,
     random_file,
     run_cli,
+    run_once,
     server_videos,
     start_as_nobody,
     start_daemon,
@@ -48,10 +48,6 @@ from conftest import (
 )
 
 from ingestd.fake_valt import FakeValtThread
-
-
-def _once(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("run", "-c", str(config), "--once", "--max-wait", "20s", env=ingestd_env(**env))
 
 
 def _ledger(config: Path, *action: str) -> subprocess.CompletedProcess[str]:
@@ -130,7 +126,7 @@ def test_a_damaged_ledger_stops_the_daemon_before_anything_is_sent(
     if damage == "page_overwritten":
         for n in range(2):
             random_file(export / f"take {n}.mp4", 20 * KiB, seed=n)
-        assert _once(config).returncode == 0
+        assert run_once(config).returncode == 0
         _damage_middle(ledger)
     else:
         ledger.write_bytes(random.Random(3).randbytes(64 * KiB))
@@ -160,7 +156,7 @@ def test_a_lost_ledger_is_not_started_afresh_but_restored(
     random_file(export / "clip.mp4", 100 * KiB)
     config = write_config(tmp_path, server.url, ledger={"backups": 1})
     ledger = tmp_path / "ledger.db"
-    assert _once(config).returncode == 0  # its start-up made a first backup
+    assert run_once(config).returncode == 0  # its start-up made a first backup
     assert _ledger(config, "backup").returncode == 0
     [kept] = tmp_path.glob("ledger.db.backup-*")  # the newest ledger.backups are kept
     refused = _ledger(config, "restore")
@@ -170,7 +166,7 @@ def test_a_lost_ledger_is_not_started_afresh_but_restored(
         ledger.with_name(ledger.name + side).unlink(missing_ok=True)
     sent = server.snapshot()["upload_bytes_received"]
 
-    result = _once(config)
+    result = run_once(config)
     assert result.returncode == 1
     assert f"the ledger {ledger} is missing (but 1 backup(s)" in result.stderr
     assert server.snapshot()["upload_bytes_received"] == sent
@@ -180,7 +176,7 @@ def test_a_lost_ledger_is_not_started_afresh_but_restored(
     assert restored.returncode == 0, restored.stderr
     assert f"skipped {bad.name}" in restored.stdout
     assert f"from {kept.name}" in restored.stdout
-    assert _once(config).returncode == 0
+    assert run_once(config).returncode == 0
     assert server.snapshot()["upload_bytes_received"] == sent
     assert [row["state"] for row in ledger_rows(ledger)] == ["done"]
 
@@ -203,10 +199,10 @@ def test_restoring_an_old_backup_uploads_nothing_again(
         name: random_file(export / f"{name}.mp4", 100 * KiB, seed=n)
         for n, name in enumerate(["a", "b"])
     }
-    assert _once(config).returncode == 0
+    assert run_once(config).returncode == 0
     # "c" is caught mid-upload when the backup is taken.
     digests["c"] = random_file(export / "c.mp4", 12 * 64 * KiB, seed=3)
-    killed = _once(config, INGESTD_FAILPOINTS="after_chunk_committed:3")
+    killed = run_once(config, INGESTD_FAILPOINTS="after_chunk_committed:3")
     assert killed.returncode == -signal.SIGKILL
     made = _ledger(config, "backup")
     assert made.returncode == 0, made.stderr
@@ -215,7 +211,7 @@ def test_restoring_an_old_backup_uploads_nothing_again(
     # After the backup: "c" finishes, three files come and go up.
     for n, name in enumerate(["d", "e", "f"], start=4):
         digests[name] = random_file(export / f"{name}.mp4", 150 * KiB, seed=n)
-    assert _once(config).returncode == 0
+    assert run_once(config).returncode == 0
     assert len(ledger_rows(ledger)) == 6
     _damage_middle(ledger)
     damaged = _sha256(ledger)
@@ -233,7 +229,7 @@ def test_restoring_an_old_backup_uploads_nothing_again(
     sent, records = server.snapshot()["upload_bytes_received"], _records_per_name(server)
 
     log = tmp_path / "after-restore.log"
-    result = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
+    result = run_once(config, "20s")
     log.write_text(result.stdout)
     assert result.returncode == 0, result.stderr
     assert server.snapshot()["upload_bytes_received"] == sent  # not one byte again
@@ -249,17 +245,6 @@ def test_restoring_an_old_backup_uploads_nothing_again(
 
 
 # --- a full disk, a read-only folder --------------------------------------------------------
-
-
-def _health(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read())
-    except OSError:
-        return 0, {}
 
 
 def test_a_full_disk_stops_new_work_and_loses_nothing(
@@ -297,15 +282,15 @@ def test_a_full_disk_stops_new_work_and_loses_nothing(
     try:
         [event] = wait_for(lambda: _events(log, "ledger.unwritable"), timeout=30)
         assert "disk is full" in event["problem"]
-        wait_for(lambda: _health(port)[0] == 503, timeout=20, interval=0.2)
-        assert any("ledger" in problem for problem in _health(port)[1]["problems"])
+        wait_for(lambda: health(port)[0] == 503, timeout=20, interval=0.2)
+        assert any("ledger" in problem for problem in health(port)[1]["problems"])
         time.sleep(1)  # a job that was already sending may finish
         records = _records_per_name(server)
         time.sleep(2)
         assert _records_per_name(server) == records  # no new work
         assert daemon.poll() is None
         assert len(_events(log, "ledger.unwritable")) == 1  # said once, no crash loop
-        assert not _events(log, "daemon.task_failed") and not _events(log, "watcher.failed")
+        assert_no_event(log, "daemon.task_failed", "watcher.failed")
         inside_jobs = len(_events(log, "job.ledger_unwritable"))
         assert inside_jobs >= 1
     finally:
@@ -355,7 +340,8 @@ def test_a_read_only_ledger_folder_stops_new_work_until_it_is_writable(
             (export / f"clip {n}.mp4").chmod(0o644)
         time.sleep(3)  # found, but not uploaded: no new work
         assert sum(_records_per_name(server).values()) == 2
-        assert daemon.poll() is None and not _events(log, "daemon.task_failed")
+        assert daemon.poll() is None
+        assert_no_event(log, "daemon.task_failed")
 
         state.chmod(0o755)
         wait_for(lambda: _events(log, "ledger.writable"), timeout=15)
@@ -438,7 +424,7 @@ def test_sigkill_at_random_moments_never_damages_the_ledger(
 
     print(f"\nkill loop done at {time.monotonic() - started:.1f} s")
     server.set_faults(slow_rate=0.0)
-    last = run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
+    last = run_once(config, "20s")
     assert last.returncode == 0, last.stderr
     assert Counter(row["state"] for row in ledger_rows(ledger)) == {"done": files}
     print(f"\nSIGKILL: {survived}/{kills} kills survived, {busy} while the ledger was changing")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import random_file, run_cli, write_config
+from conftest import random_file, run_cli, run_once, write_config
 
 from ingestd.fake_valt import FakeValtThread
 
@@ -18,7 +18,7 @@ def test_a_ledger_path_with_uri_characters_works_for_run_status_and_export(
     config = write_config(
         tmp_path, server.url, watch={"settle": "0.1s"}, ledger={"path": str(ledger)}
     )
-    assert run_cli("run", "-c", str(config), "--once", "--max-wait", "10s").returncode == 0
+    assert run_once(config, "10s").returncode == 0
     assert ledger.is_file()
     status = run_cli("status", "-c", str(config), "--json")
     assert status.returncode == 0, status.stderr

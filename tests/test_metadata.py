@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from conftest import (
     ledger_rows,
     random_file,
     run_cli,
+    run_once,
     start_daemon,
     stop_process,
     wait_for,
@@ -39,10 +39,6 @@ from ingestd.valt.client import ValtClient
 from ingestd.valt.shares import ShareDirectory
 
 ADMIN_CALLS = ("GET /api/v3/admin/users", "GET /api/v3/admin/user_groups")
-
-
-def _once(config: Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("run", "-c", str(config), "--once", "--max-wait", "30s")
 
 
 def _records(server: FakeValtThread) -> dict[str, dict[str, Any]]:
@@ -110,7 +106,7 @@ def test_placeholders_and_pattern_groups_fill_name_and_template(
             "template": {1: "{case}", 2: "{parent}|{ext}|{size}|{stem}"},
         },
     )
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 0, result.stderr
     records = _records(server)
     assert set(records) == {"room-3 2024-05-01 case K17 0930", "case  0930"}
@@ -148,7 +144,7 @@ def test_rules_first_match_wins_with_double_star(
             ],
         },
     )
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 0, result.stderr
     records = _records(server)
     assert set(records) == {"three a", "three b", "room c", "deep d", "default top"}
@@ -207,7 +203,7 @@ def test_sidecars_override_the_config(tmp_path: Path, server: FakeValtThread, ex
             "share": {"users": [1], "groups": [4]},
         },
     )
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 0, result.stderr
     records = _records(server)
     # Sidecars are never uploaded themselves: one record per video.
@@ -234,7 +230,7 @@ def test_sidecars_are_ignored_when_switched_off(
     random_file(export / "a.mp4", 500)
     _write(export / "a.json", "{broken")
     config = write_config(tmp_path, server.url, record={"sidecar": False})
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 0, result.stderr
     assert set(_records(server)) == {"a"}
 
@@ -251,7 +247,7 @@ def test_malformed_sidecar_fails_its_job_and_others_go_on(
     _write(export / "good.json", '{"name": "good one", "share": {"users": ["alice"]}}')
     # Two workers: jobs failing at the same instant must not collide in the ledger.
     config = write_config(tmp_path, server.url, upload={"workers": 2})
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 1
     records = _records(server)
     assert set(records) == {"good one"}  # no record, not even an empty one, for the others
@@ -271,7 +267,7 @@ def test_malformed_sidecar_fails_its_job_and_others_go_on(
     # Fixed, then retried: the same job uploads with the sidecar's metadata.
     _write(export / "bad-json.json", '{"name": "fixed"}')
     assert run_cli("retry", "-c", str(config), str(rows["bad-json"]["id"])).returncode == 0
-    assert _once(config).returncode == 0  # failed jobs are not part of a --once pass
+    assert run_once(config, "30s").returncode == 0  # failed jobs are not part of a --once pass
     assert "fixed" in _records(server)
 
 
@@ -302,7 +298,7 @@ def test_sidecar_written_slowly_is_not_used_half_written(
     )
     writer = _write_slowly(sidecar, pieces, pause=0.25)
     try:
-        result = _once(config)
+        result = run_once(config, "30s")
     finally:
         writer.join()
     assert result.returncode == 0, result.stderr
@@ -417,7 +413,7 @@ def test_share_names_are_resolved_to_ids_once(
             "rules": [{"match": "room-3/**", "share": {"users": ["bob"]}}],
         },
     )
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 0, result.stderr
     records = _records(server)
     for index in range(3):
@@ -448,7 +444,7 @@ def test_unknown_share_name_is_a_configuration_error(
 ) -> None:
     random_file(export / "clip.mp4", 1000)
     config = write_config(tmp_path, server.url, record=record)
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"ingestd: configuration error: {key}: {needle}"), line
@@ -468,7 +464,7 @@ def test_forbidden_listing_asks_for_numeric_ids(
     config = write_config(
         tmp_path, server.url, record={"share": {"users": ["alice"], "groups": [4]}}
     )
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "record.share.users" in line and "write numeric user ids instead" in line, line
@@ -482,7 +478,7 @@ def test_forbidden_listing_asks_for_numeric_ids(
     before = _admin_calls(server)
     config = write_config(tmp_path, server.url, record={"share": {"users": [2], "groups": [4]}})
     server.set_faults(admin_forbidden=True)
-    assert _once(config).returncode == 0
+    assert run_once(config, "30s").returncode == 0
     assert _records(server)["clip"]["share"] == {"users": [2], "groups": [4]}
     assert _admin_calls(server) == before
 
@@ -499,7 +495,7 @@ def test_ids_only_make_no_admin_calls(tmp_path: Path, server: FakeValtThread, ex
             "rules": [{"match": "room-3/**", "share": {"users": [3]}}],
         },
     )
-    result = _once(config)
+    result = run_once(config, "30s")
     assert result.returncode == 0, result.stderr
     records = _records(server)
     assert records["a"]["share"] == {"users": [5], "groups": [5]}
@@ -530,7 +526,7 @@ def test_refused_credentials_at_start_up_do_not_stop_the_daemon_over_names(
     assert "Traceback" not in result.stderr
     assert server.call(lambda fake: fake.request_counts.get("POST /api/v3/login")) == 1
     assert '"event": "share.names_deferred"' in result.stdout
-    assert _once(config).returncode == 0  # the right password: looked up, then uploaded
+    assert run_once(config, "30s").returncode == 0  # the right password: looked up, then uploaded
     assert _records(server)["a"]["share"] == {"users": [2], "groups": []}
 
 

@@ -20,6 +20,7 @@ from conftest import (
     ledger_rows,
     random_file,
     run_cli,
+    run_once,
     sha256_file,
     write_config,
 )
@@ -52,10 +53,6 @@ def roomy_fs(tmp_path: Path) -> Iterator[Path]:
     yield from _mount_tmpfs(tmp_path / "roomy", "4m")
 
 
-def _once(config: Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
-
-
 async def test_a_full_target_leaves_no_partial_copy_and_no_litter(
     tmp_path: Path, server: FakeValtThread, export: Path, small_fs: Path
 ) -> None:
@@ -68,7 +65,7 @@ async def test_a_full_target_leaves_no_partial_copy_and_no_litter(
         watch={"settle": "0.1s"},
         after_upload={"action": "move", "move_to": str(small_fs)},
     )
-    result = _once(config_file)  # the upload, and the move's first try
+    result = run_once(config_file, "10s")  # the upload, and the move's first try
     assert result.returncode == 0
     assert '"after_upload.failed"' in result.stdout
     assert sorted(small_fs.rglob("*")) == []  # no partial copy, not even an empty folder
@@ -107,7 +104,7 @@ def test_a_move_across_file_systems_keeps_the_file_its_mode_and_time(
     )
     (roomy_fs / "archive" / "room").mkdir(parents=True)
     (roomy_fs / "archive" / "room" / "clip.mp4").write_bytes(b"taken")
-    assert _once(config).returncode == 0
+    assert run_once(config, "10s").returncode == 0
     moved = roomy_fs / "archive" / "room" / "clip (1).mp4"
     assert sha256_file(moved) == digest
     info = moved.stat()
@@ -152,7 +149,7 @@ def test_a_crash_after_a_copy_across_file_systems_finds_the_copy_by_its_content(
     crashed = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s", env=env)
     assert crashed.returncode == -signal.SIGKILL
     assert not clip.exists()
-    assert _once(config).returncode == 0
+    assert run_once(config, "10s").returncode == 0
     [row] = ledger_rows(tmp_path / "ledger.db")
     copy = target / "clip (1).mp4"
     assert (row["after_done"], row["final_path"], row["left_alone"]) == (1, str(copy), None)

@@ -15,7 +15,7 @@ from conftest import (
     MiB,
     ledger_rows,
     random_file,
-    run_cli,
+    run_once,
     server_videos,
     sha256_file,
     wait_for,
@@ -23,10 +23,6 @@ from conftest import (
 )
 
 from ingestd.fake_valt import FakeValtThread
-
-
-def _once(config: Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("run", "-c", str(config), "--once", "--max-wait", "20s")
 
 
 def _events(output: str) -> list[dict[str, Any]]:
@@ -80,7 +76,7 @@ def test_files_arrive_identical(tmp_path: Path, server: FakeValtThread, export: 
     expected = _files(export, [1 * MiB + 17, 2 * MiB + 4321, 3 * MiB - 5])
     config = write_config(tmp_path, server.url)
 
-    result = _once(config)
+    result = run_once(config)
 
     assert result.returncode == 0, result.stderr
     _assert_arrived(server, tmp_path, expected)
@@ -97,7 +93,7 @@ def test_files_arrive_once_despite_faults(
     server.set_faults(fail_rate=0.1, bad_gateway_rate=0.05, drop_rate=0.1, token_ttl=7, seed=7)
     config = write_config(tmp_path, server.url)
 
-    result = _once(config)
+    result = run_once(config)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     _assert_arrived(server, tmp_path, expected)
@@ -117,7 +113,7 @@ def test_ledger_hash_survives_token_renewal(
     server.set_faults(token_ttl=3)
     config = write_config(tmp_path, server.url, upload={"workers": 1})
 
-    result = _once(config)
+    result = run_once(config)
 
     assert result.returncode == 0, result.stderr
     _assert_arrived(server, tmp_path, expected)
@@ -130,7 +126,7 @@ def test_413_halves_the_chunk(tmp_path: Path, server: FakeValtThread, export: Pa
     server.set_faults(max_body=1536 * KiB)
     config = write_config(tmp_path, server.url, upload={"chunk_size": "4MiB"})
 
-    result = _once(config)
+    result = run_once(config)
 
     assert result.returncode == 0, result.stderr
     _assert_arrived(server, tmp_path, expected)
@@ -162,7 +158,7 @@ def test_permanent_refusal_fails_that_file_only(
     config = write_config(tmp_path, server.url)
 
     started = time.monotonic()
-    result = _once(config)
+    result = run_once(config)
 
     assert result.returncode == 1
     assert time.monotonic() - started < 20  # a permanent error is not retried until max_wait
@@ -187,7 +183,7 @@ def test_attempts_exhausted_fail_the_job(
     config = write_config(tmp_path, server.url, upload={"max_attempts": 3})
 
     started = time.monotonic()
-    result = _once(config)
+    result = run_once(config)
 
     assert result.returncode == 1
     assert time.monotonic() - started < 20
@@ -213,7 +209,7 @@ def test_server_without_chunking_gets_the_whole_file(
     server.set_faults(no_chunking=True)
     config = write_config(tmp_path, server.url, upload={"workers": 1})
 
-    result = _once(config)
+    result = run_once(config)
 
     assert result.returncode == 0, result.stderr
     record_ids = _assert_arrived(server, tmp_path, expected)
@@ -258,7 +254,7 @@ def test_slowly_written_file_waits_for_settle(
     )
     try:
         wait_for(lambda: path.exists() and path.stat().st_size > 0, timeout=10)
-        result = _once(config)
+        result = run_once(config)
         writer_out, _ = writer.communicate(timeout=30)
     finally:
         if writer.poll() is None:

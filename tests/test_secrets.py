@@ -18,22 +18,18 @@ from conftest import (
     KiB,
     MiB,
     ingestd_env,
+    issued_tokens,
     random_file,
     run_cli,
     server_videos,
     write_config,
 )
 
-from ingestd.fake_valt import FakeValt, FakeValtThread
+from ingestd.fake_valt import FakeValtThread
 from ingestd.logs import secrets_in
 
 WRONG_PASSWORD = "Wr0ng-Guess-pa55word-Q"
 NO_FAULTS = {"fail_rate": 0.0, "drop_rate": 0.0, "hang_rate": 0.0, "token_ttl": None}
-
-
-def _issued_tokens(fake: FakeValt) -> set[str]:
-    """Every token the fake handed out: live ones, and those it expired (token_ttl)."""
-    return fake.state.accounts.issued_tokens()
 
 
 def _output(result: subprocess.CompletedProcess[str]) -> str:
@@ -104,7 +100,7 @@ def test_no_secret_in_output_or_ledger(
     assert ledger_bytes
 
     text = "\n".join(outputs) + "\n" + ledger_bytes.decode("latin-1")
-    tokens = server.call(_issued_tokens)
+    tokens = server.call(issued_tokens)
     snapshot = server.snapshot()
 
     # The search is not vacuous: tokens were issued (and expired), faults and retries

@@ -29,6 +29,7 @@ from conftest import (
     ledger_rows,
     random_file,
     run_cli,
+    run_once,
     write_config,
 )
 
@@ -127,7 +128,7 @@ def test_no_output_path_shows_a_quoted_token(
     )
     probe = f"ingestd probe from {socket.gethostname()} (safe to delete)"
     server.set_faults(quote_url=True, refuse_names=["Room 3", probe])
-    ran = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
+    ran = run_once(config, "10s")
     assert ran.returncode == 1, ran.stderr[-3000:]
     [row] = ledger_rows(tmp_path / "ledger.db")
     assert row["state"] == "failed"

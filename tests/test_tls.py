@@ -26,9 +26,11 @@ from conftest import (
     REPO,
     USERNAME,
     KiB,
+    assert_no_event,
     log_events,
     random_file,
     run_cli,
+    run_once,
     server_videos,
     write_config,
 )
@@ -111,10 +113,10 @@ def test_a_self_signed_server_is_refused_unless_ca_file_trusts_its_ca(
     config = write_config(tmp_path, tls_server.url, valt={"ca_file": str(pki.ca)})
     checked = run_cli("check", "-c", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    ran = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
+    ran = run_once(config, "10s")
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert server_videos(tls_server)["clip"]["sha256"] == digest
-    assert "tls.verification_off" not in ran.stdout
+    assert_no_event(ran.stdout, "tls.verification_off")
 
 
 def test_verify_tls_off_works_and_warns_at_every_start(
@@ -128,7 +130,7 @@ def test_verify_tls_off_works_and_warns_at_every_start(
     for n in range(2):
         digests[f"clip-{n}"] = random_file(export / f"clip-{n}.mp4", 100 * KiB, seed=n)
         log = tmp_path / f"run-{n}.log"
-        ran = run_cli("run", "-c", str(config), "--once", "--max-wait", "10s")
+        ran = run_once(config, "10s")
         log.write_text(ran.stdout)
         assert ran.returncode == 0, ran.stderr[-3000:]
         warnings = [e for e in log_events(log) if e["event"] == "tls.verification_off"]
@@ -201,7 +203,7 @@ def test_a_ca_file_that_does_not_load_is_a_configuration_error(
         make(ca_file)
     config = write_config(tmp_path, tls_server.url, valt={"ca_file": str(ca_file)})
     _one_line_exit_2(run_cli("check", "-c", str(config)), *needles)
-    _one_line_exit_2(run_cli("run", "-c", str(config), "--once"), *needles)
+    _one_line_exit_2(run_once(config, "10m"), *needles)
     assert tls_server.snapshot()["records"] == []
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from conftest import PASSWORD, REPO, USERNAME, KiB, MiB
+from conftest import PASSWORD, REPO, USERNAME, KiB, MiB, issued_tokens
 
 from ingestd.errors import (
     AuthFailed,
@@ -24,7 +24,7 @@ from ingestd.errors import (
     PermanentError,
     RetryableError,
 )
-from ingestd.fake_valt import FakeValt, FakeValtThread
+from ingestd.fake_valt import FakeValtThread
 from ingestd.logs import secrets_in
 from ingestd.valt import rules as valt_rules
 from ingestd.valt.client import ValtClient
@@ -55,11 +55,6 @@ async def _send(
         length=end - start,
         pieces=_pieces(data[start:end]),
     )
-
-
-def _issued_tokens(fake: FakeValt) -> set[str]:
-    """Every token the fake handed out, live or expired."""
-    return fake.state.accounts.issued_tokens()
 
 
 def _assert_readable(message: str) -> None:
@@ -176,7 +171,7 @@ async def test_source_read_error_mid_body_never_shows_the_token(server: FakeValt
     assert caught.value.reason == "connection"
     assert "?[query redacted]" in message, message  # the URL was there, its query is not
     _assert_readable(message)
-    tokens = server.call(_issued_tokens)
+    tokens = server.call(issued_tokens)
     assert len(tokens) == 1
     assert secrets_in(message, tokens) == [], message
     assert server.snapshot()["records"][0]["videos"][0]["received"] == 0
