@@ -131,3 +131,25 @@ def test_the_probes_verdicts() -> None:
     assert not down(None, "bad_answer")  # an answer that was not what we asked for
     assert up(200) and up(204) and up(401) and up(403) and up(404) and up(307)
     assert not up(None) and not up(500) and not up(502) and not up(504)
+
+
+async def test_an_admin_403_on_the_probe_is_the_server_up_and_no_login(
+    server: FakeValtThread,
+) -> None:
+    from conftest import PASSWORD, USERNAME
+
+    from ingestd.errors import RetryableError, ServerUnreachable
+    from ingestd.valt.client import ValtClient
+
+    server.set_faults(admin_forbidden=True, fail_calls=["POST /api/v3/records/create-upload"])
+    async with ValtClient(
+        base_url=server.url, username=USERNAME, password=PASSWORD, outage_retry=(0.05, 0.2)
+    ) as client:
+        with pytest.raises(RetryableError) as caught:
+            await client.create_upload("clip", {}, {})
+        assert not isinstance(caught.value, ServerUnreachable)  # the file's failure: counts
+        assert client.outage.since is None and client.logins == 1
+        server.set_faults(admin_forbidden=False, fail_calls=[], fail_rate=1.0)
+        with pytest.raises(ServerUnreachable):
+            await client.create_upload("clip", {}, {})
+        assert client.outage.since is not None and client.logins == 1
