@@ -91,6 +91,15 @@ class RetryableError(ValtError):
     """Worth trying again later: connection errors, timeouts, 408, 429, 5xx."""
 
 
+class ServerUnreachable(RetryableError):
+    """The server is down: a request failed for want of it, and a probe failed too.
+
+    Not a job failure: every server call waits (one probe at a time, with capped
+    backoff), jobs keep their state and no attempt counts. ``status`` and ``reason``
+    are the failed request's, so callers that only retry see what they always saw.
+    """
+
+
 class PermanentError(ValtError):
     """Trying again will not help: other 4xx, malformed answers."""
 

@@ -144,10 +144,10 @@ def test_retry_by_job_id_and_password_never_in_output(
     config = write_config(
         tmp_path, server.url, watch={"settle": "0.1s"}, upload={"max_attempts": 1}
     )
-    server.set_faults(fail_rate=1.0)
+    server.set_faults(fail_names=["a"])  # its create-upload 500s; the server answers others
     first = run_cli("run", "-c", str(config), "--once", "--max-wait", "5s")
     assert first.returncode == 1 and "a.mp4 (failed" in first.stderr
-    server.set_faults(fail_rate=0.0)
+    server.set_faults(fail_names=[])
     retried = run_cli("retry", "-c", str(config), "1")
     assert retried.returncode == 0 and "re-queued 1 job(s): 1" in retried.stdout
     second = run_cli("run", "-c", str(config), "--once", "--max-wait", "5s")

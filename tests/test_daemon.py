@@ -249,7 +249,7 @@ def _hangs(server: FakeValtThread) -> int:
 def test_retry_failed_and_pause_resume_reach_a_running_daemon(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:
-    server.set_faults(fail_rate=1.0)
+    server.set_faults(fail_names=["a"])  # a.mp4's create-upload 500s; others are answered
     config = write_config(
         tmp_path, server.url, upload={"max_attempts": 2}, watch={"settle": "0.1s"}
     )
@@ -260,7 +260,7 @@ def test_retry_failed_and_pause_resume_reach_a_running_daemon(
         wait_for(
             lambda: any(r["state"] == "failed" for r in ledger_rows(tmp_path / "ledger.db")), 30
         )
-        server.set_faults(fail_rate=0.0)
+        server.set_faults(fail_names=[])
         assert run_cli("retry", "-c", str(config), "--failed").returncode == 0
         retried_at = time.monotonic()
         wait_for(lambda: _done(tmp_path, 1), timeout=10)

@@ -22,6 +22,7 @@ import pytest
 from conftest import (
     PASSWORD,
     USERNAME,
+    assert_no_event,
     free_port,
     ingestd_env,
     log_events,
@@ -208,7 +209,9 @@ def test_refused_credentials_print_no_log_line_inside_the_table(
     _table_only(result)
 
 
-def test_upload_retry_lines_carry_the_same_short_text(tmp_path: Path) -> None:
+def test_the_outage_line_carries_the_same_short_text(tmp_path: Path) -> None:
+    """Nothing answers at all: an outage, no attempt counts (no ``upload.retry``), and
+    ``server.unreachable`` carries the same one line as ``check``."""
     port = free_port()
     random_file(tmp_path / "export" / "clip.mp4", 1000)
     config = write_config(
@@ -217,7 +220,8 @@ def test_upload_retry_lines_carry_the_same_short_text(tmp_path: Path) -> None:
     ran = run_cli("run", "-c", str(config), "--once", "--max-wait", "3s")
     log = tmp_path / "run.log"
     log.write_text(ran.stdout)
-    errors = {e["error"] for e in log_events(log) if e["event"] == "upload.retry"}
+    errors = {e["error"] for e in log_events(log) if e["event"] == "server.unreachable"}
+    assert_no_event(log_events(log), "upload.retry")  # nothing answers: no attempt counts
     expected = (
         f"POST login: nothing answers at 127.0.0.1:{port} (connection refused): "
         "is the Valt server running, and are the host and port in valt.url right?"

@@ -179,7 +179,7 @@ def test_attempts_exhausted_fail_the_job(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:
     random_file(export / "doomed.mkv", 600 * KiB)
-    server.set_faults(fail_rate=1.0)
+    server.set_faults(fail_names=["doomed"])  # its create-upload 500s; others are answered
     config = write_config(tmp_path, server.url, upload={"max_attempts": 3})
 
     started = time.monotonic()
@@ -197,8 +197,11 @@ def test_attempts_exhausted_fail_the_job(
     assert row["fail_reason"] == "http_500"
     snapshot = server.snapshot()
     assert snapshot["records"] == []
-    # Exactly three attempts (each one's login answered 500), then no more.
-    assert snapshot["requests"] == {"POST /api/v3/login": 3}
+    # Exactly three attempts (each one's create-upload answered 500, each checked with one
+    # answered probe), then no more.
+    requests = snapshot["requests"]
+    assert requests["POST /api/v3/records/create-upload"] == 3
+    assert requests["GET /api/v3/admin/general"] == 3 and requests["POST /api/v3/login"] == 1
     assert len(_named(_events(result.stdout), "upload.retry")) == 2
 
 

@@ -148,6 +148,7 @@ class Daemon:
                 verify_tls=self.config.valt.verify_tls,
                 ca_file=self.config.valt.ca_file,
                 on_contact=self.telemetry.server_contact,
+                outage_retry=(self.config.upload.backoff_initial, self.config.upload.backoff_max),
             )
         )
         # Before workers start: an unknown share name is a config error (exit 2).
@@ -288,6 +289,7 @@ class Daemon:
                 spawn(self._supervise("health", self.status.run, self.stop)),
                 spawn(self._supervise("housekeeping", self._housekeeping, self.stop)),
                 spawn(self._supervise("ledger", self.ledger_watch.run, self.stop)),
+                spawn(self._supervise("server", self._watch_server, self.stop)),
             ]
             if not self.once:
                 background += [
@@ -364,7 +366,13 @@ class Daemon:
             or self.ledger_error is not None
             or not self.ledger.writable.is_set()  # a write just failed: the watch reports it
             or self.client.login_blocked_for() > 0
+            or self.client.outage.down  # only the outage watch talks to the server
         )
+
+    async def _watch_server(self, stop: asyncio.Event) -> None:
+        """Probe during an outage (outage.py); work goes on at once when it ends."""
+        self.client.outage.on_end = self._wake_dispatcher
+        await self.client.outage.watch(stop)
 
     def _job_ended(self, deletions_queued: bool) -> None:
         self.confirmer.wake.set()
@@ -430,6 +438,8 @@ class Daemon:
             return "credentials refused by the server: check valt.username and the password"
         if self.client.redirect is not None:
             return self.client.redirect
+        if self.client.outage.down:
+            return self.client.outage.describe()
         files, left = await self.ledger.backlog()
         if self.paused:
             return f"paused ({files} files not yet uploaded); `ingestd resume` to go on"
@@ -458,6 +468,9 @@ class Daemon:
             if self.client.redirect is not None:
                 self.result = RunResult(1, live, self.client.redirect)
                 break
+            if self.client.outage.down and time.monotonic() >= deadline:
+                self.result = RunResult(1, live, self.client.outage.describe())
+                break  # --max-wait bounds how long --once waits for the server
             only_waiting = all(job.state == State.WAITING for job in live)
             if not live or (only_waiting and time.monotonic() >= deadline):
                 not_done = [job for job in jobs if job.state not in (State.DONE, State.SKIPPED)]

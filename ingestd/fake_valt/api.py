@@ -81,6 +81,9 @@ async def create_upload(request: web.Request) -> web.Response:
     if name in state.faults.refuse_names:
         state.dice.count("refuse_name")
         return bodies.error(400, INVALID_NAME)
+    if name in state.faults.fail_names:
+        state.dice.count("fail_name")
+        return bodies.internal_error(as_html=False)
     record = state.store.create(
         name,
         author=state.accounts.username(request.query.get("access_token", "")),

@@ -47,6 +47,12 @@ class Faults:
     admin_forbidden: bool = False
     refuse_names: tuple[str, ...] = ()
     """Record names that create-upload refuses with a 400 (a permanent error)."""
+    fail_names: tuple[str, ...] = ()
+    """Record names whose create-upload is answered 500 while every other call is served:
+    one file's trouble, not an outage."""
+    fail_calls: tuple[str, ...] = ()
+    """Calls answered 500 while every other is served, as ``METHOD /route``: e.g.
+    ``POST /api/v3/records/{record_id}/delete``."""
     quote_url: bool = False
     """Every error answer says ``No route for METHOD <full URL>``, query string (the
     token) and all; ``login``'s also quotes the request body (the password)."""
@@ -78,10 +84,11 @@ class Faults:
         for name in ("no_chunking", "admin_forbidden", "quote_url", "strict_search", "omit_nulls"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false (got {getattr(self, name)!r})")
-        names: object = self.refuse_names
-        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"refuse_names must be a list of strings (got {names!r})")
-        self.refuse_names = tuple(names)
+        for name in ("refuse_names", "fail_names", "fail_calls"):
+            names: object = getattr(self, name)
+            if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"{name} must be a list of strings (got {names!r})")
+            setattr(self, name, tuple(names))
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
         """A validated copy with ``changes`` merged in; unknown names are an error."""

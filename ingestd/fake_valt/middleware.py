@@ -178,6 +178,9 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         is_upload=request.method == hdrs.METH_POST and pattern == UPLOAD_ROUTE,
         may_break_json=(request.method, pattern) in BREAKABLE_ROUTES,
     )
+    if f"{request.method} {pattern}" in state.faults.fail_calls:
+        state.dice.count("fail_call")
+        return bodies.internal_error(as_html=False)
     if plan.slow:
         await state.pause(state.faults.slow_seconds)
     if plan.hang:

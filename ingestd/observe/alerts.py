@@ -6,7 +6,9 @@ Conditions:
 - ``backlog.old`` / ``backlog.cleared``: the oldest file not yet sent passes
   ``alerts.backlog_age``, and later no file is that old any more;
 - ``auth.failed`` / ``auth.recovered``: the server refuses the credentials,
-  and later a login works again.
+  and later a login works again;
+- ``server.unreachable`` / ``server.reachable``: the server does not answer
+  (requests and a probe fail), and later it answers again.
 
 The upload path only queues (:meth:`Alerter.job_failed` is called from a
 telemetry hook); one task sends, with a short timeout and a few retries, so
@@ -56,6 +58,7 @@ class Alerter:
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
         self._backlog_old = False
         self._auth_failed = False
+        self._server_down: float | None = None  # since when, as last alerted
         register_secret(self.webhook)
 
     # --- conditions ---------------------------------------------------------------------
@@ -111,6 +114,17 @@ class Alerter:
             )
         else:
             self._raise("auth.recovered", "a login works again: uploads go on")
+
+    def server(self, unreachable_since: float | None, sentence: str) -> None:
+        """Whether the server is unreachable now (and since when); alert when that changes."""
+        if unreachable_since == self._server_down:
+            return
+        was_down = self._server_down is not None
+        self._server_down = unreachable_since
+        if unreachable_since is not None:
+            self._raise("server.unreachable", sentence, since=round(unreachable_since, 3))
+        elif was_down:
+            self._raise("server.reachable", "the Valt server answers again: uploads go on")
 
     # --- messages -----------------------------------------------------------------------
 

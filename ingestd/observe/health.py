@@ -3,8 +3,9 @@ health and alert look.
 
 ``/healthz`` answers 200 with a small JSON body when all is well, 503 with
 the list of problems otherwise: the folder watcher is dead, the ledger is not
-writable, the server refuses the credentials or redirects, the last attempt to reach the
-server failed, or a watched volume has less than ``watch.min_free`` free.
+writable, the server refuses the credentials or redirects, the server is unreachable
+(since when, and why), the last attempt to reach the server failed, or a watched volume
+has less than ``watch.min_free`` free.
 Being idle is healthy: nothing here ever sends a request to Valt, so health
 reflects the last real contact only.
 
@@ -133,19 +134,26 @@ class StatusService:
         self.metrics.set_free_space(self.free_bytes)
         self.alerter.backlog(self.view.backlog.files, self.view.backlog.oldest)
         self.alerter.auth(daemon.server.auth_failed)
+        outage = daemon.server.outage
+        self.alerter.server(outage.since, outage.describe())
         self.metrics.healthy.set(0 if self.problems() else 1)
         await self._record_server_problem(daemon)
 
     async def _record_server_problem(self, daemon: DaemonView) -> None:
         """Keep the ledger's word on what keeps us from the server in step (``ingestd
         status`` reads it); written only when it changes."""
-        problem = daemon.server.redirect or (
-            CREDENTIALS_REFUSED if daemon.server.auth_failed else None
+        server = daemon.server
+        problem = (
+            server.redirect
+            or (CREDENTIALS_REFUSED if server.auth_failed else None)
+            or server.outage.describe()
+            or None
         )
         if problem == self._server_problem:
             return
+        since = server.outage.since if problem == server.outage.describe() else None
         try:
-            await daemon.ledger.set_server_problem(problem, time.time())
+            await daemon.ledger.set_server_problem(problem, since or time.time())
         except LEDGER_ERRORS:
             return  # the ledger's own problem is reported; try again at the next look
         self._server_problem = problem
@@ -167,6 +175,7 @@ class StatusService:
             0 if oldest is None else time.time() - oldest.discovered_at
         )
         self.metrics.auth_failed.set(1 if daemon.server.auth_failed else 0)
+        self.metrics.set_server(daemon.server.outage.since)
 
     async def _probe_free_space(self) -> dict[int, int]:
         """Free bytes per watch root (by index); the previous answer if a probe hangs."""
@@ -190,7 +199,9 @@ class StatusService:
             found.append(CREDENTIALS_REFUSED)
         if daemon.server.redirect is not None:
             found.append(daemon.server.redirect)
-        if daemon.server.last_contact_ok is False:
+        if daemon.server.outage.since is not None:
+            found.append(daemon.server.outage.describe())
+        elif daemon.server.last_contact_ok is False:
             found.append(
                 "the last attempt to reach the Valt server failed "
                 "(connection error, timeout or 5xx answer)"

@@ -98,6 +98,17 @@ class Metrics:
             "Requests that did not reach the Valt server (connection, timeout, 5xx)",
             registry=reg,
         )
+        self.server_up = Gauge(
+            "ingestd_server_up",
+            "0 while the Valt server is unreachable (requests and a probe fail), else 1",
+            registry=reg,
+        )
+        self.server_up.set(1)
+        self.server_down_since = Gauge(
+            "ingestd_server_unreachable_since_timestamp_seconds",
+            "Unix time the Valt server became unreachable (0: it answers)",
+            registry=reg,
+        )
         self.auth_failed = Gauge(
             "ingestd_auth_failed", "1 while the server refuses the credentials", registry=reg
         )
@@ -120,6 +131,10 @@ class Metrics:
     def set_jobs(self, counts: Mapping[str, int]) -> None:
         for state, count in counts.items():
             self.jobs.labels(state=state).set(count)
+
+    def set_server(self, unreachable_since: float | None) -> None:
+        self.server_up.set(0 if unreachable_since is not None else 1)
+        self.server_down_since.set(unreachable_since or 0)
 
     def set_free_space(self, free: Mapping[int, int]) -> None:
         for index, free_bytes in free.items():

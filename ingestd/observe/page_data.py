@@ -149,6 +149,8 @@ def _server(daemon: DaemonView) -> dict[str, Any]:
         return {"state": "refused", "detail": "the server refuses the credentials"}
     if server.redirect is not None:
         return {"state": "redirected", "detail": redact_text(server.redirect)}
+    if server.outage.since is not None:
+        return {"state": "unreachable", "detail": redact_text(server.outage.describe())}
     if server.last_contact_ok is False:
         return {"state": "unreachable", "detail": "the last request failed"}
     if server.last_contact_ok is None:

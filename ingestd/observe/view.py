@@ -10,6 +10,19 @@ from typing import Protocol
 from ingestd.ledger.api import JobLedger
 
 
+class OutageView(Protocol):
+    """Whether the server is down (valt/outage.py)."""
+
+    @property
+    def since(self) -> float | None:
+        """Wall time the outage began; None while the server answers."""
+        ...
+
+    def describe(self) -> str:
+        """One stable sentence: unreachable since when, and why."""
+        ...
+
+
 class ServerContact(Protocol):
     """What the Valt client last learnt about the server."""
 
@@ -21,6 +34,9 @@ class ServerContact(Protocol):
 
     @property
     def last_contact_ok(self) -> bool | None: ...
+
+    @property
+    def outage(self) -> OutageView: ...
 
 
 class DaemonView(Protocol):

@@ -16,7 +16,7 @@ from typing import Any
 
 from ingestd.aio import wait_any
 from ingestd.config.schema import AfterUploadConfig, UploadConfig
-from ingestd.errors import AuthFailed, PermanentError, RetryableError
+from ingestd.errors import AuthFailed, PermanentError, RetryableError, ServerUnreachable
 from ingestd.failpoints import failpoint
 from ingestd.ledger.api import JobLedger
 from ingestd.ledger.model import Deletion, Job, State
@@ -71,11 +71,11 @@ class Confirmer:
         """Poll every record that is due; returns when the next one will be (None: none)."""
         now = time.time()
         for job in await self.ledger.due_in(State.CONFIRMING, now):
-            if self.client.login_blocked_for() > 0:
+            if self.client.login_blocked_for() > 0 or self.client.outage.down:
                 continue
             try:
                 await self.confirm(job)
-            except AuthFailed:
+            except (AuthFailed, ServerUnreachable):
                 return None
             except (RetryableError, PermanentError) as exc:
                 delay = valt_rules.next_confirm_delay(job.confirm_delay)
@@ -173,11 +173,11 @@ class PartialSweeper:
     async def sweep(self) -> int:
         """Try every due deletion once; return how many are left."""
         for item in await self.ledger.due_deletions(time.time()):
-            if self.client.login_blocked_for() > 0:
+            if self.client.login_blocked_for() > 0 or self.client.outage.down:
                 break
             try:
                 existed = await self.client.delete_record(item.record_id)
-            except AuthFailed:
+            except (AuthFailed, ServerUnreachable):
                 break
             except (RetryableError, PermanentError) as exc:
                 upload = self.upload

@@ -27,6 +27,7 @@ from ingestd.errors import (
     LedgerUnwritable,
     PermanentError,
     RetryableError,
+    ServerUnreachable,
     SourceChanged,
     SourceMissing,
     SourceUnreadable,
@@ -105,8 +106,9 @@ class Uploader:
             await self._source_missing(job, bound)
         except SourceUnreadable as exc:
             await self._retry_later(job, "source_unreadable", str(exc), bound)
-        except AuthFailed:
-            # Not the job's fault: it keeps its state and goes on after a login works.
+        except (AuthFailed, ServerUnreachable):
+            # Not the job's fault: it keeps its state and goes on after a login works or
+            # the server answers again (no attempt counts).
             await self.ledger.update(job.id, next_attempt_at=time.time() + AUTH_RETRY_DELAY)
         except PermanentError as exc:
             await self._fail(job, exc.reason, str(exc), bound)

@@ -28,11 +28,13 @@ from ingestd.errors import (
     PermanentError,
     Redirected,
     RetryableError,
+    ServerUnreachable,
 )
 from ingestd.logs import get_logger, redact_url, register_secret
 from ingestd.valt import rules as valt_rules
 from ingestd.valt.failures import login_failure, timed_out, transport_failure
 from ingestd.valt.multipart import PieceSource, frame_chunk
+from ingestd.valt.outage import Outage, probe
 from ingestd.valt.wire import (
     Answer,
     StallGuard,
@@ -69,6 +71,7 @@ class ValtClient:
         verify_tls: bool = True,
         ca_file: Path | None = None,
         on_contact: Callable[[bool], None] | None = None,
+        outage_retry: tuple[float, float] | None = None,
     ) -> None:
         self.on_contact = on_contact or (lambda ok: None)
         self.base_url = base_url.rstrip("/") + valt_rules.API_PREFIX
@@ -90,6 +93,9 @@ class ValtClient:
         self.redirect: str | None = None
         self.last_contact_ok: bool | None = None
         self.logins = 0
+        # Whether the server is down (outage.py): the daemon's probe pauses, first and cap;
+        # None (one-shot commands) raises every failure as it is.
+        self.outage = Outage(self._probe, retry=outage_retry)
 
     async def __aenter__(self) -> ValtClient:
         return self
@@ -202,7 +208,29 @@ class ValtClient:
 
     # --- transport ------------------------------------------------------------
 
-    async def _call(
+    async def _call(self, method: str, path: str, what: str, **request: Any) -> Answer:
+        """:meth:`_authed`, unless the server is down; a failure that may mean it is
+        down is checked with a probe (outage.py), and becomes ServerUnreachable if so."""
+        if self.outage.down and self._blocked() is None:
+            raise self.outage.error(what)  # only the outage watch probes meanwhile
+        try:
+            answer = await self._authed(method, path, what, **request)
+        except ServerUnreachable:
+            raise
+        except RetryableError as exc:
+            await self.outage.suspect(exc)
+            raise
+        if valt_rules.means_server_down(answer.status, ""):
+            try:
+                raise_for(answer, what)
+            except RetryableError as exc:
+                await self.outage.suspect(exc)
+        return answer
+
+    async def _probe(self) -> bool:
+        return await probe(self._exchange, self._token)
+
+    async def _authed(
         self,
         method: str,
         path: str,

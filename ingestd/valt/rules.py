@@ -340,3 +340,34 @@ def _html_title(text: str) -> str | None:
     if start != -1 and end > start:
         return text[start + 4 : end].strip()
     return None
+
+
+# --- assumptions: is the server there at all? ------------------------------
+# A request that fails for want of a server (no connection, no answer in time, a TLS
+# handshake that fails, a 5xx, a proxy's HTML page included) may be the file's trouble
+# or the server's. One cheap probe tells: while the probe fails too, the server is down,
+# all server work waits and no attempt counts; when the probe is answered, the failure
+# was about that one file and counts toward upload.max_attempts.
+
+# The probe: a GET that any account may make or be refused, changes nothing, and costs
+# the server next to nothing. Its 401 or 403 is an answer (valt-api.md: ordinary accounts
+# may be refused on admin/*): it proves the server up and never leads to a login.
+PROBE_PATH = "/admin/general"
+PROBE_CALL = "GET admin/general (probe)"
+# Failure reasons (errors.ValtError.reason) that no answer from the application gives.
+NO_ANSWER_REASONS = frozenset({"connection", "timeout", "tls"})
+
+
+def means_server_down(status: int | None, reason: str) -> bool:
+    """Whether a failed request may mean the server is down (worth a probe): no answer at
+    all, or a 5xx (an application's or a proxy's). A 4xx, 408 and 429 included, is the
+    application answering."""
+    if status is None:
+        return reason in NO_ANSWER_REASONS
+    return status >= 500
+
+
+def probe_says_up(status: int | None) -> bool:
+    """The probe's verdict: an answer below 500 (2xx, a redirect, any 4xx, an ``admin/*``
+    401 or 403 included) is the server up; no answer (None) or a 5xx is down."""
+    return status is not None and status < 500
