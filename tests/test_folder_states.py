@@ -28,7 +28,11 @@ from conftest import (
 from test_alerts import Receiver
 from test_health import _get, _health, _unhealthy_with
 
+from ingestd.config.schema import AlertsConfig
+from ingestd.disk.folders import FolderState, folder_state
 from ingestd.fake_valt import FakeValtThread
+from ingestd.observe.alerts import Alerter
+from ingestd.observe.metrics import Metrics
 
 
 @pytest.fixture
@@ -213,3 +217,40 @@ def test_require_mount_shows_an_unmounted_share_and_keeps_its_jobs(
     assert sorted(server_videos(server)) == ["a", "c"]
     assert len(server.snapshot()["records"]) == 2
     assert sorted(r["state"] for r in ledger_rows(tmp_path / "ledger.db")) == ["done", "done"]
+
+
+def test_folder_state_tells_missing_unmounted_and_present_apart(tmp_path: Path) -> None:
+    folder = tmp_path / "share"
+    assert folder_state(folder, require_mount=False) == FolderState.MISSING
+    folder.write_text("a file where the folder should be")
+    assert folder_state(folder, require_mount=False) == FolderState.MISSING
+    folder.unlink()
+    folder.mkdir()
+    assert folder_state(folder, require_mount=False) == FolderState.PRESENT
+    assert folder_state(folder, require_mount=True) == FolderState.UNMOUNTED
+    _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder))
+    try:
+        assert folder_state(folder, require_mount=True) == FolderState.PRESENT
+    finally:
+        _umount(folder)
+
+
+def test_each_folder_condition_alerts_once_and_names_no_path_when_redacted() -> None:
+    alerter = Alerter(
+        AlertsConfig(webhook="http://127.0.0.1:9/hook"), redact_paths=True, metrics=Metrics()
+    )
+    for state in (FolderState.PRESENT, FolderState.MISSING, FolderState.MISSING):
+        alerter.folder("room-1", state, "/srv/room 1")
+    alerter.folder("watch.paths[1]", FolderState.UNMOUNTED, "/srv/other")
+    for state in (FolderState.PRESENT, FolderState.PRESENT):
+        alerter.folder("room-1", state, "/srv/room 1")
+    sent = []
+    while not alerter._queue.empty():
+        sent.append(alerter._queue.get_nowait())
+    assert [(m["event"], m["folder"]) for m in sent] == [
+        ("folder.problem", "room-1"),
+        ("folder.problem", "watch.paths[1]"),
+        ("folder.recovered", "room-1"),
+    ]
+    assert "room 1" not in json.dumps(sent)
+    assert sent[1]["state"] == "unmounted"
