@@ -17,6 +17,7 @@ from conftest import (
     KiB,
     free_port,
     ledger_rows,
+    log_events,
     random_file,
     run_cli,
     server_videos,
@@ -254,3 +255,33 @@ def test_each_folder_condition_alerts_once_and_names_no_path_when_redacted() -> 
     ]
     assert "room 1" not in json.dumps(sent)
     assert sent[1]["state"] == "unmounted"
+
+
+def test_a_folder_renamed_away_mid_upload_fails_nothing_and_resumes_when_back(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    chunk = 256 * KiB  # write_config's chunk_size
+    video = export / "live.mp4"
+    digest = random_file(video, 40 * chunk, seed=5)
+    server.set_faults(slow_rate=1.0, slow_seconds=0.1)
+    config = write_config(tmp_path, server.url, upload={"workers": 1})
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(config, log)
+    try:
+        wait_for(lambda: server.snapshot()["upload_bytes_received"] >= 3 * chunk, timeout=30)
+        export.rename(tmp_path / "export.away")
+        wait_for(lambda: any(e["event"] == "job.folder_away" for e in log_events(log)))
+        time.sleep(1)
+        [row] = ledger_rows(tmp_path / "ledger.db")
+        assert row["state"] == "uploading" and row["fail_reason"] is None, row
+        (tmp_path / "export.away").rename(export)
+        server.set_faults(slow_rate=0.0)
+        wait_for(lambda: _done(tmp_path, "live.mp4"), timeout=60)
+    finally:
+        assert stop_process(daemon) == 0
+    [row] = ledger_rows(tmp_path / "ledger.db")
+    assert (row["id"], row["fail_reason"], row["attempts"]) == (1, None, 0), row
+    state = server.snapshot()
+    assert len(state["records"]) == 1 and not state["deleted"]  # resumed, not started over
+    assert server_videos(server)["live"]["sha256"] == digest
+    assert not [e for e in log_events(log) if e["event"] == "job.failed"]
