@@ -121,6 +121,10 @@ def test_a_folder_renamed_away_is_named_everywhere_and_loses_and_resends_nothing
         assert _folder_metric(port, "watch.paths[1]", "present") == 1
         assert str(room) not in _get(port, "/metrics")[1]  # the label is the name, not the path
         wait_for(lambda: _folder_state(config, "room-1") == "missing")
+        shown = run_cli("status", "-c", str(config)).stdout
+        line = rf"^  room-1 +MISSING +{re.escape(str(room))}  \(since "
+        assert re.search(line, shown, re.MULTILINE), shown
+        assert re.search(r"^  watch.paths\[1\] +present ", shown, re.MULTILINE), shown
         wait_for(lambda: receiver.messages("folder.problem"))
         time.sleep(3)  # a few settle passes and a rescan with the folder gone
         job = _job(tmp_path, "c.mp4")
