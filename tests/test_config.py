@@ -179,6 +179,26 @@ MISTAKES: list[tuple[dict[str, Any], str]] = [
     ),
     (config_with("watch", paths=["/a", 3]), "watch.paths[1]: must be a non-empty string (got 3)"),
     (
+        config_with("watch", paths=[{"path": "/a", "nam": "x"}]),
+        "watch.paths[0].nam: unknown key (did you mean name?)",
+    ),
+    (
+        config_with("watch", paths=[{"name": "x"}]),
+        "watch.paths[0].path: is required, e.g. path: /mnt/export",
+    ),
+    (
+        config_with("watch", paths=[{"path": "/a", "name": "room/3"}]),
+        'watch.paths[0].name: must be a name, not a path (got "room/3")',
+    ),
+    (
+        config_with("watch", paths=[{"path": "/a", "name": "x"}, {"path": "/b", "name": "x"}]),
+        "watch.paths[1].name: 'x' is already the name of watch.paths[0]: names must differ",
+    ),
+    (
+        config_with("watch", require_mount="yes"),
+        'watch.require_mount: must be true or false (got "yes")',
+    ),
+    (
         config_with("record", rules=[{"name": "x"}]),
         'record.rules[0].match: is required, e.g. match: "room-3/**"',
     ),
@@ -892,11 +912,11 @@ def test_config_example_yaml_loads_and_names_every_key() -> None:
     data = yaml.safe_load(example.read_text())
     sections = {field.name for field in dataclasses.fields(Config)} - {"source"}
     assert set(data) == sections
+    derived = {"watch": {"names"}}  # from watch.paths' {path, name} form, not a key
     for section in sections:
         dataclass_type = type(getattr(config, section))
-        assert set(data[section]) == {field.name for field in dataclasses.fields(dataclass_type)}, (
-            section
-        )
+        keys = {field.name for field in dataclasses.fields(dataclass_type)}
+        assert set(data[section]) == keys - derived.get(section, set()), section
 
 
 _SECTION_LINE = re.compile(r"(\w+):")
@@ -1127,3 +1147,12 @@ def test_config_path_from() -> None:
 def test_watch_config_can_be_built_directly() -> None:
     watch = WatchConfig(paths=(Path("/a"),))
     assert watch.include[0] == "*.mp4" and watch.min_free == 5 * 1024**3
+
+
+def test_watch_paths_take_a_name_and_label_each_folder_by_name_or_index() -> None:
+    config = parse(config_with("watch", paths=["/a", {"path": "/b", "name": "room-3"}]))
+    assert config.watch.paths == (Path("/a"), Path("/b"))
+    assert config.watch.names == (None, "room-3")
+    assert [config.watch.label(i) for i in range(2)] == ["watch.paths[0]", "room-3"]
+    assert config.watch.require_mount is False
+    assert parse(config_with("watch", require_mount=True)).watch.require_mount is True

@@ -75,6 +75,7 @@ async def gather_status(ledger: JobLedger) -> dict[str, Any]:
         "pending_deletions": await ledger.pending_deletions(),
         "suspected_orphans": await ledger.suspected_orphans(),
         "server_problem": None if problem is None else {"problem": problem[0], "since": problem[1]},
+        "folders": await ledger.folder_states(),
     }
 
 
@@ -99,6 +100,14 @@ def render_status(status: dict[str, Any]) -> str:
     if problem:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(problem["since"]))
         lines.append(f"SERVER: {problem['problem']} (since {since}); no upload goes on until then")
+    folders = status["folders"]
+    if folders:
+        lines.append("folders:")
+        for folder in folders:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(folder["since"]))
+            state = folder["state"]  # a problem in capitals, as PAUSED and SERVER are
+            shown = state if state == "present" else state.upper()
+            lines.append(f"  {folder['folder']:<16} {shown:<10} {folder['path']}  (since {since})")
     oldest = status["oldest_waiting"]
     if oldest:
         lines.append(f"oldest waiting: {oldest['path']} ({format_duration(oldest['age_s'])})")

@@ -92,6 +92,15 @@ class WatchConfig:
     check_open_writers: bool = True
     check_container: bool = True
     min_free: int = 5 * 1024**3
+    require_mount: bool = False
+    # The ``{path, name}`` form's names, by index in ``paths`` (None: no name given).
+    names: tuple[str | None, ...] = ()
+
+    def label(self, index: int) -> str:
+        """What metrics, health and alerts call folder ``index``: its name where one is set,
+        else ``watch.paths[N]``; never the path, which can carry a person's or room's name."""
+        name = self.names[index] if index < len(self.names) else None
+        return name if name is not None else f"watch.paths[{index}]"
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,11 +134,29 @@ def _parse_valt(value: object, key: str, base: Path) -> ValtConfig:
 
 
 def _watch_paths(base: Path) -> Parse:
-    def parse_watch_paths(value: object, key: str) -> tuple[Path, ...]:
-        texts = string_list(value, key, allow_empty=False)
-        return tuple(resolve_path(base, text, f"{key}[{i}]") for i, text in enumerate(texts))
+    """Each entry a path, or ``{path: PATH, name: NAME}``; returns (path, name or None)s."""
+
+    def parse_watch_paths(value: object, key: str) -> tuple[tuple[Path, str | None], ...]:
+        items = [value] if isinstance(value, str | dict) else value
+        if not isinstance(items, list):
+            raise ConfigError(key, f"must be a list of folders (got {describe(value)})")
+        if not items:
+            raise ConfigError(key, "must list at least one entry (got an empty list)")
+        return tuple(_watch_folder(base, item, f"{key}[{i}]") for i, item in enumerate(items))
 
     return parse_watch_paths
+
+
+def _watch_folder(base: Path, value: object, key: str) -> tuple[Path, str | None]:
+    if not isinstance(value, dict):
+        return resolve_path(base, as_text(value, key), key), None
+    fields = section(
+        value,
+        key,
+        {"path": path_parser(base), "name": name_only},
+        {"path": "/mnt/export", "name": "export"},
+    )
+    return fields["path"], fields["name"]
 
 
 def _patterns(*, allow_empty: bool) -> Parse:
@@ -149,7 +167,15 @@ def _patterns(*, allow_empty: bool) -> Parse:
 
 
 def _check_watch_paths(watch: WatchConfig) -> None:
-    """Refuse a folder listed twice, or (recursive) inside another: files would be seen twice."""
+    """Refuse a folder listed twice, or (recursive) inside another: files would be seen
+    twice; and a name given to two folders."""
+    for index, name in enumerate(watch.names):
+        if name is not None and name in watch.names[:index]:
+            other_index = watch.names.index(name)
+            raise ConfigError(
+                f"watch.paths[{index}].name",
+                f"{name!r} is already the name of watch.paths[{other_index}]: names must differ",
+            )
     for index, path in enumerate(watch.paths):
         for other_index, other in enumerate(watch.paths[:index]):
             if path == other or (watch.recursive and path.is_relative_to(other)):
@@ -178,8 +204,12 @@ def _parse_watch(value: object, key: str, base: Path) -> WatchConfig:
         "check_open_writers": as_bool,
         "check_container": as_bool,
         "min_free": parse_size,
+        "require_mount": as_bool,
     }
-    watch = WatchConfig(**section(value, key, parsers, {"paths": "[/srv/capture/export]"}))
+    fields = section(value, key, parsers, {"paths": "[/srv/capture/export]"})
+    folders = fields.pop("paths")
+    names = tuple(name for _path, name in folders)
+    watch = WatchConfig(paths=tuple(path for path, _name in folders), names=names, **fields)
     _check_watch_paths(watch)
     return watch
 

@@ -220,6 +220,7 @@ class Daemon:
             ),
             telemetry=self.telemetry,
             on_change=self._wake_dispatcher,
+            require_mount=self.config.watch.require_mount,
             # upload.bandwidth_limit: one bucket for all workers; None when unlimited.
             pacer=Pacer.for_limit(self.config.upload.bandwidth_limit),
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import WatchConfig
+from ingestd.disk.folders import FolderState, folder_state
 from ingestd.intake.waiting import SETTLED, Snap, Tracked, Waiting, same_file
 from ingestd.intake.walk import iter_file_entries
 from ingestd.ledger.api import JobLedger
@@ -52,6 +53,8 @@ class Scanner:
         self.waiting = waiting
         self.rescan_now = asyncio.Event()
         self.last_scan_at: float | None = None
+        # Each root's state at the last scan; a folder not present is not walked.
+        self.folder_states = [FolderState.PRESENT for _root in roots]
         # Scans and events both turn paths into jobs; one at a time, or both add the same path.
         self.observing = asyncio.Lock()
         # Names warned about as not UTF-8: those the last scan found, and those found
@@ -138,7 +141,10 @@ class Scanner:
         files = changed = 0
         present: set[str] = set()
         clean = True
-        for root in self.roots:
+        for index, root in enumerate(self.roots):
+            if not await self._folder_present(index, root):
+                clean = False  # what it held is not gone: keep it all until it is back
+                continue
             settled, live = await self._known()
             found, candidates, readable = await asyncio.to_thread(
                 self._walk, root, settled, live, present
@@ -173,6 +179,22 @@ class Scanner:
             seconds=round(time.monotonic() - started, 3),
         )
         return changed
+
+    async def _folder_present(self, index: int, root: Path) -> bool:
+        """Look at watch folder ``index``; log when its state changes (once, not per scan)."""
+        state = await asyncio.to_thread(folder_state, root, require_mount=self.watch.require_mount)
+        before = self.folder_states[index]
+        self.folder_states[index] = state
+        if state != before:
+            event = log.info if state == FolderState.PRESENT else log.warning
+            event(
+                "watcher.folder_state",
+                folder=self.watch.label(index),
+                path=str(root),
+                state=state.value,
+                was=before.value,
+            )
+        return state == FolderState.PRESENT
 
     def _forget_absent(self, present: set[str]) -> None:
         """Drop the settled jobs whose files a clean scan did not find (moved away or

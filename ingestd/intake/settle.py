@@ -10,12 +10,14 @@ Until then its reason is in the ledger, for ``ingestd status``.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ingestd.aio import wait_any
 from ingestd.config.schema import WatchConfig
+from ingestd.disk.folders import FolderState, folder_problem, folder_state
 from ingestd.disk.judged import FileSnapshot, OpenRule, snapshot
 from ingestd.errors import FileRefused, LedgerUnwritable
 from ingestd.intake.finished import FinishedChecks, WritersVerdict
@@ -36,15 +38,20 @@ STILL_CHANGING_AFTER = 60.0
 STILL_CHANGING_EVERY = 300.0
 
 
-def _look_all(paths: list[str], follow_symlinks: bool) -> list[FileSnapshot | OSError | None]:
-    """:func:`snapshot` of each path (its OSError in its place), in one worker thread."""
+def _look_all(
+    paths: list[str], roots: set[str], follow_symlinks: bool, require_mount: bool
+) -> tuple[list[FileSnapshot | OSError | None], dict[str, FolderState]]:
+    """:func:`snapshot` of each path (its OSError in its place), then the state of each
+    of their watch folders, in one worker thread. The folders are looked at after the
+    files: a file that vanished with its folder is then never taken for one deleted."""
     looks: list[FileSnapshot | OSError | None] = []
     for path in paths:
         try:
             looks.append(snapshot(Path(path), follow_symlinks=follow_symlinks))
         except OSError as err:
             looks.append(err)
-    return looks
+    states = {root: folder_state(Path(root), require_mount=require_mount) for root in roots}
+    return looks, states
 
 
 def judge_settled(
@@ -110,6 +117,7 @@ class Settler:
         self.is_active = is_active
         self.waiting = waiting
         self.ready = ready
+        self._roots = [os.path.abspath(path) for path in watch.paths]  # as jobs name them
 
     def tick_interval(self) -> float:
         return max(0.2, min(1.0, self.watch.settle / 5))
@@ -131,12 +139,21 @@ class Settler:
         jobs = [job for job in waiting if not self.is_active(job.id)]
         if not jobs:
             return bool(waiting)
-        looks = await asyncio.to_thread(
-            _look_all, [job.path for job in jobs], self.watch.follow_symlinks
+        looks, folders = await asyncio.to_thread(
+            _look_all,
+            [job.path for job in jobs],
+            {job.root for job in jobs} & set(self._roots),  # a root no longer watched: as before
+            self.watch.follow_symlinks,
+            self.watch.require_mount,
         )
         due: list[tuple[int, Path, Tracked]] = []
         for job, look in zip(jobs, looks, strict=True):
             path = Path(job.path)
+            state = folders.get(job.root, FolderState.PRESENT)
+            if state != FolderState.PRESENT:
+                # A share that vanished is not a deleted file: the job waits for it.
+                await self._folder_away(job.id, path, job.root, job.snapshot, state)
+                continue
             try:
                 if isinstance(look, OSError):
                     raise look
@@ -156,6 +173,14 @@ class Settler:
         if due:
             await self._finish(due)
         return True
+
+    async def _folder_away(
+        self, job_id: int, path: Path, root: str, snap: Snap, state: FolderState
+    ) -> None:
+        now = time.monotonic()
+        tracked = self.waiting.tracking.setdefault(job_id, Tracked(snap, now, now))
+        label = self.watch.label(self._roots.index(root))
+        await self.waiting.wait(job_id, path, tracked, folder_problem(label, state, None))
 
     async def _cannot_check(
         self, job_id: int, path: Path, snap: Snap, err: OSError | FileRefused

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from ingestd.errors import LedgerError
 from ingestd.ledger.model import (
     Deletion,
+    FolderReport,
     Job,
     Known,
     LastRestore,
@@ -59,6 +60,10 @@ class LedgerHandle(Protocol):
     async def set_server_problem(self, problem: str | None, since: float) -> None: ...
 
     async def server_problem(self) -> tuple[str, float] | None: ...
+
+    async def set_folder_states(self, states: Sequence[FolderReport]) -> None: ...
+
+    async def folder_states(self) -> list[FolderReport]: ...
 
     async def last_restore(self) -> LastRestore | None: ...
 

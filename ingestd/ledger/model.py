@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypedDict
 
 # A file's identity as the ledger compares it: (size, mtime_ns, inode, device).
 Snapshot = tuple[int, int, int, int]
@@ -125,6 +125,7 @@ class Waiting(NamedTuple):
     path: str
     force: bool
     snapshot: Snapshot
+    root: str  # its watch folder, as jobs name it
 
 
 # What scans compare a file with: the newest job of its path (id, snapshot, state).
@@ -163,3 +164,12 @@ class Deletion:
     @classmethod
     def from_row(cls, row: Row) -> Deletion:
         return cls(**dict(zip(row.keys(), tuple(row), strict=True)))
+
+
+class FolderReport(TypedDict):
+    """A watch folder's state as the daemon last saw it (``ingestd status`` shows it)."""
+
+    folder: str  # its name, or "watch.paths[N]"
+    path: str
+    state: str  # present, missing, unreadable, unmounted
+    since: float  # Unix time of the last change

@@ -59,10 +59,10 @@ class JobQueries(Connected):
     async def waiting(self) -> list[Waiting]:
         """The ``waiting`` jobs, oldest first."""
         rows = await self._conn.fetchall(
-            "SELECT id, path, force, size, mtime_ns, inode, device FROM jobs "
+            "SELECT id, path, force, size, mtime_ns, inode, device, root FROM jobs "
             "WHERE state='waiting' ORDER BY id"
         )
-        return [Waiting(r[0], r[1], bool(r[2]), (r[3], r[4], r[5], r[6])) for r in rows]
+        return [Waiting(r[0], r[1], bool(r[2]), (r[3], r[4], r[5], r[6]), r[7]) for r in rows]
 
     async def known_snapshots(self) -> dict[str, Known]:
         """The newest job of every path: its id, file snapshot and state (for scans)."""

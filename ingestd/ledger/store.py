@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -52,6 +53,7 @@ from ingestd.ledger.connection import (
 from ingestd.ledger.model import (
     JOB_COLUMNS,
     LIVE,
+    FolderReport,
     Job,
     LastRestore,
     Snapshot,
@@ -193,6 +195,18 @@ class SqliteLedger(Transitions, JobQueries):
         ``ingestd status``, which runs in another process; None when there is nothing."""
         await self._set_meta("server_problem", problem or "")
         await self._set_meta("server_problem_since", repr(since) if problem else "")
+
+    async def set_folder_states(self, states: Sequence[FolderReport]) -> None:
+        """Each watch folder's state as the daemon last saw it, for ``ingestd status``."""
+        await self._set_meta("folder_states", json.dumps(list(states)))
+
+    async def folder_states(self) -> list[FolderReport]:
+        """:meth:`set_folder_states`' last word (empty: never written)."""
+        text = await self.get_meta("folder_states")
+        if not text:
+            return []
+        items: list[FolderReport] = json.loads(text)
+        return items
 
     async def last_restore(self) -> LastRestore | None:
         """What ``ingestd ledger restore`` wrote into this ledger (None: never restored)."""

@@ -9,6 +9,8 @@ Conditions:
   and later a login works again;
 - ``server.unreachable`` / ``server.reachable``: the server does not answer
   (requests and a probe fail), and later it answers again.
+- ``folder.problem`` / ``folder.recovered``: a watch folder is missing,
+  unreadable or unmounted, and later present again (one each per folder).
 
 The upload path only queues (:meth:`Alerter.job_failed` is called from a
 telemetry hook); one task sends, with a short timeout and a few retries, so
@@ -32,6 +34,7 @@ import aiohttp
 
 from ingestd.aio import wait_event
 from ingestd.config.schema import AlertsConfig
+from ingestd.disk.folders import FolderState, folder_problem
 from ingestd.ledger.model import Job
 from ingestd.logs import get_logger, path_token, redact_text, register_secret
 from ingestd.observe.metrics import Metrics
@@ -59,6 +62,7 @@ class Alerter:
         self._backlog_old = False
         self._auth_failed = False
         self._server_down: float | None = None  # since when, as last alerted
+        self._folders: dict[str, FolderState] = {}  # by label; absent: present
         register_secret(self.webhook)
 
     # --- conditions ---------------------------------------------------------------------
@@ -125,6 +129,29 @@ class Alerter:
             self._raise("server.unreachable", sentence, since=round(unreachable_since, 3))
         elif was_down:
             self._raise("server.reachable", "the Valt server answers again: uploads go on")
+
+    def folder(self, label: str, state: FolderState, path: str) -> None:
+        """A watch folder's state now; alert when it changes (a folder missing from the
+        start alerts too)."""
+        before = self._folders.get(label, FolderState.PRESENT)
+        if state == before:
+            return
+        self._folders[label] = state
+        if state == FolderState.PRESENT:
+            self._raise(
+                "folder.recovered",
+                f"watch folder {label} is present again: its files are taken up",
+                folder=label,
+                **self._path_fields(path),
+            )
+            return
+        self._raise(
+            "folder.problem",
+            folder_problem(label, state, None),
+            folder=label,
+            state=state.value,
+            **self._path_fields(path),
+        )
 
     # --- messages -----------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ health and alert look.
 ``/healthz`` answers 200 with a small JSON body when all is well, 503 with
 the list of problems otherwise: the folder watcher is dead, the ledger is not
 writable, the server refuses the credentials or redirects, the server is unreachable
-(since when, and why), the last attempt to reach the server failed, or a watched volume
+(since when, and why), the last attempt to reach the server failed, a watch folder is
+missing, unreadable or unmounted, or a watched volume
 has less than ``watch.min_free`` free.
 Being idle is healthy: nothing here ever sends a request to Valt, so health
 reflects the last real contact only.
@@ -29,10 +30,12 @@ from aiohttp import web
 
 from ingestd.aio import wait_event
 from ingestd.config.schema import AlertsConfig, StatusConfig, WatchConfig
+from ingestd.disk.folders import FolderState, folder_states
 from ingestd.ledger.api import LEDGER_ERRORS
 from ingestd.ledger.model import State, Unsent
 from ingestd.logs import get_logger, redact_text
 from ingestd.observe.alerts import Alerter
+from ingestd.observe.folders import FolderHealth
 from ingestd.observe.http import StatusServer, start_status_server
 from ingestd.observe.metrics import CONTENT_TYPE, Metrics, MetricsTelemetry
 from ingestd.observe.page import CONTENT_SECURITY_POLICY, PAGE
@@ -82,11 +85,14 @@ class StatusService:
         self.telemetry = MetricsTelemetry(self.metrics, on_job_failed=self.alerter.job_failed)
         self.view = LedgerView()
         self.free_bytes: dict[int, int] = {}
+        self.folders = FolderHealth(
+            watch, metrics=self.metrics, alerter=self.alerter, redact_paths=redact_paths
+        )
         self._daemon: DaemonView | None = None
         self._server: StatusServer | None = None
         self._ledger_error: tuple[float, str] | None = None
         self._watcher_seen: float | None = None  # set when the periodic task starts
-        self._probing: asyncio.Future[dict[int, int]] | None = None
+        self._probing: asyncio.Future[_Probe] | None = None
         self._server_problem: str | None = None  # as last written to the ledger
 
     # --- the daemon's hooks -----------------------------------------------------------------
@@ -130,14 +136,16 @@ class StatusService:
     async def _evaluate(self) -> None:
         daemon = self._require_daemon()
         await self._refresh()
-        self.free_bytes = await self._probe_free_space()
+        self.free_bytes, states = await self._probe_folders()
         self.metrics.set_free_space(self.free_bytes)
+        self.folders.update(states)
         self.alerter.backlog(self.view.backlog.files, self.view.backlog.oldest)
         self.alerter.auth(daemon.server.auth_failed)
         outage = daemon.server.outage
         self.alerter.server(outage.since, outage.describe())
         self.metrics.healthy.set(0 if self.problems() else 1)
         await self._record_server_problem(daemon)
+        await self.folders.record(daemon.ledger)
 
     async def _record_server_problem(self, daemon: DaemonView) -> None:
         """Keep the ledger's word on what keeps us from the server in step (``ingestd
@@ -177,22 +185,27 @@ class StatusService:
         self.metrics.auth_failed.set(1 if daemon.server.auth_failed else 0)
         self.metrics.set_server(daemon.server.outage.since)
 
-    async def _probe_free_space(self) -> dict[int, int]:
-        """Free bytes per watch root (by index); the previous answer if a probe hangs."""
+    async def _probe_folders(self) -> _Probe:
+        """Free bytes per watch root (by index) and each root's state; the previous
+        answer if a probe hangs (a hung network mount)."""
         if self._probing is None or self._probing.done():
             roots = list(self.watch.paths)
-            self._probing = asyncio.ensure_future(asyncio.to_thread(_free_space, roots))
+            require_mount = self.watch.require_mount
+            self._probing = asyncio.ensure_future(
+                asyncio.to_thread(_probe_roots, roots, require_mount)
+            )
         try:
             return await asyncio.wait_for(asyncio.shield(self._probing), FREE_SPACE_TIMEOUT)
         except TimeoutError:
             log.warning("health.free_space_slow", timeout_s=FREE_SPACE_TIMEOUT)
-            return self.free_bytes
+            return self.free_bytes, self.folders.states
 
     def problems(self) -> list[str]:
         """What is wrong now, one sentence each; empty when healthy."""
         daemon = self._require_daemon()
         found = [
             *self._watcher_problems(daemon),
+            *self.folders.problems(),
             *self._ledger_problems(),
         ]
         if daemon.server.auth_failed:
@@ -337,13 +350,20 @@ _PAGE_HEADERS = {
 }
 
 
-def _free_space(roots: Sequence[Path]) -> dict[int, int]:
-    """Bytes available to this user on each root's volume; roots that are missing are left out."""
+_Probe = tuple[dict[int, int], list[FolderState]]
+
+
+def _probe_roots(roots: Sequence[Path], require_mount: bool) -> _Probe:
+    """Bytes available to this user on each present root's volume (by index), and each
+    root's state; in a worker thread."""
     free = {}
+    states = folder_states(roots, require_mount=require_mount)
     for index, root in enumerate(roots):
+        if states[index] != FolderState.PRESENT:
+            continue  # an unmounted share's free space is its mount point's, not the share's
         try:
             stats = os.statvfs(root)
         except OSError:
             continue
         free[index] = stats.f_bavail * stats.f_frsize
-    return free
+    return free, states

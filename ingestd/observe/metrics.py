@@ -7,8 +7,9 @@ are refreshed when ``/metrics`` is scraped; free space comes from the health
 monitor's last probe.
 
 No label ever holds a file path (design.md, "Logs"): labels are job states,
-short reason codes, and the *index* of a folder in ``watch.paths`` ("0", "1"...),
-because a mount point can carry a person's or a room's name as well as a file can.
+short reason codes, and the *index* of a folder in ``watch.paths`` ("0", "1"...)
+or its configured name, because a mount point can carry a person's or a room's name
+as well as a file can.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ingestd.disk.folders import FolderState
 from ingestd.telemetry import Telemetry
 
 # What generate_latest() writes, and what prometheus_client itself serves it as.
@@ -118,6 +120,13 @@ class Metrics:
             ["volume"],
             registry=reg,
         )
+        self.watch_folder_state = Gauge(
+            "ingestd_watch_folder_state",
+            "1 for each watch folder's present state (present, missing, unreadable, unmounted),"
+            ' 0 for the others; folder="NAME" or "watch.paths[N]", never the path',
+            ["folder", "state"],
+            registry=reg,
+        )
         self.alerts_sent = Counter(
             "ingestd_alerts_sent", "Webhook alerts delivered, by event", ["event"], registry=reg
         )
@@ -139,6 +148,12 @@ class Metrics:
     def set_free_space(self, free: Mapping[int, int]) -> None:
         for index, free_bytes in free.items():
             self.watch_free.labels(volume=str(index)).set(free_bytes)
+
+    def set_folder_state(self, folder: str, state: FolderState) -> None:
+        for each in FolderState:
+            self.watch_folder_state.labels(folder=folder, state=each.value).set(
+                1 if each == state else 0
+            )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

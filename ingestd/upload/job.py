@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestd.config.schema import UploadConfig
+from ingestd.disk.folders import FolderState, folder_state
 from ingestd.disk.judged import OpenRule, snapshot
 from ingestd.errors import (
     AuthFailed,
@@ -52,6 +53,8 @@ log = get_logger("ingestd.upload.job")
 PROGRESS_EVERY = 5.0
 # Delay before a job whose login is blocked is looked at again (not an attempt).
 AUTH_RETRY_DELAY = 5.0
+# Delay before a job whose watch folder is away is looked at again (not an attempt either).
+FOLDER_RETRY_DELAY = 10.0
 
 
 class _Restart(Exception):
@@ -74,8 +77,10 @@ class Uploader:
         telemetry: Telemetry | None = None,
         on_change: Callable[[], None] = lambda: None,
         pacer: Pacer | None = None,
+        require_mount: bool = False,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
+        self.require_mount = require_mount  # watch.require_mount: how a folder counts as away
         self.pacer = pacer  # upload.bandwidth_limit, shared by every worker (pacing.py)
         self.upload = upload
         self.set_aside = set_aside  # after_upload.failed_to, for a file that failed for good
@@ -103,6 +108,8 @@ class Uploader:
         except SourceChanged as exc:
             await self._source_changed(job, str(exc), bound)
         except SourceMissing:
+            if await self._folder_away(job, bound):
+                return
             await self._source_missing(job, bound)
         except SourceUnreadable as exc:
             await self._retry_later(job, "source_unreadable", str(exc), bound)
@@ -147,6 +154,21 @@ class Uploader:
         new = (current.size, current.mtime_ns, current.inode, current.device)
         await self.ledger.source_changed(fresh, new, "changed during upload")
         bound.warning("file.changed", reason=why, record_id=fresh.record_id, size=current.size)
+
+    async def _folder_away(self, job: Job, bound: Any) -> bool:
+        """Whether the file is gone with its whole watch folder (a share unmounted): then
+        it is not the file's fault, so the job keeps its state, its record and its
+        attempts, and is looked at again later."""
+        if Path(job.root) not in self.rule.roots:
+            return False  # a folder no longer watched (or a file given by hand)
+        state = await asyncio.to_thread(
+            folder_state, Path(job.root), require_mount=self.require_mount
+        )
+        if state == FolderState.PRESENT:
+            return False
+        await self.ledger.update(job.id, next_attempt_at=time.time() + FOLDER_RETRY_DELAY)
+        bound.info("job.folder_away", folder_state=state.value, retry_in_s=FOLDER_RETRY_DELAY)
+        return True
 
     async def _source_missing(self, job: Job, bound: Any) -> None:
         fresh = await self.ledger.get_job(job.id)
