@@ -7,7 +7,7 @@ backups, watch folder, ``move_to`` and ``failed_to`` all live on it (the
 move daemon's ``move_to`` and ``failed_to`` on a second such volume, so its
 moves cross file systems; the others' set-asides are renames). The
 fake Valt server (in this process, on the real disk: another machine)
-injects the crash campaign's faults (``chaos/campaign.py``). Recordings
+injects the crash campaign's faults (``chaos/harness.py``). Recordings
 arrive while the daemons run: some at once, some written slowly under their
 final name, some slowly under ``NAME.part`` and then renamed.
 
@@ -67,16 +67,17 @@ from typing import IO, Any
 
 import yaml
 
-from chaos.campaign import (
+from chaos.harness import (
     CLIENT_TIMEOUT,
     FAULTS,
     PASSWORD,
     USERNAME,
     ServerEvents,
-    _content,
-    _size,
+    ledger_state,
+    newest_jobs,
 )
-from chaos.chaos_ledger import ledger_state, newest_jobs
+from chaos.harness import content as _content
+from chaos.harness import random_size as _size
 from ingestd.fake_valt import FakeValtThread, Faults
 from ingestd.ledger.backup import BACKUP_INFIX, backup_time
 from powercut.control import PowerCutMount, mount
