@@ -55,8 +55,8 @@ bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale $(if $(FILES),--files $(FILES)) --json build/scale.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingestd tests powercut
-	$(BIN)/ruff format --check ingestd tests powercut
+	$(BIN)/ruff check ingestd tests powercut chaos
+	$(BIN)/ruff format --check ingestd tests powercut chaos
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	systemd-analyze verify systemd/ingestd.service 2>&1 | grep -v 'is not executable' | (! grep .)
