@@ -103,6 +103,8 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert config.record.share == ShareConfig() and config.record.sidecar is True
     assert config.after_upload == AfterUploadConfig(action="keep")
     assert config.ledger == LedgerConfig(Path("/var/lib/ingestd/ledger.db"), 7)
+    assert config.ledger.forget_after is None  # done jobs are kept for ever
+    assert parse(config_with("ledger", forget_after="400d")).ledger.forget_after == 400 * 86400
     assert config.log == LogConfig(format="auto", level="info", redact_paths=False)
     assert config.status == StatusConfig(listen=("127.0.0.1", 9465))
     assert config.alerts == AlertsConfig(webhook=None, backlog_age=3600.0)
@@ -306,6 +308,14 @@ MISTAKES: list[tuple[dict[str, Any], str]] = [
     (
         config_with("ledger", backups=-1),
         "ledger.backups: must be a whole number of at least 0 (got -1)",
+    ),
+    (
+        config_with("ledger", forget_after="0d"),
+        'ledger.forget_after: must be more than 0 s (got "0d")',
+    ),
+    (
+        config_with("ledger", forget_after="a year"),
+        'ledger.forget_after: must be a duration like 10s, 5m, 6h or 30d (got "a year")',
     ),
     (config_with("valt", timeout=0), "valt.timeout: must be more than 0 s (got 0)"),
     (

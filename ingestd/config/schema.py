@@ -191,6 +191,8 @@ class AfterUploadConfig:
 class LedgerConfig:
     path: Path = Path("/var/lib/ingestd/ledger.db")
     backups: int = 7
+    # Seconds after done that a done job whose source is gone is pruned (None: kept for ever).
+    forget_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

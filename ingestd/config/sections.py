@@ -333,7 +333,11 @@ def _parse_after_upload(value: object, key: str, base: Path) -> AfterUploadConfi
 
 
 def _parse_ledger(value: object, key: str, base: Path) -> LedgerConfig:
-    parsers: dict[str, Parse] = {"path": path_parser(base), "backups": whole_number(0)}
+    parsers: dict[str, Parse] = {
+        "path": path_parser(base),
+        "backups": whole_number(0),
+        "forget_after": optional(duration(0.0, above=True)),
+    }
     return LedgerConfig(**section(value, key, parsers))
 
 

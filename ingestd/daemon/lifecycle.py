@@ -50,6 +50,7 @@ from ingestd.upload.confirm import Confirmer, PartialSweeper
 from ingestd.upload.job import Uploader
 from ingestd.upload.naming import RecordNamer
 from ingestd.upload.pacing import Pacer
+from ingestd.upload.retention import FORGET_EVERY, forget_old
 from ingestd.valt.client import ValtClient
 from ingestd.valt.shares import open_share_directory
 
@@ -395,9 +396,14 @@ class Daemon:
                 self._wake_dispatcher()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """After-upload actions a crash interrupted, and ``keep_for`` expiry, every minute."""
+        """After-upload actions a crash interrupted, and ``keep_for`` expiry, every minute;
+        ``ledger.forget_after`` at start-up, then hourly."""
+        forget_after, forget_due = self.config.ledger.forget_after, 0.0
         while not stop.is_set():
             await housekeeping(self.config.after_upload, self.belongings, self.ledger)
+            if forget_after is not None and time.monotonic() >= forget_due:
+                await forget_old(self.ledger, forget_after)
+                forget_due = time.monotonic() + FORGET_EVERY
             await wait_event(stop, HOUSEKEEPING_EVERY)
 
     async def _service_status(self, stop: asyncio.Event) -> None:

@@ -24,6 +24,7 @@ from ingestd.ledger.model import (
     Job,
     Known,
     LastRestore,
+    OldDone,
     Queueing,
     Snapshot,
     State,
@@ -224,7 +225,21 @@ class RecordDeletions(Protocol):
     async def suspected_orphans(self) -> list[dict[str, Any]]: ...
 
 
-class JobLedger(LedgerHandle, JobReads, JobWrites, JobTransitions, RecordDeletions, Protocol):
+class Forgetting(Protocol):
+    """Retention (``ledger.forget_after``): old done jobs, and deleting them for good."""
+
+    async def old_done(self, before: float, after_id: int, limit: int) -> list[OldDone]:
+        """Up to ``limit`` done jobs above id ``after_id``, done at or before ``before``, whose
+        after-upload action has run (and is not held back by another job's ownership)."""
+
+    async def forget_done(self, job_ids: Sequence[int], before: float) -> int:
+        """Delete those of ``job_ids`` still done at or before ``before``, never the newest job
+        (its id would be given again); how many went."""
+
+
+class JobLedger(
+    LedgerHandle, JobReads, JobWrites, JobTransitions, RecordDeletions, Forgetting, Protocol
+):
     """Everything ingestd asks of its ledger."""
 
 

@@ -141,6 +141,14 @@ class Queueing(NamedTuple):
     fingerprint: str
 
 
+class OldDone(NamedTuple):
+    """A done job old enough to forget (``JobLedger.old_done``), and whether a newer job
+    of its path exists."""
+
+    job: Job
+    superseded: bool
+
+
 class LastRestore(NamedTuple):
     """What ``ingestd ledger restore`` wrote into the ledger it put in place."""
 

@@ -60,6 +60,7 @@ from ingestd.ledger.model import (
     State,
 )
 from ingestd.ledger.queries import JobQueries
+from ingestd.ledger.retention import Retention
 from ingestd.ledger.transitions import Transitions
 
 # How much the write probe makes the ledger grow (then shrink) to prove it can.
@@ -80,7 +81,7 @@ def _set_clause(changes: Mapping[str, Any], now: float) -> tuple[str, list[Any]]
     return ", ".join(f"{key}=?" for key in stamped), list(stamped.values())
 
 
-class SqliteLedger(Transitions, JobQueries):
+class SqliteLedger(Transitions, JobQueries, Retention):
     """Async access to the ledger. One instance per process, one connection.
 
     ``write_problem`` is None while writes work; after a write fails it says
