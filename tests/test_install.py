@@ -109,3 +109,19 @@ def test_init_unit_prints_the_unit_file() -> None:
     result = _init("--unit")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (REPO / "systemd" / "ingestd.service").read_text()
+
+
+def _make_plan(target: str) -> str:
+    """What ``make TARGET`` would run in a fresh clone (-B: as if nothing were built)."""
+    result = subprocess.run(
+        ["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_demo_installs_only_what_running_needs() -> None:
+    demo = _make_plan("demo")
+    assert "pip install --quiet -e .\n" in demo and "[dev]" not in demo
+    for target in ("test", "lint"):
+        assert "-e '.[dev]'" in _make_plan(target), target
