@@ -4,7 +4,8 @@
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md config.example.yaml ./
+COPY systemd ./systemd
 COPY ingestd ./ingestd
 RUN python -m venv /opt/ingestd \
     && /opt/ingestd/bin/pip install --no-cache-dir .

@@ -2,13 +2,20 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: what running ingestd needs (the demo), and that plus the test and lint
+# tools (the dev extras) for everything else.
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint chaos clean docker-steps
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -21,7 +28,7 @@ debian-packages:
 	if [ -n "$$(echo $$missing)" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 fuse3 chromium: debian-packages
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/ingestd demo
 
 test: $(STAMP) debian-packages

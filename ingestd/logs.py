@@ -17,7 +17,7 @@ import re
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from pathlib import PurePath
 from typing import Any, TextIO
 
@@ -175,6 +175,77 @@ def redact_path_fields(fields: MutableMapping[str, Any], roots: Sequence[str]) -
     return dict(_PathRedactor(True, roots)(None, "", dict(fields)))
 
 
+CLEAR_LINE = "\r\x1b[K"
+
+
+class LiveLine:
+    """One line kept below the log lines on a terminal: ``run``'s progress.
+
+    The log writer takes the same lock: it clears this line, writes its own
+    line, and draws this one again under it, so the two never run together.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.text = ""
+        self.lock = threading.Lock()
+
+    def show(self, text: str) -> None:
+        global _live
+        with self.lock:
+            self.text = text
+            self.stream.write(CLEAR_LINE + text)
+            self.stream.flush()
+            _live = self
+
+    def end(self) -> None:
+        """Leave the last text on its own line; log lines go below it from now on."""
+        global _live
+        with self.lock:
+            if self.text:
+                self.stream.write("\n")
+                self.stream.flush()
+            self.text = ""
+            if _live is self:
+                _live = None
+
+    def around(self, write: Callable[[], None]) -> None:
+        """Call ``write()`` with this line cleared, then draw it again."""
+        with self.lock:
+            if self.text:
+                self.stream.write(CLEAR_LINE)
+                self.stream.flush()
+            write()
+            if self.text:
+                self.stream.write(self.text)
+                self.stream.flush()
+
+
+_live: LiveLine | None = None  # the one shown now, if any
+
+
+class _BelowLiveLine:
+    """A terminal stream for log lines that keeps the live line (if any) below them."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        live = _live
+        if live is None:
+            return self._out.write(text)
+
+        def write() -> None:
+            self._out.write(text)
+            self._out.flush()
+
+        live.around(write)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno...: the stream's own
+        return getattr(self._out, name)
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -204,6 +275,8 @@ def configure_logging(
     a root, which may carry names, from the root's own path.
     """
     out = stream if stream is not None else sys.stdout
+    if out.isatty():  # where a live line can share the screen
+        out = _BelowLiveLine(out)
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
     renderer: Processor

@@ -105,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     fake_valt.add_arguments(commands.add_parser("fake-valt", help="run the Valt test double"))
 
+    init = commands.add_parser("init", help="write a commented starting config, or print the unit")
+    init.add_argument(
+        "-c",
+        "--config",
+        help="where to write it (default: $INGESTD_CONFIG, then /etc/ingestd/config.yaml)",
+    )
+    init.add_argument("--url", help="the Valt server's address (valt.url)")
+    init.add_argument("--username", help="the account that uploads (valt.username)")
+    init.add_argument(
+        "--watch",
+        action="append",
+        metavar="PATH",
+        help="a folder to upload from (watch.paths); give it again for more",
+    )
+    init.add_argument("--unit", action="store_true", help="print the systemd unit file instead")
+
     commands.add_parser("demo", help="the whole loop on this machine, no server needed")
     return parser
 
@@ -146,6 +162,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return ledger.command(args)
     if command == "fake-valt":
         return fake_valt.command(args)
+    if command == "init":
+        from ingestd.commands import init
+
+        return init.command(args)
     from ingestd.commands import demo
 
     return demo.command(args)

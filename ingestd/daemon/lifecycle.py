@@ -27,7 +27,7 @@ from ingestd.aio import wait_event
 from ingestd.config.network import CLEARTEXT_DETAIL, cleartext_password
 from ingestd.config.schema import Config
 from ingestd.daemon.pool import WorkerPool
-from ingestd.daemon.progress import ProgressLine
+from ingestd.daemon.progress import ProgressLine, show_progress
 from ingestd.daemon.sdnotify import Notifier
 from ingestd.disk.judged import OpenRule
 from ingestd.errors import LedgerUnwritable
@@ -298,6 +298,8 @@ class Daemon:
                     spawn(self._supervise("events", self.intake.run_events, self.stopping)),
                     spawn(self._supervise("rescans", self.intake.run_rescans, self.stopping)),
                 ]
+                if self.show_progress:
+                    background.append(spawn(self._supervise("progress", self._progress, self.stop)))
             else:
                 spawn(self._watch_once(scope))
             workers = [spawn(self.pool.worker(n)) for n in range(self.config.upload.workers)]
@@ -456,6 +458,9 @@ class Daemon:
         if not busy:
             return f"{files} files settling or being confirmed, {format_size(left)} to send"
         return f"uploading {busy} of {files} files, {format_size(left)} left"
+
+    async def _progress(self, stop: asyncio.Event) -> None:
+        await show_progress(self.ledger, sys.stderr, stop)
 
     # --- run --once ----------------------------------------------------------------------------
 
