@@ -182,7 +182,7 @@ def _move_to(
 
 
 def _already_moved(folder: Path, name: str, expected: Identity, sha256: str | None) -> Path | None:
-    """The copy an interrupted move left in ``folder`` (file_moves.find_moved_copy)."""
+    """The copy an interrupted move left in ``folder`` (disk/moves.py: find_moved_copy)."""
 
     def same_content(path: Path) -> bool:
         if not sha256:
