@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from ingestd.errors import LedgerError
 from ingestd.ledger.model import (
     Deletion,
+    Heartbeat,
     Job,
     Known,
     LastRestore,
@@ -59,6 +60,12 @@ class LedgerHandle(Protocol):
     async def set_server_problem(self, problem: str | None, since: float) -> None: ...
 
     async def server_problem(self) -> tuple[str, float] | None: ...
+
+    async def write_heartbeat(self, beat: Heartbeat) -> None:
+        """Replace the daemon's heartbeat (one per ledger: only the lock holder writes it)."""
+
+    async def heartbeat(self) -> Heartbeat | None:
+        """The last heartbeat written; None when there is none or it cannot be read."""
 
     async def last_restore(self) -> LastRestore | None: ...
 
