@@ -88,12 +88,14 @@ async def gather_page(daemon: DaemonView, inputs: PageInputs) -> dict[str, Any]:
         "active": _group(active, active_total),
         "waiting": _group([_waiting(job, namer, now) for job in waiting], counts["waiting"]),
         "failed": _group([_failed(job, namer) for job in failed], counts["failed"]),
-        "health": {
-            "server": _server(daemon),
-            "ledger": _ledger(inputs),
-            "folders": _folders(inputs),
-        },
+        "health": health_of(daemon, inputs),
     }
+
+
+def health_of(daemon: DaemonView, inputs: PageInputs) -> dict[str, Any]:
+    """The server's, the ledger's and each folder's health: the page shows it, the
+    daemon's heartbeat carries it to ``ingestd status``."""
+    return {"server": _server(daemon), "ledger": _ledger(inputs), "folders": _folders(inputs)}
 
 
 def _group(items: list[dict[str, Any]], total: int) -> dict[str, Any]:
