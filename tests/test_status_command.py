@@ -196,7 +196,7 @@ def test_json_keys_are_those_the_readme_documents(tmp_path: Path) -> None:
         "server_problem",
     }
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    schema = readme.split("### `ingestd status --json`", 1)[1].split("\n#", 1)[0]
+    schema = readme.split("### `ingestd status`\n", 1)[1].split("\n#", 1)[0]
     for key in status:
         assert f"`{key}`" in schema, key
     for key in ("state", "running", "pid", "uptime_s", "heartbeat_age_s", "problems", "folders"):
