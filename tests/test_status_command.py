@@ -35,6 +35,14 @@ def _status(config: Path, *extra: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
+def _running(config: Path) -> bool:
+    """For polling while the daemon starts: its ledger may exist before its tables do."""
+    result = run_cli("status", "-c", str(config), "--json")
+    if result.returncode != 0 and "no such table" in result.stderr:
+        return False
+    return bool(_status(config)["daemon"]["running"])
+
+
 def _text(config: Path, *extra: str) -> str:
     result = run_cli("status", "-c", str(config), *extra)
     assert result.returncode == 0, result.stderr
@@ -48,6 +56,7 @@ def test_a_running_daemon_shows_its_pid_uptime_server_and_folders_and_a_hung_one
     config = write_config(tmp_path, server.url)
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
+        wait_for(lambda: _running(config), timeout=30, what="a heartbeat")
         found = wait_for(
             lambda: (
                 (s := _status(config))["daemon"]["running"]
@@ -92,7 +101,7 @@ def test_a_killed_daemon_is_not_running_though_its_last_heartbeat_is_recent(
     config = write_config(tmp_path, server.url)
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
-        wait_for(lambda: _status(config)["daemon"]["running"], timeout=30, what="a heartbeat")
+        wait_for(lambda: _running(config), timeout=30, what="a heartbeat")
     finally:
         stop_process(daemon, signal.SIGKILL)
     shown = _status(config)["daemon"]
