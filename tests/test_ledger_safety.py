@@ -14,6 +14,7 @@ cache held, cannot be simulated here and is taken on SQLite's word.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -431,3 +432,28 @@ def test_sigkill_at_random_moments_never_damages_the_ledger(
     assert survived == kills and busy == kills
     assert _records_per_name(server) == Counter(list(digests))  # one record a file, none left over
     assert {name: video["sha256"] for name, video in server_videos(server).items()} == digests
+
+
+async def test_a_reader_waits_for_a_ledger_being_created_and_names_one_left_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``status`` on a ledger a starting daemon has made but not yet filled waits for it;
+    one that stays at an old schema is one clear line, not "no such table"."""
+    from ingestd.errors import LedgerError
+    from ingestd.ledger import schema
+    from ingestd.ledger.store import SqliteLedger
+
+    monkeypatch.setattr(schema, "READER_WAIT", 0.3)
+    path = tmp_path / "ledger.db"
+    path.touch()  # a daemon's first moment: the file, nothing in it yet
+    with pytest.raises(LedgerError, match="start the daemon once to create or upgrade it"):
+        await SqliteLedger.open(path, readonly=True)
+    monkeypatch.setattr(schema, "READER_WAIT", 10.0)
+    opening = asyncio.ensure_future(SqliteLedger.open(path, readonly=True))
+    await asyncio.sleep(0.3)
+    assert not opening.done()  # waiting, not failing on a missing table
+    writer = await SqliteLedger.open(path)  # the daemon gets there meanwhile
+    reader = await asyncio.wait_for(opening, 5)
+    assert await reader.counts() == await writer.counts()
+    await reader.close()
+    await writer.close()

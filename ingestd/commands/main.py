@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send a tiny two-chunk test video, confirm it and delete it",
     )
 
-    status = commands.add_parser("status", help="what the ledger holds")
+    status = commands.add_parser("status", help="whether the daemon runs; what the ledger holds")
     _add_config(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--all", action="store_true", help="list every job (default: 20 per group)")
 
     plan = commands.add_parser(
         "plan", help="dry run: what each file present would get; nothing is uploaded"

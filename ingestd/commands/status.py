@@ -1,6 +1,10 @@
-"""``ingestd status``: what the ledger holds, for a person or (``--json``) a program.
+"""``ingestd status``: the daemon and what the ledger holds, for a person or (``--json``) a
+program.
 
-Reads the ledger read-only, so it is safe while the daemon writes it (WAL).
+Reads the ledger read-only, so it is safe while the daemon writes it (WAL), and the lock
+file without locking it. Whether a daemon runs, since when, and its health come from the
+heartbeat it writes to the ledger (observe/heartbeat.py). Each job list holds
+:data:`LIST_LIMIT` jobs and says how many more there are, unless ``--all``.
 Never shows a token or URL: the ledger holds neither.
 """
 
@@ -14,11 +18,14 @@ from typing import Any
 
 from ingestd.commands.common import advice_names, load
 from ingestd.commands.exits import EXIT_OK
+from ingestd.commands.status_text import render_status
 from ingestd.ledger.api import JobLedger, open_ledger
+from ingestd.ledger.lock import lock_holder
 from ingestd.ledger.model import Job, State
-from ingestd.units import format_duration, format_size
+from ingestd.observe.heartbeat import DaemonState, daemon_state
 
 ACTIVE = (State.QUEUED, State.CREATING, State.UPLOADING, State.CONFIRMING)
+LIST_LIMIT = 20
 
 
 def _job_summary(job: Job, now: float) -> dict[str, Any]:
@@ -27,6 +34,7 @@ def _job_summary(job: Job, now: float) -> dict[str, Any]:
         "path": job.path,
         "state": job.state.value,
         "size": job.size,
+        "attempts": job.attempts,
     }
     if job.record_id:
         summary["record_id"] = job.record_id
@@ -39,8 +47,11 @@ def _job_summary(job: Job, now: float) -> dict[str, Any]:
     if job.state == State.FAILED:
         summary["reason"] = job.fail_reason
         summary["detail"] = job.fail_detail
-    if job.attempts:
-        summary["attempts"] = job.attempts
+        summary["retry"] = f"ingestd retry {job.id}"
+    elif job.fail_detail:  # a retry's cause, kept while the job backs off
+        summary["last_error"] = job.fail_detail
+    if job.state in ACTIVE and job.next_attempt_at > now:
+        summary["next_try_s"] = round(job.next_attempt_at - now)
     return summary
 
 
@@ -53,93 +64,65 @@ def _rate_and_eta(job: Job, now: float) -> dict[str, Any]:
     return {"rate_bps": round(rate), "eta_s": round((job.size - job.bytes_acked) / rate)}
 
 
-async def gather_status(ledger: JobLedger) -> dict[str, Any]:
-    """Counts per state, active, failed and waiting jobs, and the oldest waiting file."""
+def _daemon(found: DaemonState, now: float) -> dict[str, Any]:
+    """The daemon as ``--json`` shows it; its health as of its last heartbeat."""
+    beat = found.beat
+    shown: dict[str, Any] = {"state": found.state, "running": found.running, "pid": found.pid}
+    if beat is None:
+        return {**shown, "heartbeat_at": None}
+    return {
+        **shown,
+        "mode": beat.mode,
+        "started_at": beat.started_at,
+        "uptime_s": round(now - beat.started_at) if found.running else None,
+        "heartbeat_at": beat.beat_at,
+        "heartbeat_age_s": None if found.beat_age is None else round(found.beat_age, 1),
+        "stopped_at": beat.stopped_at,
+        "problems": list(beat.problems),
+        "server": {"state": beat.server, "detail": beat.server_detail},
+        "folders": dict(beat.folders),
+    }
+
+
+async def gather_status(
+    ledger: JobLedger, *, limit: int | None = LIST_LIMIT, holder: int | None = None
+) -> dict[str, Any]:
+    """The daemon (``holder``: the pid the lock file names), counts per state, active,
+    failed and waiting jobs (at most ``limit`` each; None: all), the oldest waiting file."""
     now = time.time()
     counts = await ledger.counts()
-    active = await ledger.jobs_in(ACTIVE, order="mtime_ns")
-    failed = await ledger.jobs_in([State.FAILED], order="updated_at", newest_first=True)
-    waiting = await ledger.jobs_in([State.WAITING], order="discovered_at")
+    active = await ledger.jobs_in(ACTIVE, order="mtime_ns", limit=limit)
+    failed = await ledger.jobs_in(
+        [State.FAILED], order="updated_at", newest_first=True, limit=limit
+    )
+    waiting = await ledger.jobs_in([State.WAITING], order="discovered_at", limit=limit)
     oldest = waiting[0] if waiting else None
     problem = await ledger.server_problem()
+    orphans = await ledger.suspected_orphans()
+    totals = {
+        "active": sum(counts.get(state.value, 0) for state in ACTIVE),
+        "failed": counts.get(State.FAILED.value, 0),
+        "waiting": counts.get(State.WAITING.value, 0),
+    }
+    shown = {"active": len(active), "failed": len(failed), "waiting": len(waiting)}
     return {
         "ledger": str(ledger.path),
+        "daemon": _daemon(daemon_state(holder, await ledger.heartbeat(), now), now),
         "paused": await ledger.is_paused(),
         "counts": counts,
         "active": [_job_summary(job, now) for job in active],
         "failed": [_job_summary(job, now) for job in failed],
         "waiting": [_job_summary(job, now) for job in waiting],
+        "more": {group: max(0, totals[group] - shown[group]) for group in totals},
         "oldest_waiting": None
         if oldest is None
         else {"path": oldest.path, "age_s": round(now - oldest.discovered_at)},
         "pending_deletions": await ledger.pending_deletions(),
-        "suspected_orphans": await ledger.suspected_orphans(),
+        "suspected_orphans": orphans if limit is None else orphans[:limit],
+        "more_orphans": 0 if limit is None else max(0, len(orphans) - limit),
         "server_problem": None if problem is None else {"problem": problem[0], "since": problem[1]},
         "folders": await ledger.folder_states(),
     }
-
-
-def render_status(status: dict[str, Any]) -> str:
-    """The status as a few readable lines."""
-    counts = status["counts"]
-    lines = [
-        f"ledger: {status['ledger']}"
-        + ("  (PAUSED: `ingestd resume` to go on)" if status["paused"] else ""),
-        "jobs:   " + "  ".join(f"{state} {counts[state]}" for state in counts),
-    ]
-    for title, key in (("active", "active"), ("failed", "failed"), ("waiting", "waiting")):
-        items = status[key]
-        if not items:
-            continue
-        lines.append(f"{title}:")
-        for item in items[:50]:
-            lines.append("  " + _line(item))
-        if len(items) > 50:
-            lines.append(f"  ... and {len(items) - 50} more")
-    problem = status["server_problem"]
-    if problem:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(problem["since"]))
-        lines.append(f"SERVER: {problem['problem']} (since {since}); no upload goes on until then")
-    folders = status["folders"]
-    if folders:
-        lines.append("folders:")
-        for folder in folders:
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(folder["since"]))
-            state = folder["state"]  # a problem in capitals, as PAUSED and SERVER are
-            shown = state if state == "present" else state.upper()
-            lines.append(f"  {folder['folder']:<16} {shown:<10} {folder['path']}  (since {since})")
-    oldest = status["oldest_waiting"]
-    if oldest:
-        lines.append(f"oldest waiting: {oldest['path']} ({format_duration(oldest['age_s'])})")
-    if status["pending_deletions"]:
-        lines.append(
-            f"partial records waiting to be deleted on the server: {status['pending_deletions']}"
-        )
-    orphans = status["suspected_orphans"]
-    if orphans:
-        lines.append(
-            "records left alone on the server (may be empty leftovers of ours; "
-            "check each, delete it there if it is):"
-        )
-        for orphan in orphans[:50]:
-            lines.append(
-                f"  {orphan['record_id']}  {orphan['name']!r} (job #{orphan['job_id']}): "
-                f"{orphan['why']}"
-            )
-    return "\n".join(lines)
-
-
-def _line(item: dict[str, Any]) -> str:
-    head = f"#{item['job']} {item['state']:<10} {format_size(item['size']):>10}  {item['path']}"
-    if "percent" in item:
-        head += f"  {item['percent']}%"
-    if "rate_bps" in item:
-        head += f" at {format_size(item['rate_bps'])}/s, {format_duration(item['eta_s'])} left"
-    if "why" in item:
-        head += f"  - {item['why']} (for {format_duration(item['waiting_s'])})"
-    if "reason" in item:
-        head += f"  - {item['reason']}: {item['detail']}"
-    return head
 
 
 def command(args: argparse.Namespace) -> int:
@@ -148,11 +131,12 @@ def command(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no ledger yet at {path}: the daemon has not run")
         return EXIT_OK
+    limit = None if args.all else LIST_LIMIT
 
     async def read() -> dict[str, object]:
         ledger = await open_ledger(path, readonly=True)
         try:
-            return await gather_status(ledger)
+            return await gather_status(ledger, limit=limit, holder=lock_holder(path))
         finally:
             await ledger.close()
 

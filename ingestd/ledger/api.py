@@ -21,6 +21,7 @@ from ingestd.errors import LedgerError
 from ingestd.ledger.model import (
     Deletion,
     FolderReport,
+    Heartbeat,
     Job,
     Known,
     LastRestore,
@@ -65,6 +66,12 @@ class LedgerHandle(Protocol):
     async def set_folder_states(self, states: Sequence[FolderReport]) -> None: ...
 
     async def folder_states(self) -> list[FolderReport]: ...
+
+    async def write_heartbeat(self, beat: Heartbeat) -> None:
+        """Replace the daemon's heartbeat (one per ledger: only the lock holder writes it)."""
+
+    async def heartbeat(self) -> Heartbeat | None:
+        """The last heartbeat written; None when there is none or it cannot be read."""
 
     async def last_restore(self) -> LastRestore | None: ...
 

@@ -92,6 +92,19 @@ class LedgerLock:
         self.release()
 
 
+def lock_holder(ledger: Path) -> int | None:
+    """The pid the lock file names: its holder, or its last one (the file keeps the pid of
+    a holder that has gone). Takes no lock and creates nothing, for ``ingestd status``."""
+    try:
+        fd = os.open(lock_path(ledger), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return _read_pid(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_pid(fd: int) -> int | None:
     """The holder's pid, if it has written it yet."""
     with contextlib.suppress(OSError, ValueError):

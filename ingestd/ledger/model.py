@@ -7,7 +7,7 @@ only through the named transitions of ``ledger/transitions.py``.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol, TypedDict
 
@@ -154,6 +154,27 @@ class LastRestore(NamedTuple):
 
     backup_time: float
     restored_at: float
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a running daemon last wrote about itself (every few seconds), for ``ingestd
+    status`` in another process: who it is, since when, and its health at that look."""
+
+    pid: int
+    started_at: float
+    beat_at: float
+    mode: str
+    """``daemon`` or ``once``."""
+    problems: tuple[str, ...]
+    """What ``/healthz`` reported at that look: empty when healthy."""
+    server: str
+    """The server's state (``ok``, ``unreachable``, ``refused``...)."""
+    server_detail: str
+    folders: Mapping[str, str]
+    """Each watch folder's label and its state."""
+    stopped_at: float | None = None
+    """Set by the last beat of a daemon that stopped cleanly."""
 
 
 @dataclass(slots=True)

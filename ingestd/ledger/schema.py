@@ -6,12 +6,14 @@ transaction a step, so a crash mid-migration leaves the previous version.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 
-from ingestd.errors import LedgerDamaged, LedgerUnwritable
+from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
 from ingestd.ledger.connection import BUSY_TIMEOUT_MS, Guarded
 from ingestd.ledger.model import DISPATCHABLE, TWIN_STATES, State
 
@@ -126,10 +128,15 @@ ALTER TABLE jobs ADD COLUMN left_alone TEXT;
 }
 
 
+# How long a reader waits for a daemon that is creating or upgrading the ledger.
+READER_WAIT = 5.0
+
+
 async def prepare(conn: Guarded, path: Path, readonly: bool) -> bool:
     """Check, migrate and tune a fresh connection; returns whether ``jobs_dispatch`` exists."""
     await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     if readonly:
+        await _wait_until_current(conn, path)
         return False
     await check_integrity(conn, path)
     await conn.execute("PRAGMA journal_mode=WAL")
@@ -141,11 +148,11 @@ async def prepare(conn: Guarded, path: Path, readonly: bool) -> bool:
             f"schema version {version} is newer than this ingestd understands "
             f"({SCHEMA_VERSION}); upgrade ingestd"
         )
-    if version == 0:
-        await conn.executescript(SCHEMA)
-        await conn.execute(
+    if version == 0:  # one transaction: a reader sees no ledger or a whole one
+        await conn.executescript(
+            f"BEGIN IMMEDIATE;\n{SCHEMA}\n"
             "INSERT INTO meta(key, value) VALUES('schema_version', '1') "
-            "ON CONFLICT(key) DO UPDATE SET value=excluded.value"
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value;\nCOMMIT;"
         )
         version = 1
     for step in range(version + 1, SCHEMA_VERSION + 1):
@@ -178,6 +185,19 @@ async def check_integrity(conn: Guarded, path: Path) -> None:
         raise LedgerDamaged(
             path, f"a SQLite file of something else (tables {', '.join(foreign[:5])})"
         )
+
+
+async def _wait_until_current(conn: Guarded, path: Path) -> None:
+    """A reader (``ingestd status``) of a ledger a starting daemon is still creating or
+    upgrading waits for it (a few seconds), rather than failing on a missing table."""
+    deadline = time.monotonic() + READER_WAIT
+    while (version := await schema_version(conn)) < SCHEMA_VERSION:
+        if time.monotonic() > deadline:
+            raise LedgerError(
+                f"the ledger {path} has schema version {version}, this ingestd reads "
+                f"{SCHEMA_VERSION}: start the daemon once to create or upgrade it"
+            )
+        await asyncio.sleep(0.1)
 
 
 async def schema_version(conn: Guarded) -> int:

@@ -32,6 +32,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from ingestd.ledger.model import (
     JOB_COLUMNS,
     LIVE,
     FolderReport,
+    Heartbeat,
     Job,
     LastRestore,
     Snapshot,
@@ -63,6 +65,8 @@ from ingestd.ledger.queries import JobQueries
 from ingestd.ledger.retention import Retention
 from ingestd.ledger.transitions import Transitions
 
+# The meta key of the daemon's heartbeat (write_heartbeat).
+HEARTBEAT = "heartbeat"
 # How much the write probe makes the ledger grow (then shrink) to prove it can.
 _PROBE_BYTES = 16 * 1024
 
@@ -222,6 +226,32 @@ class SqliteLedger(Transitions, JobQueries, Retention):
         problem = await self.get_meta("server_problem")
         since = await self.get_meta("server_problem_since")
         return (problem, float(since)) if problem and since else None
+
+    async def write_heartbeat(self, beat: Heartbeat) -> None:
+        """One ``meta`` row, JSON: no schema change, and an older ingestd ignores it."""
+        fields = {**asdict(beat), "problems": list(beat.problems), "folders": dict(beat.folders)}
+        await self._set_meta(HEARTBEAT, json.dumps(fields))
+
+    async def heartbeat(self) -> Heartbeat | None:
+        text = await self.get_meta(HEARTBEAT)
+        if not text:
+            return None
+        try:
+            fields = json.loads(text)
+            stopped = fields.get("stopped_at")
+            return Heartbeat(
+                pid=int(fields["pid"]),
+                started_at=float(fields["started_at"]),
+                beat_at=float(fields["beat_at"]),
+                mode=str(fields["mode"]),
+                problems=tuple(str(problem) for problem in fields["problems"]),
+                server=str(fields["server"]),
+                server_detail=str(fields["server_detail"]),
+                folders={str(label): str(state) for label, state in fields["folders"].items()},
+                stopped_at=None if stopped is None else float(stopped),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None  # written by another version: as good as none
 
     # --- jobs -------------------------------------------------------------------------
 

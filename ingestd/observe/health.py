@@ -36,10 +36,11 @@ from ingestd.ledger.model import State, Unsent
 from ingestd.logs import get_logger, redact_text
 from ingestd.observe.alerts import Alerter
 from ingestd.observe.folders import FolderHealth
+from ingestd.observe.heartbeat import HEARTBEAT_EVERY, make_beat
 from ingestd.observe.http import StatusServer, start_status_server
 from ingestd.observe.metrics import CONTENT_TYPE, Metrics, MetricsTelemetry
 from ingestd.observe.page import CONTENT_SECURITY_POLICY, PAGE
-from ingestd.observe.page_data import PageInputs, gather_page
+from ingestd.observe.page_data import PageInputs, gather_page, health_of
 from ingestd.observe.view import DaemonView
 from ingestd.units import format_size
 
@@ -94,6 +95,8 @@ class StatusService:
         self._watcher_seen: float | None = None  # set when the periodic task starts
         self._probing: asyncio.Future[_Probe] | None = None
         self._server_problem: str | None = None  # as last written to the ledger
+        self.started_at = time.time()
+        self._beat_at: float | None = None  # monotonic time of the last heartbeat written
 
     # --- the daemon's hooks -----------------------------------------------------------------
 
@@ -125,9 +128,11 @@ class StatusService:
             group.create_task(self.alerter.run(evaluated))
             while not stop.is_set():
                 await self._evaluate()
+                await self._heartbeat()
                 await wait_event(stop, EVALUATE_EVERY)
             try:
                 await self._evaluate()  # a last look: ``--once`` can end right after a change
+                await self._heartbeat(stopped=True)
             finally:
                 evaluated.set()
 
@@ -165,6 +170,27 @@ class StatusService:
         except LEDGER_ERRORS:
             return  # the ledger's own problem is reported; try again at the next look
         self._server_problem = problem
+
+    async def _heartbeat(self, *, stopped: bool = False) -> None:
+        """Every HEARTBEAT_EVERY s (and at the end, saying so): who we are and this look's
+        health, for ``ingestd status`` (observe/heartbeat.py)."""
+        now = time.monotonic()
+        if not stopped and self._beat_at is not None and now - self._beat_at < HEARTBEAT_EVERY:
+            return
+        daemon = self._require_daemon()
+        problems = self.problems()
+        beat = make_beat(
+            started_at=self.started_at,
+            once=daemon.once,
+            problems=problems,
+            health=health_of(daemon, self._page_inputs(problems)),
+            stopped_at=time.time() if stopped else None,
+        )
+        try:
+            await daemon.ledger.write_heartbeat(beat)
+        except LEDGER_ERRORS:
+            return  # the ledger's own problem is reported; status then sees a stale beat
+        self._beat_at = now
 
     async def _refresh(self) -> None:
         """Read counts and the unsent files from the ledger; set the ledger gauges."""
@@ -321,24 +347,29 @@ class StatusService:
     async def _page_data(self, _request: web.Request) -> web.Response:
         daemon = self._require_daemon()
         await self._refresh()
-        problems = self.problems()
-        inputs = PageInputs(
-            counts=self.view.counts,
-            problems=problems,
-            watch_paths=self.watch.paths,
-            free_bytes=self.free_bytes,
-            min_free=self.watch.min_free,
-            ledger_path=self.ledger_path,
-            ledger_problems=self._ledger_problems(),
-            last_upload_at=self.telemetry.last_upload_at,
-            redact_paths=self.redact_paths,
-        )
+        inputs = self._page_inputs(self.problems())
         try:
             body = await gather_page(daemon, inputs)
         except LEDGER_ERRORS as exc:
             body = {"error": f"the ledger cannot be read: {redact_text(str(exc))}"}
             return web.json_response(body, status=503, headers=_PAGE_HEADERS)
         return web.json_response(body, headers=_PAGE_HEADERS)
+
+    def _page_inputs(self, problems: Sequence[str]) -> PageInputs:
+        """What the page and the heartbeat's health look take besides the daemon."""
+        return PageInputs(
+            counts=self.view.counts,
+            problems=problems,
+            watch_paths=self.watch.paths,
+            free_bytes=self.free_bytes,
+            min_free=self.watch.min_free,
+            folder_labels=[self.watch.label(i) for i in range(len(self.watch.paths))],
+            folder_states=[state.value for state in self.folders.states],
+            ledger_path=self.ledger_path,
+            ledger_problems=self._ledger_problems(),
+            last_upload_at=self.telemetry.last_upload_at,
+            redact_paths=self.redact_paths,
+        )
 
 
 # The page shows what is on this machine: never cached, never framed, nothing from outside.

@@ -34,6 +34,10 @@ class PageInputs:
     watch_paths: Sequence[Path]
     free_bytes: Mapping[int, int]
     min_free: int
+    # Each folder's label (its name, else watch.paths[N]) and state (present, missing,
+    # unreadable, unmounted), in watch.paths' order; empty before the first look.
+    folder_labels: Sequence[str]
+    folder_states: Sequence[str]
     ledger_path: Path
     ledger_problems: Sequence[str]
     last_upload_at: float | None
@@ -88,12 +92,14 @@ async def gather_page(daemon: DaemonView, inputs: PageInputs) -> dict[str, Any]:
         "active": _group(active, active_total),
         "waiting": _group([_waiting(job, namer, now) for job in waiting], counts["waiting"]),
         "failed": _group([_failed(job, namer) for job in failed], counts["failed"]),
-        "health": {
-            "server": _server(daemon),
-            "ledger": _ledger(inputs),
-            "folders": _folders(inputs),
-        },
+        "health": health_of(daemon, inputs),
     }
+
+
+def health_of(daemon: DaemonView, inputs: PageInputs) -> dict[str, Any]:
+    """The server's, the ledger's and each folder's health: the page shows it, the
+    daemon's heartbeat carries it to ``ingestd status``."""
+    return {"server": _server(daemon), "ledger": _ledger(inputs), "folders": _folders(inputs)}
 
 
 def _group(items: list[dict[str, Any]], total: int) -> dict[str, Any]:
@@ -173,14 +179,22 @@ def _folders(inputs: PageInputs) -> list[dict[str, Any]]:
     folders = []
     for index, root in enumerate(inputs.watch_paths):
         free = inputs.free_bytes.get(index)
-        if free is None:
+        known = inputs.folder_states[index] if index < len(inputs.folder_states) else None
+        if known is not None and known != "present":
+            state, detail = known, f"the folder is {known}: files in it wait until it is back"
+        elif free is None:
             state, detail = "missing", "cannot be read (missing or not mounted?)"
         elif free < inputs.min_free:
             state, detail = "low_space", "less free space than watch.min_free"
         else:
             state, detail = "ok", "present"
+        label = (
+            inputs.folder_labels[index]
+            if index < len(inputs.folder_labels)
+            else f"watch.paths[{index}]"
+        )
         folder: dict[str, Any] = {
-            "folder": f"watch.paths[{index}]",
+            "folder": label,
             "state": state,
             "detail": detail,
             "free_bytes": free,
