@@ -33,6 +33,7 @@ from ingestd.fake_valt import FakeValtThread
 
 MONITORING = REPO / "monitoring"
 RULES = MONITORING / "ingestd-alerts.yaml"
+RULE_TESTS = MONITORING / "ingestd-alerts.test.yaml"
 DASHBOARD = MONITORING / "ingestd-dashboard.json"
 PROMTOOL = "/usr/bin/promtool"  # Debian's prometheus package
 # What the rules cover (issue: server unreachable, login refused, folder problem, backlog
@@ -82,22 +83,47 @@ def _daemon(tmp_path: Path, url: str, port: int, name: str) -> Any:
     config = write_config(tmp_path, url, status={"listen": f"127.0.0.1:{port}"})
     daemon = start_daemon(config, tmp_path / f"{name}.log")
     health(port, wait=30)  # listening
+    # The folders' states come from the health look, which runs right after start-up.
+    wait_for(lambda: "ingestd_watch_folder_state" in _names(_scrape(port)), timeout=10)
     return daemon
 
 
-def test_the_alert_rules_pass_promtool_and_cover_each_condition() -> None:
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which(PROMTOOL) is None:  # a skipped test is not a pass: say what to install
         pytest.fail("promtool is not installed: run `make prometheus` (apt-get install prometheus)")
-    checked = subprocess.run(
-        [PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS" in checked.stdout
+    done = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+    return done
+
+
+def test_the_alert_rules_pass_promtool_and_cover_each_condition() -> None:
+    _promtool("check", "rules", str(RULES))
     watched = {name for expr in _expressions()["rules"] for name in _NAME.findall(expr)}
     assert watched >= COVERED, COVERED - watched
     rules = yaml.safe_load(RULES.read_text())
     for rule in (rule for group in rules["groups"] for rule in group["rules"]):
         assert rule["annotations"]["summary"] and rule["labels"]["severity"], rule["alert"]
+
+
+def test_the_alert_rules_fire_on_the_series_a_daemon_exports() -> None:
+    """monitoring/ingestd-alerts.test.yaml: quiet when healthy; each condition raises its
+    alert after its ``for``, with the summary an operator reads."""
+    _promtool("test", "rules", str(RULE_TESTS))
+    tested = {
+        case["alertname"]
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert {
+        "IngestdServerUnreachable",
+        "IngestdLoginRefused",
+        "IngestdWatchFolderProblem",
+        "IngestdStalled",
+        "IngestdFailuresRising",
+        "IngestdLedgerUnwritable",
+    } <= tested
 
 
 def test_the_dashboard_is_importable_with_the_datasource_as_a_variable() -> None:
