@@ -21,12 +21,13 @@ $(STAMP): $(RUNTIME)
 
 # Debian packages the tests need, installed (one apt-get run) only when missing:
 # fuse3 for the power-cut file system (powercut/, fusermount3), chromium for the status
-# page's browser test (driven over the DevTools protocol; nothing is downloaded at run time).
-.PHONY: debian-packages fuse3 chromium
+# page's browser test (driven over the DevTools protocol; nothing is downloaded at run time),
+# prometheus for promtool, which checks monitoring/'s alert rules.
+.PHONY: debian-packages fuse3 chromium prometheus
 debian-packages:
-	@missing="$$(command -v fusermount3 >/dev/null || echo fuse3) $$(command -v chromium >/dev/null || echo chromium)"; \
+	@missing="$$(command -v fusermount3 >/dev/null || echo fuse3) $$(command -v chromium >/dev/null || echo chromium) $$(command -v promtool >/dev/null || echo prometheus)"; \
 	if [ -n "$$(echo $$missing)" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
-fuse3 chromium: debian-packages
+fuse3 chromium prometheus: debian-packages
 
 demo: $(RUNTIME)
 	$(BIN)/ingestd demo

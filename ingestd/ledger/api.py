@@ -131,6 +131,9 @@ class JobReads(Protocol):
 
     async def counts(self) -> dict[str, int]: ...
 
+    async def last_upload_at(self) -> float | None:
+        """Unix time the last upload's final byte was acknowledged; None when none was."""
+
 
 class JobWrites(Protocol):
     """New jobs, and the fields of a job that are not its state."""

@@ -259,6 +259,12 @@ class JobQueries(Connected):
         )
         return Unsent(files, queued, Job.from_row(row) if row else None)
 
+    async def last_upload_at(self) -> float | None:
+        """When the last upload's final byte was acknowledged (None: never); read once at
+        start-up, so one pass over the rows is cheap enough without an index."""
+        row = await self._conn.fetchone("SELECT MAX(uploaded_at) FROM jobs")
+        return None if row is None or row[0] is None else float(row[0])
+
     async def counts(self) -> dict[str, int]:
         """Jobs per state. Counting reads every row (100,000 done files: ~10 ms), and the
         health check asks every few seconds: while nothing was written, neither through

@@ -47,6 +47,18 @@ RETRY_FIRST = 1.0  # then 2 s, 4 s
 FLUSH_TIMEOUT = 5.0  # at shutdown, how long queued alerts may still take
 QUEUE_LIMIT = 200
 _DETAIL_MAX = 500
+# Every event an alert can carry (its alerts_sent/alerts_failed counters start at 0).
+EVENTS = (
+    "job.failed",
+    "backlog.old",
+    "backlog.cleared",
+    "auth.failed",
+    "auth.recovered",
+    "server.unreachable",
+    "server.reachable",
+    "folder.problem",
+    "folder.recovered",
+)
 
 
 class Alerter:
@@ -57,6 +69,7 @@ class Alerter:
         self.backlog_age = config.backlog_age
         self.redact_paths = redact_paths
         self.metrics = metrics
+        metrics.count_alerts(EVENTS)
         self.host = socket.gethostname()
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
         self._backlog_old = False

@@ -31,7 +31,7 @@ from aiohttp import web
 from ingestd.aio import wait_event
 from ingestd.config.schema import AlertsConfig, StatusConfig, WatchConfig
 from ingestd.disk.folders import FolderState, folder_states
-from ingestd.ledger.api import LEDGER_ERRORS
+from ingestd.ledger.api import LEDGER_ERRORS, JobLedger
 from ingestd.ledger.model import State, Unsent
 from ingestd.logs import get_logger, redact_text
 from ingestd.observe.alerts import Alerter
@@ -110,6 +110,12 @@ class StatusService:
         """Serve ``/healthz``, ``/metrics`` and the page on ``status.listen`` (if set) while
         inside."""
         self._daemon = daemon
+        try:
+            last_upload = await daemon.ledger.last_upload_at()
+        except LEDGER_ERRORS:
+            last_upload = None  # the ledger's own problem is reported; the gauge stays 0
+        if last_upload is not None:
+            self.telemetry.last_upload_known(last_upload)
         listen = self.status.listen
         if listen is not None:
             self._server = await start_status_server(self._routes, *listen, token=self._token)
@@ -208,8 +214,17 @@ class StatusService:
         self.metrics.oldest_waiting_age.set(
             0 if oldest is None else time.time() - oldest.discovered_at
         )
-        self.metrics.auth_failed.set(1 if daemon.server.auth_failed else 0)
-        self.metrics.set_server(daemon.server.outage.since)
+        self._set_daemon_gauges(daemon)
+
+    def _set_daemon_gauges(self, daemon: DaemonView) -> None:
+        server = daemon.server
+        self.metrics.auth_failed.set(1 if server.auth_failed else 0)
+        self.metrics.login_ok.set(0 if server.auth_failed or server.redirect else 1)
+        self.metrics.set_server(server.outage.since)
+        self.metrics.paused.set(1 if daemon.paused else 0)
+        self.metrics.ledger_writable.set(1 if self._ledger_writable(daemon.ledger) else 0)
+        # The dispatcher beats on the monotonic clock; the gauge says when, in wall time.
+        self.metrics.heartbeat.set(time.time() - (time.monotonic() - daemon.heartbeat))
 
     async def _probe_folders(self) -> _Probe:
         """Free bytes per watch root (by index) and each root's state; the previous
@@ -289,11 +304,20 @@ class StatusService:
             "the rescan every watch.rescan_interval"
         )
 
-    def _ledger_problems(self) -> list[str]:
-        found = []
+    def _ledger_access_ok(self) -> bool:
         ledger = self.ledger_path
         folder_ok = os.access(ledger.parent, os.W_OK | os.X_OK)
-        if not folder_ok or (ledger.exists() and not os.access(ledger, os.W_OK)):
+        return folder_ok and (not ledger.exists() or os.access(ledger, os.W_OK))
+
+    def _ledger_writable(self, ledger: JobLedger) -> bool:
+        """Whether the ledger takes writes now: its last write worked (ledger/watch.py
+        probes it again after a failure) and this user may write its file and folder."""
+        works = ledger.writable.is_set() and ledger.write_problem is None
+        return works and self._ledger_access_ok()
+
+    def _ledger_problems(self) -> list[str]:
+        found = []
+        if not self._ledger_access_ok():
             found.append("the ledger is not writable: check ledger.path and its folder")
         if self.view.error is not None:
             found.append(f"the ledger cannot be read: {self.view.error}")

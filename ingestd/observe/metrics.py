@@ -15,10 +15,11 @@ as well as a file can.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ingestd import __version__
 from ingestd.disk.folders import FolderState
 from ingestd.telemetry import Telemetry
 
@@ -32,6 +33,36 @@ _LABEL_MAX = 40
 _NOT_A_CODE = re.compile(r"[^a-z0-9_]+")
 
 JobFailedHook = Callable[[int, str, str, str], None]
+
+# Label values made at 0 at start-up, so a counter's first increase is seen by increase()
+# and rate() (a series that appears at 1 looks like no change). Other codes still count.
+FAILURE_REASONS = (
+    "upload_refused",
+    "too_large",
+    "ambiguous_record",
+    "source_missing",
+    "not_ready",
+    "bad_sidecar",
+    "unauthorized",
+    "connection",
+    "timeout",
+    "tls",
+    "bad_answer",
+    "source_unreadable",
+    "internal_error",
+)
+RETRY_CAUSES = (
+    "connection",
+    "timeout",
+    "tls",
+    "bad_answer",
+    "source_unreadable",
+    "internal_error",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+)
 
 
 def label_code(text: str) -> str:
@@ -48,6 +79,28 @@ class Metrics:
         reg = self.registry
         self.up = Gauge("ingestd_up", "1 while the daemon runs", registry=reg)
         self.up.set(1)
+        self.build_info = Gauge(
+            "ingestd_build_info", "Always 1; ingestd's version", ["version"], registry=reg
+        )
+        self.build_info.labels(version=__version__).set(1)
+        self.heartbeat = Gauge(
+            "ingestd_heartbeat_timestamp_seconds",
+            "Unix time the dispatch loop last went round (every second while it is alive)",
+            registry=reg,
+        )
+        self.paused = Gauge("ingestd_paused", "1 while paused (ingestd pause)", registry=reg)
+        self.login_ok = Gauge(
+            "ingestd_login_ok",
+            "0 while the server refuses the credentials or redirects the login, else 1",
+            registry=reg,
+        )
+        self.login_ok.set(1)
+        self.ledger_writable = Gauge(
+            "ingestd_ledger_writable",
+            "1 while the ledger takes writes, 0 while it does not (full disk, read-only)",
+            registry=reg,
+        )
+        self.ledger_writable.set(1)
         self.healthy = Gauge("ingestd_healthy", "1 when /healthz answers 200, else 0", registry=reg)
         self.jobs = Gauge("ingestd_jobs", "Jobs in the ledger by state", ["state"], registry=reg)
         self.bytes_uploaded = Counter(
@@ -92,7 +145,7 @@ class Metrics:
         )
         self.last_upload = Gauge(
             "ingestd_last_upload_timestamp_seconds",
-            "Unix time of the last completed upload (0: none since start)",
+            "Unix time the last upload completed, as the ledger remembers it (0: none yet)",
             registry=reg,
         )
         self.contact_failures = Counter(
@@ -136,6 +189,16 @@ class Metrics:
             ["event"],
             registry=reg,
         )
+        for reason in FAILURE_REASONS:
+            self.uploads_failed.labels(reason=reason)
+        for cause in RETRY_CAUSES:
+            self.retries.labels(cause=cause)
+
+    def count_alerts(self, events: Iterable[str]) -> None:
+        """Make the alert counters of ``events`` exist at 0."""
+        for event in events:
+            self.alerts_sent.labels(event=event)
+            self.alerts_failed.labels(event=event)
 
     def set_jobs(self, counts: Mapping[str, int]) -> None:
         for state, count in counts.items():
@@ -194,6 +257,12 @@ class MetricsTelemetry(Telemetry):
     def retry(self, cause: str) -> None:
         super().retry(cause)
         self.metrics.retries.labels(cause=label_code(cause)).inc()
+
+    def last_upload_known(self, at: float) -> None:
+        """The ledger's last upload, read at start-up: the gauge survives a restart."""
+        if self.last_upload_at is None or at > self.last_upload_at:
+            self.last_upload_at = at
+            self.metrics.last_upload.set(at)
 
     def server_contact(self, ok: bool) -> None:
         super().server_contact(ok)

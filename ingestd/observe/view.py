@@ -59,6 +59,9 @@ class DaemonView(Protocol):
     @property
     def ledger(self) -> JobLedger: ...
 
+    heartbeat: float
+    """``time.monotonic()`` when the dispatch loop last went round."""
+
     def uploading(self) -> set[int]:
         """The jobs in a worker's hands now."""
         ...
