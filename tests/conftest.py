@@ -53,7 +53,7 @@ ONE_WORKER = {
     "tests/test_powercut_fs.py": "mounts",
     "tests/test_power_durability.py": "mounts",
     "tests/test_move_across_filesystems.py": "mounts",
-    "tests/test_folder_states.py": "mounts",
+    "tests/test_folder_mounts.py": "mounts",
 }
 
 
