@@ -258,3 +258,17 @@ def test_export_to_a_full_disk_is_one_line(
         "ingestd: export: the CSV could not be written (No space left on device): "
         "the disk is full: free some space, or send the CSV elsewhere\n"
     ), result.stderr
+
+
+def test_pause_without_a_ledger_creates_it_so_the_daemon_starts_paused(tmp_path: Path) -> None:
+    """``pause`` before the first run makes the ledger (and its folder), paused: a daemon
+    started afterwards takes no file until ``resume``."""
+    ledger = tmp_path / "state" / "deep" / "ledger.db"
+    config = write_config(tmp_path, "http://127.0.0.1:9", ledger={"path": str(ledger)})
+    paused = run_cli("pause", "-c", str(config))
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.strip() == "paused: no new files are taken"
+    assert ledger.exists()
+    shown = run_cli("status", "-c", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert "(PAUSED: `ingestd resume` to go on)" in shown.stdout
