@@ -9,6 +9,7 @@ again; left alone as owned, only until no live job owns the path.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -39,7 +40,13 @@ from ingestd.intake.finished import snapshot
 from ingestd.ledger.model import State
 from ingestd.ledger.schema import MIGRATIONS, SCHEMA
 from ingestd.ledger.store import SqliteLedger
-from ingestd.upload.after_upload import Belongings, apply_after_upload, housekeeping, move_failed
+from ingestd.upload.after_upload import (
+    Belongings,
+    apply_after_upload,
+    apply_once,
+    housekeeping,
+    move_failed,
+)
 
 
 def _left_alone(output: str) -> list[dict[str, Any]]:
@@ -380,3 +387,32 @@ def test_upgrade_from_version_2_expires_only_the_copy_it_can_vouch_for(
     assert int(version) >= 3
     assert {"final_inode", "final_size", "final_mtime_ns", "left_alone"} <= columns
     assert "file.expired" in {e["event"] for e in _json_lines(result.stdout)}
+
+
+async def test_the_confirmer_and_housekeeping_on_one_job_move_it_once(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    """A job confirmed just as housekeeping looks (a restart: both at once) is moved once:
+    the second finds it done with, instead of recording the moved file as missing."""
+    video = export / "clip.mp4"
+    random_file(video, 1000)
+    archive = tmp_path / "archive"
+    config = load_config(
+        write_config(tmp_path, server.url, after_upload={"action": "move", "move_to": str(archive)})
+    )
+    ledger, job_id = await _ledger_with(tmp_path, video, State.DONE, after_done=0)
+    try:
+        lock = asyncio.Lock()
+        job = await ledger.get_job(job_id)
+        with capture_logs() as logs:
+            await asyncio.gather(
+                apply_once(config.after_upload, _belongs(config), ledger, job, lock),
+                housekeeping(config.after_upload, _belongs(config), ledger, lock),
+            )
+        done = await ledger.get_job(job_id)
+        assert (done.after_done, done.left_alone) == (1, None)
+        assert done.final_path == str(archive / "clip.mp4") and (archive / "clip.mp4").exists()
+        assert [e["event"] for e in logs].count("file.moved") == 1
+        assert_no_event(logs, "file.left_alone")
+    finally:
+        await ledger.close()

@@ -21,11 +21,11 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from ingestd.aio import wait_event
 from ingestd.config.network import CLEARTEXT_DETAIL, cleartext_password
 from ingestd.config.schema import Config
+from ingestd.daemon.once import RunResult, watch_once
 from ingestd.daemon.pool import WorkerPool
 from ingestd.daemon.progress import ProgressLine, show_progress
 from ingestd.daemon.sdnotify import Notifier
@@ -34,7 +34,7 @@ from ingestd.errors import LedgerUnwritable
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.watcher import Intake
 from ingestd.ledger.api import open_ledger
-from ingestd.ledger.model import TERMINAL, Job, State
+from ingestd.ledger.model import TERMINAL, State
 from ingestd.ledger.watch import LedgerWatch, wait_writable
 from ingestd.logs import get_logger
 from ingestd.observe.health import StatusService
@@ -42,7 +42,7 @@ from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
 from ingestd.upload.after_upload import (
     Belongings,
-    apply_after_upload,
+    apply_once,
     housekeeping,
     move_failed,
 )
@@ -57,7 +57,6 @@ from ingestd.valt.shares import open_share_directory
 log = get_logger("ingestd.daemon.lifecycle")
 
 CONTROL_POLL = 2.0
-ONCE_POLL = 0.2
 TASK_RESTART_DELAY = 5.0
 STATUS_EVERY = 5.0
 HOUSEKEEPING_EVERY = 60.0
@@ -66,15 +65,6 @@ FINAL_SWEEP_TIMEOUT = 15.0
 HEARTBEAT_STALE = 10.0
 EXIT_FORCED = 1  # a second signal (README: "A second one exits 1")
 FORCED_EXIT_BACKSTOP = 3.0  # after a second signal, at most this long to close cleanly
-
-
-@dataclass
-class RunResult:
-    """What ``run --once`` reports: exit code and the jobs that did not finish."""
-
-    exit_code: int = 0
-    not_done: list[Job] = field(default_factory=list)
-    message: str | None = None
 
 
 class Daemon:
@@ -203,6 +193,8 @@ class Daemon:
         )
         # Which files travel with a video when it is moved or deleted (after_upload.py).
         self.belongings = Belongings(self.config.watch.done_marker, self.config.record.sidecar)
+        # One after-upload step at a time: the confirmer and housekeeping may reach one job.
+        self.after_lock = asyncio.Lock()
         after = self.config.after_upload
         self.uploader = Uploader(
             upload=self.config.upload,
@@ -249,7 +241,9 @@ class Daemon:
             after_upload=after,
             ledger=self.ledger,
             client=self.client,
-            after_done=lambda job: apply_after_upload(after, self.belongings, self.ledger, job),
+            after_done=lambda job: apply_once(
+                after, self.belongings, self.ledger, job, self.after_lock
+            ),
             telemetry=self.telemetry,
         )
         self.sweeper = PartialSweeper(
@@ -402,7 +396,9 @@ class Daemon:
         ``ledger.forget_after`` at start-up, then hourly."""
         forget_after, forget_due = self.config.ledger.forget_after, 0.0
         while not stop.is_set():
-            await housekeeping(self.config.after_upload, self.belongings, self.ledger)
+            await housekeeping(
+                self.config.after_upload, self.belongings, self.ledger, self.after_lock
+            )
             if forget_after is not None and time.monotonic() >= forget_due:
                 await forget_old(self.ledger, forget_after)
                 forget_due = time.monotonic() + FORGET_EVERY
@@ -466,31 +462,12 @@ class Daemon:
 
     async def _watch_once(self, scope: list[int]) -> None:
         """End ``--once`` when every job in scope is finished, or only unfinished files remain."""
-        deadline = time.monotonic() + self.max_wait
         progress = ProgressLine(sys.stderr) if self.show_progress else None
-        jobs: list[Job] = []
-        while not self.stopping.is_set():
-            jobs = [job for job in [await self.ledger.find_job(i) for i in scope] if job]
-            if progress is not None:
-                progress.draw(jobs)
-            live = [job for job in jobs if job.state not in TERMINAL]
-            if self.client.auth_failed:
-                self.result = RunResult(1, live, "the server refused the credentials")
-                break
-            if self.client.redirect is not None:
-                self.result = RunResult(1, live, self.client.redirect)
-                break
-            if self.client.outage.down and time.monotonic() >= deadline:
-                self.result = RunResult(1, live, self.client.outage.describe())
-                break  # --max-wait bounds how long --once waits for the server
-            only_waiting = all(job.state == State.WAITING for job in live)
-            if not live or (only_waiting and time.monotonic() >= deadline):
-                not_done = [job for job in jobs if job.state not in (State.DONE, State.SKIPPED)]
-                self.result = RunResult(1 if not_done else 0, not_done)
-                break
-            await asyncio.sleep(ONCE_POLL)
-        if progress is not None:
-            progress.close(jobs)
+        outcome = await watch_once(
+            self.ledger, self.client, scope, self.max_wait, self.stopping, progress
+        )
+        if outcome is not None:
+            self.result = outcome
         self.request_stop()
 
 

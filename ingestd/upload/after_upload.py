@@ -49,7 +49,7 @@ from ingestd.failpoints import failpoint
 from ingestd.intake.identity import full_sha256
 from ingestd.intake.sidecar import sidecar_paths
 from ingestd.ledger.api import JobLedger
-from ingestd.ledger.model import Job
+from ingestd.ledger.model import Job, State
 from ingestd.logs import get_logger
 from ingestd.upload.naming import relative_path
 
@@ -249,6 +249,27 @@ def _stuck(job: Job, moved: Moved, step: Step) -> None:
         log.error(event, job_id=job.id, path=str(extra), action=step, error=error)
 
 
+async def apply_once(
+    config: AfterUploadConfig,
+    belongs: Belongings,
+    ledger: JobLedger,
+    job: Job,
+    lock: asyncio.Lock,
+) -> None:
+    """:func:`apply_after_upload` for a job that still needs it, under ``lock``.
+
+    The confirmer (a job just done) and housekeeping (one a crash interrupted) can reach
+    the same job at once; the second, finding the file already moved, would record it
+    as missing over the first's ``final_path``. One lock per daemon, and the job read
+    anew inside it, so the step runs once.
+    """
+    async with lock:
+        fresh = await ledger.find_job(job.id)
+        if fresh is None or fresh.state is not State.DONE or fresh.after_done:
+            return
+        await apply_after_upload(config, belongs, ledger, fresh)
+
+
 async def apply_after_upload(
     config: AfterUploadConfig, belongs: Belongings, ledger: JobLedger, job: Job
 ) -> None:
@@ -343,13 +364,20 @@ async def move_failed(
     log.info("file.set_aside", job_id=job.id, path=job.path, dest=dest, reason=reason)
 
 
-async def housekeeping(config: AfterUploadConfig, belongs: Belongings, ledger: JobLedger) -> None:
+async def housekeeping(
+    config: AfterUploadConfig,
+    belongs: Belongings,
+    ledger: JobLedger,
+    lock: asyncio.Lock | None = None,
+) -> None:
     """Finish after-upload actions a crash interrupted, or another job's ownership of the
-    file held back; delete what ``keep_for`` has expired."""
+    file held back; delete what ``keep_for`` has expired. ``lock``: the daemon's, shared
+    with the confirmer's after-upload step (:func:`apply_once`)."""
+    lock = lock or asyncio.Lock()
     for job_id in await ledger.retake_unowned():
         log.info("file.no_longer_owned", job_id=job_id)
     for job in await ledger.pending_after_actions():
-        await apply_after_upload(config, belongs, ledger, job)
+        await apply_once(config, belongs, ledger, job, lock)
     keep_for = config.keep_for
     if keep_for is None:
         return
