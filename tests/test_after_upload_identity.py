@@ -416,3 +416,41 @@ async def test_the_confirmer_and_housekeeping_on_one_job_move_it_once(
         assert_no_event(logs, "file.left_alone")
     finally:
         await ledger.close()
+
+
+async def test_housekeeping_sets_aside_a_failed_file_a_crash_left_in_place(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    """A crash between a job's failure and its move to ``failed_to``: the next
+    housekeeping sets the file aside with its note. A ``not_ready`` failure stays put (its
+    source is left in place), as does a ``source_missing`` one (taken up when back)."""
+    aside = tmp_path / "failed"
+    config = load_config(write_config(tmp_path, server.url, after_upload={"failed_to": str(aside)}))
+    ids = {}
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        for name, reason in (("bad.mp4", "bad_sidecar"), ("slow.mp4", "not_ready")):
+            video = export / name
+            random_file(video, 1000)
+            snap = snapshot(video)
+            assert snap is not None
+            job = await add_job_in(
+                ledger,
+                State.FAILED,
+                path=str(video),
+                root=str(export),
+                snapshot=(snap.size, snap.mtime_ns, snap.inode, snap.device),
+                fail_reason=reason,
+                fail_detail="it happened",
+            )
+            ids[name] = job.id
+        with capture_logs() as logs:
+            await housekeeping(config.after_upload, _belongs(config), ledger)
+            await housekeeping(config.after_upload, _belongs(config), ledger)  # once only
+        assert (aside / "bad.mp4").exists() and (aside / "bad.mp4.error.txt").exists()
+        assert "bad_sidecar" in (aside / "bad.mp4.error.txt").read_text()
+        assert (export / "slow.mp4").exists() and not (aside / "slow.mp4").exists()
+        assert (await ledger.get_job(ids["bad.mp4"])).final_path == str(aside / "bad.mp4")
+        assert [e["event"] for e in logs].count("file.set_aside") == 1
+    finally:
+        await ledger.close()

@@ -44,7 +44,7 @@ from ingestd.upload.after_upload import (
     Belongings,
     apply_once,
     housekeeping,
-    move_failed,
+    set_aside_once,
 )
 from ingestd.upload.confirm import Confirmer, PartialSweeper
 from ingestd.upload.job import Uploader
@@ -208,8 +208,8 @@ class Daemon:
                 rule=self.open_rule,
             ),
             stopping=self.stopping,
-            set_aside=lambda job, why, detail: move_failed(
-                after, self.belongings, self.ledger, job, why, detail
+            set_aside=lambda job, why, detail: set_aside_once(
+                after, self.belongings, self.ledger, job, why, detail, self.after_lock
             ),
             telemetry=self.telemetry,
             on_change=self._wake_dispatcher,

@@ -189,6 +189,17 @@ class JobQueries(Connected):
         )
         return [Job.from_row(row) for row in rows]
 
+    async def failed_not_set_aside(self) -> list[Job]:
+        """Failed jobs whose file was never set aside (``failed_to``: a crash came between
+        the failure and the move). Not those whose file had gone (``source_missing``: it
+        is taken up again when back) nor ``not_ready`` ones (their source stays put)."""
+        rows = await self._conn.fetchall(
+            "SELECT * FROM jobs WHERE state='failed' AND final_path IS NULL "
+            "AND left_alone IS NULL AND fail_reason NOT IN ('source_missing', 'not_ready') "
+            "ORDER BY id"
+        )
+        return [Job.from_row(row) for row in rows]
+
     async def expired_keeps(self, before: float) -> list[Job]:
         """Done jobs whose kept source (or moved copy) is due for deletion (``keep_for``)."""
         rows = await self._conn.fetchall(

@@ -330,6 +330,26 @@ def error_text(job: Job, reason: str, detail: str, now: float) -> str:
     )
 
 
+async def set_aside_once(
+    config: AfterUploadConfig,
+    belongs: Belongings,
+    ledger: JobLedger,
+    job: Job,
+    reason: str,
+    detail: str,
+    lock: asyncio.Lock,
+) -> None:
+    """:func:`move_failed` for a failed job not yet set aside, under the daemon's ``lock``:
+    the worker that failed it and housekeeping (after a crash came between) may both try."""
+    async with lock:
+        fresh = await ledger.find_job(job.id)
+        if fresh is None or fresh.state is not State.FAILED:
+            return
+        if fresh.final_path is not None or fresh.left_alone is not None:
+            return
+        await move_failed(config, belongs, ledger, fresh, reason, detail)
+
+
 async def move_failed(
     config: AfterUploadConfig,
     belongs: Belongings,
@@ -378,6 +398,10 @@ async def housekeeping(
         log.info("file.no_longer_owned", job_id=job_id)
     for job in await ledger.pending_after_actions():
         await apply_once(config, belongs, ledger, job, lock)
+    if config.failed_to is not None:
+        for job in await ledger.failed_not_set_aside():
+            why = job.fail_reason or "failed"
+            await set_aside_once(config, belongs, ledger, job, why, job.fail_detail or "", lock)
     keep_for = config.keep_for
     if keep_for is None:
         return
