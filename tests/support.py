@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,3 +69,29 @@ def write_config(tmp_path: Path, url: str, **sections: dict[str, Any]) -> Path:
         "status": {"listen": None},
     }
     return write_yaml(tmp_path / "config.yaml", base, sections)
+
+
+# Keys for test certificates: small and fast (openssl CLI: the venv has no ``cryptography``).
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_test_ca(folder: Path, server_cn: str) -> None:
+    """``ca.key``/``ca.pem``, a CA valid for 2 days, and ``server.key``/``server.csr``, a
+    request for ``server_cn`` that the caller signs with the extensions it wants."""
+    openssl(
+        "req", "-x509", *EC_KEY, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=ingestd test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", "subjectKeyIdentifier=hash",
+        cwd=folder,
+    )  # fmt: skip
+    openssl(
+        "req", *EC_KEY, "-keyout", "server.key", "-out", "server.csr",
+        "-subj", f"/CN={server_cn}",
+        cwd=folder,
+    )  # fmt: skip

@@ -32,6 +32,7 @@ from conftest import (
 )
 
 from ingestd.fake_valt import FakeValtThread
+from tests.support import make_test_ca, openssl
 
 EXTENSIONS = """\
 subjectAltName = {san}
@@ -42,28 +43,12 @@ authorityKeyIdentifier = keyid, issuer
 """
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, and three server certificates it signs: for 127.0.0.1, for another name, and
     one for 127.0.0.1 that has expired (openssl CLI: the venv has no ``cryptography``)."""
     folder = tmp_path_factory.mktemp("pki")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(
-        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=ingestd test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-addext", "subjectKeyIdentifier=hash",
-        cwd=folder,
-    )  # fmt: skip
-    _openssl(
-        "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server",
-        cwd=folder,
-    )  # fmt: skip
+    make_test_ca(folder, "server")
     # -days -1: valid until yesterday (openssl 3.0 has no -not_after).
     for name, san, days in (
         ("good", "IP:127.0.0.1", "2"),
@@ -71,7 +56,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("expired", "IP:127.0.0.1", "-1"),
     ):
         (folder / f"{name}.ext").write_text(EXTENSIONS.format(san=san))
-        _openssl(
+        openssl(
             "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", f"{name}.pem", "-days", days, "-extfile", f"{name}.ext",
             cwd=folder,

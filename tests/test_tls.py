@@ -36,6 +36,7 @@ from conftest import (
 )
 
 from ingestd.fake_valt import FakeValtThread
+from tests.support import make_test_ca, openssl
 
 EXTENSIONS = """\
 subjectAltName = IP:127.0.0.1
@@ -58,30 +59,14 @@ class Pki:
         return context
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A CA of our own and a certificate for 127.0.0.1 signed by it (openssl CLI: the
     venv has no ``cryptography``)."""
     folder = tmp_path_factory.mktemp("pki")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(
-        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=ingestd test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-addext", "subjectKeyIdentifier=hash",
-        cwd=folder,
-    )  # fmt: skip
-    _openssl(
-        "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
-        cwd=folder,
-    )  # fmt: skip
+    make_test_ca(folder, "127.0.0.1")
     (folder / "server.ext").write_text(EXTENSIONS)
-    _openssl(
+    openssl(
         "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
         cwd=folder,
