@@ -31,6 +31,7 @@ from ingestd.errors import AuthFailed, Redirected, ShareNameError, ValtError
 from ingestd.logs import configure_logging, redact_url, register_secret
 from ingestd.units import format_size
 from ingestd.valt.client import ValtClient
+from ingestd.valt.connect import client_for
 from ingestd.valt.shares import KINDS, ShareDirectory, configured_names
 
 Out = Callable[[str], None]
@@ -113,14 +114,7 @@ async def _check_server(
     config: Config, password: str, report: _Report, *, probe: bool = False
 ) -> None:
     where = redact_url(config.valt.url)
-    async with ValtClient(
-        base_url=config.valt.url,
-        username=config.valt.username,
-        password=password,
-        timeout=config.valt.timeout,
-        verify_tls=config.valt.verify_tls,
-        ca_file=config.valt.ca_file,
-    ) as client:
+    async with client_for(config.valt, password) as client:
         try:
             await client.login()
         except Redirected as exc:

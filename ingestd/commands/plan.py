@@ -44,7 +44,7 @@ from ingestd.ledger.model import Known, State
 from ingestd.logs import configure_logging, redact_url, register_secret
 from ingestd.units import format_duration
 from ingestd.upload.naming import RecordDraft, RecordNamer, ShareChoice
-from ingestd.valt.client import ValtClient
+from ingestd.valt.connect import client_for
 from ingestd.valt.shares import KINDS, ShareDirectory
 
 UPLOAD, WAIT, SKIP, FAIL = "upload", "wait", "skip", "fail"
@@ -328,14 +328,7 @@ async def resolve_shares(plan: Plan, namer: RecordNamer, config: Config, passwor
         entry.share = {kind: _unresolved(entry, kind) for kind in KINDS}
     if not any(isinstance(item, str) for e in drafts for c in _choices(e) for item in c.items):
         return
-    async with ValtClient(
-        base_url=config.valt.url,
-        username=config.valt.username,
-        password=password,
-        timeout=config.valt.timeout,
-        verify_tls=config.valt.verify_tls,
-        ca_file=config.valt.ca_file,
-    ) as client:
+    async with client_for(config.valt, password) as client:
         namer.directory = ShareDirectory(client)
         try:
             await client.login()

@@ -52,6 +52,7 @@ from ingestd.upload.naming import RecordNamer
 from ingestd.upload.pacing import Pacer
 from ingestd.upload.retention import FORGET_EVERY, forget_old
 from ingestd.valt.client import ValtClient
+from ingestd.valt.connect import client_for
 from ingestd.valt.shares import open_share_directory
 
 log = get_logger("ingestd.daemon.lifecycle")
@@ -131,13 +132,9 @@ class Daemon:
         self.ledger = await open_ledger(self.config.ledger.path)
         self._opened.push_async_callback(self.ledger.close)
         self.client = await self._opened.enter_async_context(
-            ValtClient(
-                base_url=self.config.valt.url,
-                username=self.config.valt.username,
-                password=self.password,
-                timeout=self.config.valt.timeout,
-                verify_tls=self.config.valt.verify_tls,
-                ca_file=self.config.valt.ca_file,
+            client_for(
+                self.config.valt,
+                self.password,
                 on_contact=self.telemetry.server_contact,
                 outage_retry=(self.config.upload.backoff_initial, self.config.upload.backoff_max),
             )
