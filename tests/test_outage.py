@@ -76,6 +76,8 @@ def test_an_outage_longer_than_the_attempts_allow_fails_no_file(
         rows = _rows(tmp_path)
         assert [r["attempts"] for r in rows] == [0, 0, 0]
         assert all(r["state"] != "failed" for r in rows)
+        # Nothing is put off past the outage: each job is due the moment it ends.
+        assert all(float(r["next_attempt_at"] or 0) <= time.time() for r in rows), rows
         assert health(port)[0] == 503
         probes_during = server.call(lambda fake: fake.faults_injected.get("fail", 0))
 

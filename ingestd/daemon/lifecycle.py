@@ -366,8 +366,13 @@ class Daemon:
 
     async def _watch_server(self, stop: asyncio.Event) -> None:
         """Probe during an outage (outage.py); work goes on at once when it ends."""
-        self.client.outage.on_end = self._wake_dispatcher
+        self.client.outage.on_end = self._server_back
         await self.client.outage.watch(stop)
+
+    def _server_back(self) -> None:
+        self._wake_dispatcher()
+        self.confirmer.wake.set()
+        self.sweeper.wake.set()
 
     def _job_ended(self, deletions_queued: bool) -> None:
         self.confirmer.wake.set()

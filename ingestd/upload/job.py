@@ -103,7 +103,10 @@ class Uploader:
             if job.state in (State.QUEUED, State.CREATING) or not job.record_id:
                 job = await self._ensure_record(job, bound)
             await self._send(job, bound)
-        except _Restart:
+        except (_Restart, ServerUnreachable):
+            # ServerUnreachable is not the job's fault: it keeps its state, no attempt
+            # counts, and it is due again the moment the outage watch hears the server
+            # (the dispatcher starts nothing meanwhile), not some seconds later.
             pass
         except SourceChanged as exc:
             await self._source_changed(job, str(exc), bound)
@@ -113,9 +116,8 @@ class Uploader:
             await self._source_missing(job, bound)
         except SourceUnreadable as exc:
             await self._retry_later(job, "source_unreadable", str(exc), bound)
-        except (AuthFailed, ServerUnreachable):
-            # Not the job's fault: it keeps its state and goes on after a login works or
-            # the server answers again (no attempt counts).
+        except AuthFailed:
+            # Not the job's fault: it goes on after a login works (no attempt counts).
             await self.ledger.update(job.id, next_attempt_at=time.time() + AUTH_RETRY_DELAY)
         except PermanentError as exc:
             await self._fail(job, exc.reason, str(exc), bound)
