@@ -88,3 +88,8 @@ def config_path_from(arg: str | None, environ: Mapping[str, str]) -> Path:
         return Path(arg)
     from_env = environ.get("INGESTD_CONFIG")
     return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def ledger_password(ledger: object) -> str | None:
+    """Placeholder until the configuration contract lands: libpq's own files apply."""
+    return None

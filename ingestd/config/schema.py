@@ -193,6 +193,14 @@ class LedgerConfig:
     backups: int = 7
     # Seconds after done that a done job whose source is gone is pruned (None: kept for ever).
     forget_after: float | None = None
+    url: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    node: str = "localhost"
+    lease: float = 60.0
+
+    @property
+    def shared(self) -> bool:
+        return self.url is not None
 
 
 @dataclass(frozen=True, slots=True)

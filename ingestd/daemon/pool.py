@@ -115,9 +115,11 @@ class WorkerPool:
             job_id = await self._queue.get()
             if self.stopping.is_set():
                 self.in_progress.release(job_id)
+                await self.ledger.release([job_id])
                 return
             if self._paused():  # paused while the job waited in the queue: it stays queued
                 self.in_progress.release(job_id)
+                await self.ledger.release([job_id])
                 continue
             self.in_progress.start(job_id, number)
             queued_deletions = self.ledger.deletions_queued
@@ -134,6 +136,7 @@ class WorkerPool:
                 log.exception("worker.failed", worker=number, job_id=job_id)
             finally:
                 self.in_progress.release(job_id)
+                await self.ledger.release([job_id])  # a shared ledger: another node may go on
                 self._on_job_end(self.ledger.deletions_queued != queued_deletions)
                 self.wake.set()
 
