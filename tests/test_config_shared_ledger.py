@@ -1,6 +1,6 @@
 """The configuration of a ledger shared by several daemons: ledger.url, password_file, node and
-lease, the rules they put on ledger.path and watch.paths, and the ledger's password. Real YAML
-files through the real loader and command line."""
+lease, the rules they put on ledger.path and watch.paths, the ledger's password, and what
+``ingestd check`` says about it. Real YAML files through the real loader and command line."""
 
 from __future__ import annotations
 
@@ -12,16 +12,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_cli
+from conftest import REPO, ingestd_env, run_cli, write_config
 
 from ingestd.config.credentials import ledger_password
 from ingestd.config.load import load_config
 from ingestd.config.schema import Config, LedgerConfig
 from ingestd.errors import ConfigError
+from ingestd.fake_valt import FakeValtThread
 
 SECRET = "Xq7-pg-S3CRET"
 URL = "postgresql://ingestd@db.example.org/ingestd"
 NAMED = "    - {path: /mnt/export, name: export}\n"
+OPEN_WRITERS = (
+    "warn  the open-writer check sees only this host's processes: writers on other hosts"
+    " are caught by the settle time, the container check and marker files"
+)
 NO_PASSWORD = (
     "ledger.url: must not carry a password (value not shown); put it in ledger.password_file,"
     " the systemd credential ledger-password, or libpq's PGPASSFILE"
@@ -362,3 +367,27 @@ def test_an_unreadable_credential_names_the_key_too(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"ledger.password_file: cannot read {tmp_path / 'ledger-password'}: not UTF-8 text"
     )
+
+
+# --------------------------------------------------------------------------- ingestd check
+
+
+def test_check_says_what_the_open_writer_check_cannot_see(
+    tmp_path: Path, server: FakeValtThread
+) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    paths = f"    - {{path: '{export}', name: export}}\n"
+    shared = write(tmp_path, f"url: {URL}\n", paths, valt=server.url)
+    result = run_cli("check", "-c", str(shared), env=ingestd_env())
+    lines = result.stdout.splitlines()
+    assert OPEN_WRITERS in lines, result.stdout
+    assert "server version 6.7.2" in result.stdout  # the rest of check runs as before
+    # Neither for a SQLite ledger, nor when the open-writer check is off.
+    sqlite = run_cli("check", "-c", str(write_config(tmp_path, server.url)))
+    assert sqlite.returncode == 0, sqlite.stdout
+    assert not [line for line in sqlite.stdout.splitlines() if "open-writer" in line]
+    text = shared.read_text()
+    shared.write_text(text.replace("  paths:", "  check_open_writers: false\n  paths:"))
+    off = run_cli("check", "-c", str(shared))
+    assert "ok    configuration" in off.stdout and OPEN_WRITERS not in off.stdout
