@@ -75,6 +75,12 @@ def _check_folders(config: Config, report: _Report) -> None:
         else:
             report.ok(f"watch folder {folder}")
             _free_space_line(folder, config.watch.min_free, report)
+    if config.ledger.shared and config.watch.check_open_writers:
+        # /proc shows this machine's processes only; the share is written from others too.
+        report.warn(
+            "the open-writer check sees only this host's processes: writers on other hosts"
+            " are caught by the settle time, the container check and marker files"
+        )
     check_ledger_folder(config, report.say)
     check_after_upload_folders(config, report.say)
     check_status_port(config, report.say)

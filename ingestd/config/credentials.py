@@ -1,4 +1,5 @@
-"""Where the configuration file, the Valt password and the status token come from.
+"""Where the configuration file, the Valt password, the status token and the shared ledger's
+password come from.
 
 Kept apart from parsing: these are the only configuration functions that read
 the environment or secret files.
@@ -6,10 +7,11 @@ the environment or secret files.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ingestd.config.schema import DEFAULT_CONFIG_PATH, StatusConfig, ValtConfig
+from ingestd.config.schema import DEFAULT_CONFIG_PATH, LedgerConfig, StatusConfig, ValtConfig
 from ingestd.errors import ConfigError
 
 
@@ -82,14 +84,31 @@ def resolve_status_token(status: StatusConfig, environ: Mapping[str, str]) -> st
     return token
 
 
+LEDGER_CREDENTIAL = "ledger-password"
+
+
+def ledger_password(ledger: LedgerConfig, environ: Mapping[str, str] = os.environ) -> str | None:
+    """A shared ledger's password: ledger.password_file, then the systemd credential
+    ledger-password.
+
+    None when neither is there: libpq then looks for PGPASSWORD, PGPASSFILE (~/.pgpass)
+    and its service file itself. A configured file that cannot be read is an error, not a
+    fall-through; the password's value never appears in a message.
+    """
+    key = "ledger.password_file"
+    if ledger.password_file is not None:
+        return _read_secret(ledger.password_file, key)
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        candidate = Path(credentials) / LEDGER_CREDENTIAL
+        if candidate.is_file():
+            return _read_secret(candidate, key)
+    return None
+
+
 def config_path_from(arg: str | None, environ: Mapping[str, str]) -> Path:
     """The config file: the ``-c`` value, else ``$INGESTD_CONFIG``, else DEFAULT_CONFIG_PATH."""
     if arg:
         return Path(arg)
     from_env = environ.get("INGESTD_CONFIG")
     return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
-
-
-def ledger_password(ledger: object) -> str | None:
-    """Placeholder until the configuration contract lands: libpq's own files apply."""
-    return None

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ingestd.config.ledger_section import check_shared_watch
 from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import Config, WatchConfig
 from ingestd.config.sections import SECTIONS
@@ -64,6 +65,7 @@ def parse_config(data: object, base_dir: Path, source: Path | None = None) -> Co
     config = Config(**sections, source=source)
     _check_outside_watch(config.after_upload.move_to, "after_upload.move_to", config.watch)
     _check_outside_watch(config.after_upload.failed_to, "after_upload.failed_to", config.watch)
+    check_shared_watch(config.ledger, config.watch)
     return config
 
 

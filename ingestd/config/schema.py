@@ -8,6 +8,7 @@ reading the file in ``config/load.py``, secrets in ``config/credentials.py``.
 from __future__ import annotations
 
 import datetime
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,13 +194,19 @@ class LedgerConfig:
     backups: int = 7
     # Seconds after done that a done job whose source is gone is pruned (None: kept for ever).
     forget_after: float | None = None
+    # A PostgreSQL ledger shared by several daemons (libpq URL, never with a password in
+    # it; None: SQLite at ``path``). Kept out of reprs all the same: its query string may
+    # hold other connection details.
     url: str | None = field(default=None, repr=False)
-    password_file: Path | None = None
-    node: str = "localhost"
+    password_file: Path | None = None  # or the systemd credential ledger-password
+    # This daemon's name among the nodes of a shared ledger.
+    node: str = field(default_factory=socket.gethostname)
+    # Seconds a claimed job stays this node's without a renewal (shared ledger only).
     lease: float = 60.0
 
     @property
     def shared(self) -> bool:
+        """Whether the ledger is a shared (PostgreSQL) one rather than SQLite at ``path``."""
         return self.url is not None
 
 

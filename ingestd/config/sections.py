@@ -4,7 +4,8 @@ Every section is parsed by the same small table-driven ``section()``
 (``config/values.py``): a table maps each key to a parser ``(value, dotted_key)
 -> parsed``; unknown keys are refused with a did-you-mean hint; checks that span
 keys run after the table. Checks that span sections run in ``load.py``. Parsing
-does no I/O. The record: section, the largest, is in ``config/record.py``.
+does no I/O. The record: section, the largest, is in ``config/record.py``; the ledger:
+section in ``config/ledger_section.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ingestd.config.ledger_section import parse_ledger
 from ingestd.config.record import parse_record
 from ingestd.config.schema import (
     MIN_CHUNK_SIZE,
@@ -24,7 +26,6 @@ from ingestd.config.schema import (
     AlertsConfig,
     BandwidthLimit,
     BandwidthWindow,
-    LedgerConfig,
     LogConfig,
     StatusConfig,
     UploadConfig,
@@ -332,15 +333,6 @@ def _parse_after_upload(value: object, key: str, base: Path) -> AfterUploadConfi
     return after
 
 
-def _parse_ledger(value: object, key: str, base: Path) -> LedgerConfig:
-    parsers: dict[str, Parse] = {
-        "path": path_parser(base),
-        "backups": whole_number(0),
-        "forget_after": optional(duration(0.0, above=True)),
-    }
-    return LedgerConfig(**section(value, key, parsers))
-
-
 def _parse_log(value: object, key: str, base: Path) -> LogConfig:
     parsers: dict[str, Parse] = {
         "format": one_of("json", "console", "auto"),
@@ -399,7 +391,7 @@ SECTIONS: dict[str, SectionParser] = {
     "upload": _parse_upload,
     "record": parse_record,
     "after_upload": _parse_after_upload,
-    "ledger": _parse_ledger,
+    "ledger": parse_ledger,
     "log": _parse_log,
     "status": _parse_status,
     "alerts": _parse_alerts,
