@@ -288,13 +288,16 @@ async def open_ledger(
         return await SqliteLedger.open(path, readonly=readonly)
     from ingestd.config.credentials import ledger_password
     from ingestd.ledger.postgres.store import PostgresLedger
+    from ingestd.logs import register_secret
 
     settings, watch = where.ledger, where.watch
+    password = ledger_password(settings)
+    register_secret(password)
     assert settings.url is not None
     roots = {watch.label(i): str(path) for i, path in enumerate(watch.paths)}
     return await PostgresLedger.open(
         settings.url,
-        password=ledger_password(settings),
+        password=password,
         node=settings.node,
         lease=settings.lease,
         roots=roots,
