@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
@@ -36,6 +36,9 @@ from powercut import PowerCutMount, missing, mount
 
 # The test modules import these from here, as before.
 from tests.support import USERNAME, wait_for, write_config
+
+if TYPE_CHECKING:  # psycopg is imported by the tests that use PostgreSQL only
+    from tests.pg_support import PasswordRole, PgProxy, PgServer
 
 PASSWORD = "s3cret-Pass-w0rd-xyz"
 KiB = 1024
@@ -91,6 +94,41 @@ class _Scheduling:
 def server(tmp_path: Path) -> Iterator[FakeValtThread]:
     with FakeValtThread(tmp_path / "server", users={USERNAME: PASSWORD}, faults=Faults()) as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL (tests/pg_support.py), one per worker, stopped when it ends."""
+    from tests.pg_support import PgServer
+
+    with PgServer.create() as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A superuser URL of a new database of this test's own, dropped after it."""
+    with pg_server.fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_password_role(pg_server: PgServer, pg_url: str) -> Iterator[PasswordRole]:
+    """(URL without password, password) of a role that owns pg_url's database and must
+    give its password."""
+    from tests.pg_support import database_of
+
+    with pg_server.password_role(database_of(pg_url)) as role:
+        yield role
+
+
+@pytest.fixture
+def pg_proxy(pg_server: PgServer) -> Iterator[PgProxy]:
+    """A TCP port forwarded to pg_server, to cut off (``proxy.url(database_of(pg_url))``)."""
+    from tests.pg_support import PgProxy
+
+    with PgProxy(pg_server.socket_path) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import KiB, random_file, run_once, write_config
 
 from ingestd.fake_valt import FakeValt, FakeValtThread, Faults
 
@@ -648,6 +649,113 @@ async def test_the_same_seed_replays_the_same_faults(
     first = await statuses(1)
     assert set(first) == {500, 401}
     assert await statuses(2) == first
+
+
+# --- two senders on one video -------------------------------------------------------
+
+
+@dataclass
+class SlowChunk:
+    """A chunk request sent by hand: the head and part of the body now, the rest later."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    rest: bytes
+
+    async def finish(self) -> int:
+        """Send the rest of the body; the answer's status."""
+        self.writer.write(self.rest)
+        await self.writer.drain()
+        status = int((await self.reader.readline()).split()[1])
+        self.writer.close()
+        await self.writer.wait_closed()
+        return status
+
+
+async def start_slow_chunk(
+    fake: FakeValt,
+    client: Client,
+    record_id: str,
+    video_id: str,
+    data: bytes,
+    start: int,
+    total: int,
+) -> SlowChunk:
+    host, port = fake.url.removeprefix("http://").split(":")
+    boundary = "slow-chunk-boundary"
+    body = (
+        (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="clip.mp4"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /api/v3/records/{record_id}/videos/{video_id}?access_token={client.token} "
+        f"HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Content-Range: bytes {start}-{start + len(data) - 1}/{total}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    half = len(body) // 2
+    writer.write(head + body[:half])
+    await writer.drain()
+    return SlowChunk(reader, writer, body[half:])
+
+
+async def test_two_chunks_of_one_video_in_flight_at_once_count_as_an_overlap(
+    fake: FakeValt, client: Client
+) -> None:
+    data = payload(20_000)
+    record_id, video_id = await client.create()
+    other_id, other_video = await client.create("Other")
+    first = await start_slow_chunk(fake, client, record_id, video_id, data[:10_000], 0, 20_000)
+    await eventually(lambda: fake.upload_bytes_received > 0)  # the first is being read
+    # Another video's chunk meanwhile is no overlap.
+    assert (await client.upload(other_id, other_video, data, 0, len(data))).status == 200
+    assert fake.overlapping_chunks == 0
+    second = await start_slow_chunk(
+        fake, client, record_id, video_id, data[10_000:], 10_000, 20_000
+    )
+    await eventually(lambda: fake.overlapping_chunks == 1)
+    assert await first.finish() == 200
+    assert await second.finish() == 200  # it waited for the first, then continued it
+    assert fake.video_bytes(record_id) == data
+    assert fake.overlapping_records == [record_id]
+    snapshot = fake.snapshot()
+    assert (snapshot["overlapping_chunks"], snapshot["overlapping_records"]) == (1, [record_id])
+    assert fake.state.chunks_in_flight == {}
+
+
+async def test_chunks_of_one_video_one_after_another_are_no_overlap(
+    fake: FakeValt, client: Client
+) -> None:
+    data = payload(30_000)
+    record_id, video_id = await client.create()
+    slow = await start_slow_chunk(fake, client, record_id, video_id, data[:10_000], 0, 30_000)
+    assert await slow.finish() == 200
+    for start in (10_000, 20_000):
+        chunk = data[start : start + 10_000]
+        assert (await client.upload(record_id, video_id, chunk, start, len(data))).status == 200
+    assert fake.video_bytes(record_id) == data
+    assert (fake.overlapping_chunks, fake.overlapping_records) == (0, [])
+
+
+def test_a_daemon_uploading_several_files_at_once_never_overlaps_chunks(
+    tmp_path: Path, server: FakeValtThread
+) -> None:
+    export = tmp_path / "export"
+    for n in range(3):
+        random_file(export / f"clip-{n}.mp4", 1024 * KiB + 1 + n, seed=n)
+    config = write_config(tmp_path, server.url, upload={"workers": 2, "chunk_size": "256KiB"})
+    assert run_once(config, "20s").returncode == 0
+    snapshot = server.snapshot()
+    assert len(snapshot["records"]) == 3
+    assert snapshot["requests"][UPLOAD_ROUTE] >= 3 * 5  # five chunks a file, two files at once
+    assert (snapshot["overlapping_chunks"], snapshot["overlapping_records"]) == (0, [])
 
 
 # --- inspection, threads and the command line ----------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -54,6 +54,13 @@ class ServerState:
         self.request_counts: dict[str, int] = {}
         self.upload_bytes_received = 0
         self.chunk_repeats = 0
+        self.chunks_in_flight: dict[tuple[str, str], int] = {}
+        """Chunk requests inside the upload handler, by (record id, video id)."""
+        self.overlapping_chunks = 0
+        """Chunk requests that began while another one for the same video was in flight:
+        two senders on one job at once (one sender's chunks follow each other)."""
+        self.overlapping_records: list[str] = []
+        """The record id of each overlap, in order."""
         self.stopping = asyncio.Event()
 
     @property
@@ -83,6 +90,24 @@ class ServerState:
         if len(self.request_log) > REQUEST_LOG_CAP:
             # Trim in batches so a long run does not shift the list on every request.
             del self.request_log[: REQUEST_LOG_CAP // 10]
+
+    @contextlib.contextmanager
+    def chunk_in_flight(self, record_id: str, video_id: str) -> Iterator[None]:
+        """Count one chunk request for a video while it lasts, and an overlap if another
+        one for the same video is in flight already."""
+        key = (record_id, video_id)
+        if self.chunks_in_flight.get(key, 0) > 0:
+            self.overlapping_chunks += 1
+            self.overlapping_records.append(record_id)
+        self.chunks_in_flight[key] = self.chunks_in_flight.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self.chunks_in_flight[key] - 1
+            if left:
+                self.chunks_in_flight[key] = left
+            else:
+                del self.chunks_in_flight[key]
 
     async def pause(self, seconds: float | None) -> bool:
         """Sleep ``seconds`` (None: until stopping); True if the server is stopping."""
@@ -116,6 +141,8 @@ class ServerState:
             "requests": dict(self.request_counts),
             "upload_bytes_received": self.upload_bytes_received,
             "chunk_repeats": self.chunk_repeats,
+            "overlapping_chunks": self.overlapping_chunks,
+            "overlapping_records": list(self.overlapping_records),
             "faults_injected": dict(self.dice.injected),
             "faults": self._faults.as_dict(),
             "logins": self.accounts.logins,

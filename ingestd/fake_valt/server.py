@@ -165,6 +165,16 @@ class FakeValt:
         return self._state.chunk_repeats
 
     @property
+    def overlapping_chunks(self) -> int:
+        """Chunk requests that began while another for the same video was in flight."""
+        return self._state.overlapping_chunks
+
+    @property
+    def overlapping_records(self) -> list[str]:
+        """The record id of each overlapping chunk request, in order."""
+        return self._state.overlapping_records
+
+    @property
     def logins(self) -> int:
         """Successful logins."""
         return self._state.accounts.logins

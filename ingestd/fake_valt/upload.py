@@ -36,10 +36,12 @@ async def upload_video(request: web.Request) -> web.StreamResponse:
     content_range = parse_content_range(request.headers.get(hdrs.CONTENT_RANGE))
     if content_range is None:
         return bodies.error(400, BAD_RANGE)
-    async with video.lock:
-        if record.id not in state.store.records:  # deleted while this chunk waited
-            return bodies.error(404, "Record not found")
-        return await _receive(request, state, record, video, content_range)
+    # Counted before the lock: a second sender's chunk waits there while the first is read.
+    with state.chunk_in_flight(record.id, video.id):
+        async with video.lock:
+            if record.id not in state.store.records:  # deleted while this chunk waited
+                return bodies.error(404, "Record not found")
+            return await _receive(request, state, record, video, content_range)
 
 
 async def _receive(
