@@ -188,7 +188,8 @@ def test_a_node_cut_off_from_postgresql_stops_sending_before_another_takes_over(
         second = start_daemon(b, tmp_path / "b.log")
         assert wait_for(lambda: _states(pg_url) == ["done"], timeout=60)
         took = time.monotonic() - cut_at
-        assert any(e.get("event") == "job.claim_ended" for e in log_events(log_a))
+        # a, still running, says so (health and the log): the ledger is unreachable.
+        assert wait_for(lambda: _said_unreachable(log_a), timeout=30)
     finally:
         for daemon in (first, second):
             if daemon is not None:
@@ -234,6 +235,14 @@ def _events(text: str) -> list[dict[str, Any]]:
         if line.startswith("{"):
             found.append(json.loads(line))
     return found
+
+
+def _said_unreachable(log: Path) -> bool:
+    return any(
+        e.get("event") == "ledger.unwritable"
+        and "the shared ledger is unreachable since" in str(e.get("problem"))
+        for e in log_events(log)
+    )
 
 
 def _node_started(url: str, node: str) -> bool:

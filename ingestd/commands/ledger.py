@@ -63,7 +63,7 @@ def _shared(config: Config, action: str) -> int:
     async def go() -> tuple[str, dict[str, int]]:
         ledger = await open_ledger(config, migrate=action == "migrate")
         try:
-            return str(ledger.path), await ledger.counts()
+            return ledger.where, await ledger.counts()
         finally:
             await ledger.close()
 

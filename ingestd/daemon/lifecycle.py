@@ -149,7 +149,8 @@ class Daemon:
             pid=os.getpid(),
             mode="once" if self.once else "daemon",
             workers=self.config.upload.workers,
-            ledger=str(self.config.ledger.path),
+            ledger=self.ledger.where,
+            node=self.ledger.node,
         )
         await self._opened.enter_async_context(self.status.serving(self))  # binds status.listen
 

@@ -43,6 +43,11 @@ class LedgerHandle(Protocol):
     """The ledger as a whole: where it is, whether it takes writes, its flags."""
 
     path: Path
+
+    @property
+    def where(self) -> str:
+        """What messages call the ledger: its file, or ``postgresql://HOST/DB``."""
+
     shared: bool
     """Shared by several daemons (PostgreSQL): jobs are claimed, writes fenced."""
     node: str | None

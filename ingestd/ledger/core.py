@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ingestd.errors import LedgerError
@@ -57,6 +58,12 @@ class LedgerCore(Transitions, JobQueries, Retention):
     # A one-machine ledger: no other daemon may take a job, so a job's claim never ends.
     shared = False
     node: str | None = None
+    path: Path
+
+    @property
+    def where(self) -> str:
+        """What messages call this ledger: its file, or a shared ledger's host and database."""
+        return str(self.path)
 
     def lease_left(self, job_id: int) -> float:
         """Seconds this daemon may still act on ``job_id`` before another may take it

@@ -85,11 +85,11 @@ class LedgerWatch:
             log.error(
                 "ledger.unwritable",
                 problem=problem,
-                ledger=str(self.ledger.path),
+                ledger=self.ledger.where,
                 effect="no new job starts until the ledger takes writes; nothing recorded is lost",
             )
         else:
-            log.info("ledger.writable", ledger=str(self.ledger.path))
+            log.info("ledger.writable", ledger=self.ledger.where)
         self.problem = problem
         self.on_problem(problem)
 

@@ -124,6 +124,9 @@ class PgConnection:
         self._on_failure = on_failure
         self._tx: dict[asyncio.Task[Any], psycopg.AsyncConnection[Any]] = {}
         self.writes = 0
+        # A statement unanswered for a quarter of the lease counts as a lost connection, so
+        # a failed renewal is known while the claim still has time (claims.py).
+        self.timeout = max(1.0, min(STATEMENT_TIMEOUT, lease / 4))
         self.down_since: float | None = None  # wall time the first failure of a run
 
     # --- rows -----------------------------------------------------------------------
@@ -151,7 +154,7 @@ class PgConnection:
         exception); the task's statements meanwhile go to that connection."""
         task = _task()
         with self._translated():
-            async with asyncio.timeout(STATEMENT_TIMEOUT):
+            async with asyncio.timeout(self.timeout):
                 conn = await self.pool.getconn()
         try:
             with self._translated():
@@ -166,7 +169,7 @@ class PgConnection:
                 raise
             del self._tx[task]
             with self._translated():
-                async with asyncio.timeout(STATEMENT_TIMEOUT):
+                async with asyncio.timeout(self.timeout):
                     await conn.commit()
         finally:
             self._tx.pop(task, None)
@@ -195,7 +198,7 @@ class PgConnection:
         statement = translate(sql)
         self.writes += 1
         with self._translated():
-            async with asyncio.timeout(STATEMENT_TIMEOUT), self._connection() as conn:
+            async with asyncio.timeout(self.timeout), self._connection() as conn:
                 cursor = await conn.execute(statement.sql, self._arguments(statement, parameters))
                 return Result(cursor.rowcount)
 
@@ -204,7 +207,7 @@ class PgConnection:
         self.writes += 1
         arguments = [self._arguments(statement, row) for row in rows]
         with self._translated():
-            async with asyncio.timeout(STATEMENT_TIMEOUT), self._connection() as conn:
+            async with asyncio.timeout(self.timeout), self._connection() as conn:
                 cursor = conn.cursor()
                 await cursor.executemany(statement.sql, arguments)
                 return Result(cursor.rowcount)
@@ -212,7 +215,7 @@ class PgConnection:
     async def fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[PgRow]:
         statement = translate(sql)
         with self._translated():
-            async with asyncio.timeout(STATEMENT_TIMEOUT), self._connection() as conn:
+            async with asyncio.timeout(self.timeout), self._connection() as conn:
                 cursor = conn.cursor(row_factory=self._row_maker)
                 await cursor.execute(statement.sql, self._arguments(statement, parameters))
                 return await cursor.fetchall()
@@ -226,7 +229,7 @@ class PgConnection:
         translation of its parameters); its rows if it gives any."""
         self.writes += 1
         with self._translated():
-            async with asyncio.timeout(STATEMENT_TIMEOUT), self._connection() as conn:
+            async with asyncio.timeout(self.timeout), self._connection() as conn:
                 cursor = conn.cursor(row_factory=self._row_maker)
                 # No parameters: the simple protocol, which takes several statements (DDL).
                 await cursor.execute(sql, list(parameters) if parameters else None)
@@ -244,7 +247,7 @@ class PgConnection:
         except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
             raise self._unreachable(_one_line(exc)) from None
         except TimeoutError:
-            raise self._unreachable(f"no answer within {STATEMENT_TIMEOUT:g} s") from None
+            raise self._unreachable(f"no answer within {self.timeout:g} s") from None
         except psycopg.Error as exc:
             raise LedgerError(f"the shared ledger refused a statement: {_one_line(exc)}") from None
         else:

@@ -64,7 +64,8 @@ class PostgresLedger(LedgerCore):
     shared = True
 
     def __init__(self, conn: PgConnection, *, node: str, lease: float, where: str) -> None:
-        self.path = Path(where)  # what messages call it: host and database, never secrets
+        self.path = Path("shared-ledger")  # no file: backups and folder checks are PostgreSQL's
+        self._where = where
         self.node = node
         self.lease = lease
         self.write_problem: str | None = None
@@ -158,10 +159,10 @@ class PostgresLedger(LedgerCore):
             )
             row = await cursor.fetchone()
         except psycopg.Error as exc:
-            raise LedgerError(f"cannot take this node's lock in {self.path}: {exc}") from None
+            raise LedgerError(f"cannot take this node's lock in {self.where}: {exc}") from None
         if not row or not row[0]:
             raise LedgerBusy(
-                f"another daemon runs as node {self.node!r} on the shared ledger {self.path}: "
+                f"another daemon runs as node {self.node!r} on the shared ledger {self.where}: "
                 "give each daemon its own ledger.node (the default is the host name)"
             )
 
@@ -173,6 +174,10 @@ class PostgresLedger(LedgerCore):
             "started_at=excluded.started_at, seen_at=excluded.seen_at, stopped_at=NULL",
             (self.node, socket.gethostname(), os.getpid(), __version__, time.time()),
         )
+
+    @property
+    def where(self) -> str:
+        return self._where  # postgresql://HOST/DB: never a password, never a query string
 
     def transaction(self) -> Any:
         """``async with ledger.transaction():`` - one transaction on one pooled connection."""
