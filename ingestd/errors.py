@@ -141,6 +141,11 @@ class FileRefused(SourceChanged):
     """
 
 
+class ClaimEnded(IngestdError):
+    """This daemon's claim on a job in a shared ledger is running out (it could not renew
+    it): it stops sending the job before another daemon may take it. Not the job's fault."""
+
+
 class SourceMissing(IngestdError):
     """The source file disappeared before its upload finished."""
 

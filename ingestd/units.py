@@ -8,6 +8,7 @@ Durations: a number of seconds or a string such as ``10s``, ``5m``, ``6h``, ``30
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import re
@@ -144,3 +145,9 @@ def _trim(amount: float) -> str:
     """One decimal at most, and none when it would be ``.0``."""
     text = f"{amount:.1f}"
     return text[:-2] if text.endswith(".0") else text
+
+
+def iso_time(at: float) -> str:
+    """A wall-clock time as people and scripts read it: ``2026-12-01T05:45:45Z``."""
+    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

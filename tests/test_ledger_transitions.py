@@ -18,7 +18,22 @@ from ingestd.errors import LedgerError
 from ingestd.ledger.model import Job, Queueing, State
 from ingestd.ledger.store import SqliteLedger
 
-Call = Callable[[SqliteLedger, Job], Awaitable[Any]]
+Call = Callable[[Any, Job], Awaitable[Any]]
+Opener = Callable[[], Awaitable[Any]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opened(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens a new ledger on either backend: the transitions are the same statements."""
+    if request.param == "sqlite":
+        return lambda: SqliteLedger.open(tmp_path / "ledger.db")
+    from ingestd.ledger.postgres.store import PostgresLedger
+
+    url = request.getfixturevalue("pg_url")
+    return lambda: PostgresLedger.open(
+        url, password=None, node="t", lease=60, roots={"x": "/x"}, migrate=True
+    )
+
 
 # Each transition, the states it may leave (transitions.py's table), and a call of it.
 TRANSITIONS: dict[str, tuple[set[State], Call]] = {
@@ -83,9 +98,11 @@ async def _job_in(ledger: SqliteLedger, state: State, n: int) -> Job:
 
 
 @pytest.mark.parametrize("name", sorted(TRANSITIONS))
-async def test_a_transition_leaves_only_the_states_it_names(tmp_path: Path, name: str) -> None:
+async def test_a_transition_leaves_only_the_states_it_names(
+    opened: Opener, tmp_path: Path, name: str
+) -> None:
     allowed, call = TRANSITIONS[name]
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    ledger = await opened()
     try:
         for n, state in enumerate(State):
             job = await _job_in(ledger, state, n)
@@ -108,12 +125,14 @@ async def test_a_transition_leaves_only_the_states_it_names(tmp_path: Path, name
 @pytest.mark.parametrize(
     "name", sorted(set(TRANSITIONS) - {"forget", "skip_duplicate", "queue", "retry"})
 )
-async def test_a_transition_refuses_a_job_that_moved_on(tmp_path: Path, name: str) -> None:
+async def test_a_transition_refuses_a_job_that_moved_on(
+    opened: Opener, tmp_path: Path, name: str
+) -> None:
     """The caller's Job is stale: in the same state, the job has another record since (it
     went back and on meanwhile). Nothing is written about the old one."""
     allowed, call = TRANSITIONS[name]
     state = sorted(allowed, key=list(State).index)[0]
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    ledger = await opened()
     try:
         seen = await _job_in(ledger, state, 1)
         await set_state(ledger, seen.id, state, record_id="other", video_id="v9")
@@ -124,8 +143,10 @@ async def test_a_transition_refuses_a_job_that_moved_on(tmp_path: Path, name: st
         await ledger.close()
 
 
-async def test_record_created_too_late_queues_the_new_record_for_deletion(tmp_path: Path) -> None:
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+async def test_record_created_too_late_queues_the_new_record_for_deletion(
+    opened: Opener, tmp_path: Path
+) -> None:
+    ledger = await opened()
     try:
         job = await _job_in(ledger, State.WAITING, 1)  # went back while the POST was out
         assert not await ledger.record_created(job.id, "made-meanwhile", "v", None)
@@ -134,8 +155,8 @@ async def test_record_created_too_late_queues_the_new_record_for_deletion(tmp_pa
         await ledger.close()
 
 
-async def test_update_refuses_to_change_a_state(tmp_path: Path) -> None:
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+async def test_update_refuses_to_change_a_state(opened: Opener) -> None:
+    ledger = await opened()
     try:
         job = await ledger.add_job(path="/x/a.ts", root="/x", snapshot=(1, 2, 3, 4))
         with pytest.raises(LedgerError, match="transition"):
@@ -147,9 +168,9 @@ async def test_update_refuses_to_change_a_state(tmp_path: Path) -> None:
         await ledger.close()
 
 
-async def test_the_upload_path_goes_through_in_order(tmp_path: Path) -> None:
+async def test_the_upload_path_goes_through_in_order(opened: Opener) -> None:
     """waiting -> queued -> creating -> uploading -> confirming -> done, each committed."""
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    ledger = await opened()
     try:
         job = await ledger.add_job(path="/x/a.ts", root="/x", snapshot=(10, 2, 3, 4))
         assert await ledger.queue([Queueing(job.id, (10, 2, 3, 4), "print")]) == 1
@@ -174,10 +195,12 @@ async def test_the_upload_path_goes_through_in_order(tmp_path: Path) -> None:
         await ledger.close()
 
 
-async def test_source_returned_takes_up_only_a_job_failed_source_missing(tmp_path: Path) -> None:
+async def test_source_returned_takes_up_only_a_job_failed_source_missing(
+    opened: Opener, tmp_path: Path
+) -> None:
     """The file is back: only a job failed because it had gone moves (to waiting, its
     partial record queued for deletion); every other job, failed otherwise included, stays."""
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    ledger = await opened()
     try:
         for n, state in enumerate(State):
             job = await _job_in(ledger, state, n)

@@ -37,7 +37,7 @@ def with_ledger(config: Config, action: Callable[[JobLedger], Awaitable[T]]) -> 
     """Open the ledger for writing, run ``action`` on it, close it."""
 
     async def go() -> T:
-        ledger = await open_ledger(config.ledger.path)
+        ledger = await open_ledger(config)
         try:
             return await action(ledger)
         finally:

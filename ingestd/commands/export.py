@@ -61,7 +61,7 @@ def command(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     async def read() -> str:
-        ledger = await open_ledger(config.ledger.path, readonly=True)
+        ledger = await open_ledger(config, readonly=True)
         try:
             return audit_csv(await ledger.jobs_in([State.DONE], order="done_at"), since)
         finally:

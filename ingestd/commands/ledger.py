@@ -1,16 +1,29 @@
-"""``ingestd ledger (check | backup | restore)``: see ledger/backup.py."""
+"""``ingestd ledger (check | backup | restore | migrate)``: see ledger/backup.py; on a shared
+ledger (``ledger.url``), ledger/postgres/."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 
-from ingestd.commands.common import load
-from ingestd.commands.exits import EXIT_OK, EXIT_PROBLEM
+from ingestd.commands.common import advice_names, load
+from ingestd.commands.exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from ingestd.config.schema import Config
 from ingestd.ledger import backup
 
 
 def command(args: argparse.Namespace) -> int:
     config = load(args)
+    if config.ledger.shared:
+        return _shared(config, args.ledger_command)
+    if args.ledger_command == "migrate":
+        print(
+            "ingestd: `ledger migrate` is for a shared ledger (ledger.url); a SQLite ledger is "
+            "migrated by the daemon's start",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     path = config.ledger.path
     if args.ledger_command == "check":
         report = backup.check_ledger(path)
@@ -33,4 +46,32 @@ def command(args: argparse.Namespace) -> int:
         "the next start checks every file not done in this backup against the server "
         "before uploading it"
     )
+    return EXIT_OK
+
+
+def _shared(config: Config, action: str) -> int:
+    """The ledger actions on a shared ledger: its backups are PostgreSQL's."""
+    if action in ("backup", "restore"):
+        print(
+            f"ingestd: a shared ledger's {action}s are PostgreSQL's: use pg_dump / pg_restore "
+            "or the site's own backups of the database (ledger.url)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from ingestd.ledger.api import open_ledger
+
+    async def go() -> tuple[str, dict[str, int]]:
+        ledger = await open_ledger(config, migrate=action == "migrate")
+        try:
+            return ledger.where, await ledger.counts()
+        finally:
+            await ledger.close()
+
+    with advice_names(config):
+        where, counts = asyncio.run(go())
+    from ingestd.ledger.schema import SCHEMA_VERSION
+
+    verb = "is at" if action == "check" else "migrated to"
+    print(f"shared ledger {where} {verb} schema version {SCHEMA_VERSION}")
+    print("jobs: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
     return EXIT_OK

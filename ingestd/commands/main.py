@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", "integrity_check and the jobs per state (exit 1: damaged)"),
         ("backup", "make a backup now (safe while the daemon runs)"),
         ("restore", "put the newest good backup in place (the daemon must be stopped)"),
+        ("migrate", "create or upgrade a shared ledger's tables (ledger.url)"),
     ):
         action = actions.add_parser(name, help=text)
         # -c after the action too; SUPPRESS keeps a -c given before it.

@@ -429,7 +429,7 @@ async def make_plan(config: Config, password: str | None) -> Plan:
     ledger = None
     known: dict[str, Known] = {}
     if config.ledger.path.exists():
-        ledger = await open_ledger(config.ledger.path, readonly=True)
+        ledger = await open_ledger(config, readonly=True)
     try:
         if ledger is not None:
             known = await ledger.known_snapshots()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 
@@ -40,7 +41,9 @@ def command(args: argparse.Namespace) -> int:
         status_token=status_token,
     )
     # One daemon per ledger; the kernel drops the lock however the process ends.
-    with advice_names(config), LedgerLock(config.ledger.path):
+    # A shared ledger's lock is its node's, taken in PostgreSQL (ledger/postgres/store.py).
+    lock = contextlib.nullcontext() if config.ledger.shared else LedgerLock(config.ledger.path)
+    with advice_names(config), lock:
         result = asyncio.run(daemon.run())
     if args.once and result.exit_code:
         if result.message:

@@ -128,15 +128,16 @@ async def gather_status(
 def command(args: argparse.Namespace) -> int:
     config = load(args)
     path = config.ledger.path
-    if not path.exists():
+    if not config.ledger.shared and not path.exists():
         print(f"no ledger yet at {path}: the daemon has not run")
         return EXIT_OK
     limit = None if args.all else LIST_LIMIT
 
     async def read() -> dict[str, object]:
-        ledger = await open_ledger(path, readonly=True)
+        ledger = await open_ledger(config, readonly=True)
+        holder = None if config.ledger.shared else lock_holder(path)
         try:
-            return await gather_status(ledger, limit=limit, holder=lock_holder(path))
+            return await gather_status(ledger, limit=limit, holder=holder)
         finally:
             await ledger.close()
 

@@ -99,6 +99,7 @@ class Daemon:
             status=config.status,
             watch=config.watch,
             ledger_path=config.ledger.path,
+            shared_ledger=config.ledger.shared,
             alerts=config.alerts,
             redact_paths=config.log.redact_paths,
             token=status_token,
@@ -129,7 +130,7 @@ class Daemon:
 
     async def startup(self) -> None:
         """Open the ledger and the client, check the shares, build the parts, serve health."""
-        self.ledger = await open_ledger(self.config.ledger.path)
+        self.ledger = await open_ledger(self.config, daemon=True)
         self._opened.push_async_callback(self.ledger.close)
         self.client = await self._opened.enter_async_context(
             client_for(
@@ -148,7 +149,8 @@ class Daemon:
             pid=os.getpid(),
             mode="once" if self.once else "daemon",
             workers=self.config.upload.workers,
-            ledger=str(self.config.ledger.path),
+            ledger=self.ledger.where,
+            node=self.ledger.node,
         )
         await self._opened.enter_async_context(self.status.serving(self))  # binds status.listen
 

@@ -95,29 +95,39 @@ class WorkerPool:
             free = 2 * self.workers - len(self.in_progress)
             wait = DISPATCH_POLL
             if free > 0 and not self._blocked():
-                held = self.in_progress.ids()
-                due = await self.ledger.due_jobs(time.time(), free, held)
-                for job in due:
-                    self.in_progress.queue(job.id)
-                    self._queue.put_nowait(job.id)
-                # A retry due sooner than the next poll is not kept waiting for it. (With
-                # every slot filled, the next free worker wakes this loop anyway.)
-                next_due = (
-                    None if len(due) == free else await self.ledger.next_due(self.in_progress.ids())
-                )
-                if next_due is not None:
-                    wait = min(wait, max(0.0, next_due - time.time()))
+                try:
+                    wait = await self._dispatch_due(free)
+                except LedgerUnwritable as exc:
+                    # A shared ledger that does not answer: _blocked() holds new work back
+                    # until the ledger watch hears it again.
+                    log.warning("dispatch.ledger_unwritable", error=str(exc))
             self.wake.clear()
             await wait_event(self.wake, wait)
+
+    async def _dispatch_due(self, free: int) -> float:
+        """Queue up to ``free`` due jobs; returns how long the loop may wait for the next."""
+        held = self.in_progress.ids()
+        due = await self.ledger.due_jobs(time.time(), free, held)
+        for job in due:
+            self.in_progress.queue(job.id)
+            self._queue.put_nowait(job.id)
+        # A retry due sooner than the next poll is not kept waiting for it. (With every
+        # slot filled, the next free worker wakes this loop anyway.)
+        next_due = None if len(due) == free else await self.ledger.next_due(self.in_progress.ids())
+        if next_due is None:
+            return DISPATCH_POLL
+        return min(DISPATCH_POLL, max(0.0, next_due - time.time()))
 
     async def worker(self, number: int) -> None:
         while not self.stopping.is_set():
             job_id = await self._queue.get()
             if self.stopping.is_set():
                 self.in_progress.release(job_id)
+                await self.ledger.release([job_id])
                 return
             if self._paused():  # paused while the job waited in the queue: it stays queued
                 self.in_progress.release(job_id)
+                await self.ledger.release([job_id])
                 continue
             self.in_progress.start(job_id, number)
             queued_deletions = self.ledger.deletions_queued
@@ -134,6 +144,7 @@ class WorkerPool:
                 log.exception("worker.failed", worker=number, job_id=job_id)
             finally:
                 self.in_progress.release(job_id)
+                await self.ledger.release([job_id])  # a shared ledger: another node may go on
                 self._on_job_end(self.ledger.deletions_queued != queued_deletions)
                 self.wake.set()
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ingestd.config.schema import Config
 from ingestd.errors import LedgerError
 from ingestd.ledger.model import (
     Deletion,
@@ -42,6 +43,15 @@ class LedgerHandle(Protocol):
     """The ledger as a whole: where it is, whether it takes writes, its flags."""
 
     path: Path
+
+    @property
+    def where(self) -> str:
+        """What messages call the ledger: its file, or ``postgresql://HOST/DB``."""
+
+    shared: bool
+    """Shared by several daemons (PostgreSQL): jobs are claimed, writes fenced."""
+    node: str | None
+    """This daemon's name in a shared ledger (None: a one-machine ledger)."""
     write_problem: str | None
     """None while writes work; after a write failed, why (until :meth:`probe_write`)."""
     writable: asyncio.Event
@@ -74,6 +84,17 @@ class LedgerHandle(Protocol):
         """The last heartbeat written; None when there is none or it cannot be read."""
 
     async def last_restore(self) -> LastRestore | None: ...
+
+
+class Claims(Protocol):
+    """Which daemon works on a job (postgres/claims.py). On a one-machine ledger every job
+    is this daemon's for good: ``lease_left`` is infinite and ``release`` does nothing."""
+
+    def lease_left(self, job_id: int) -> float:
+        """Seconds this daemon may still act on the job (0: stop, another may take it)."""
+
+    async def release(self, job_ids: Iterable[int]) -> None:
+        """Done with these jobs for now: another daemon may take them."""
 
 
 class JobReads(Protocol):
@@ -250,17 +271,41 @@ class Forgetting(Protocol):
 
 
 class JobLedger(
-    LedgerHandle, JobReads, JobWrites, JobTransitions, RecordDeletions, Forgetting, Protocol
+    LedgerHandle, Claims, JobReads, JobWrites, JobTransitions, RecordDeletions, Forgetting, Protocol
 ):
     """Everything ingestd asks of its ledger."""
 
 
-async def open_ledger(path: Path, *, readonly: bool = False) -> JobLedger:
-    """Open (creating it unless ``readonly``) and migrate the ledger at ``path``.
+async def open_ledger(
+    where: Path | Config, *, readonly: bool = False, daemon: bool = False, migrate: bool = False
+) -> JobLedger:
+    """Open the ledger that ``where`` names: a SQLite file (created and migrated unless
+    ``readonly``), or the configuration's ledger, shared on PostgreSQL when ``ledger.url``
+    is set (checked, never migrated, unless ``migrate``; a ``daemon`` takes its node's lock).
 
     Raises ``LedgerDamaged`` for a damaged or foreign file, ``LedgerError`` when
     it cannot be opened at all.
     """
-    from ingestd.ledger.store import SqliteLedger  # the backend, loaded when opened
+    if isinstance(where, Path) or not where.ledger.shared:
+        from ingestd.ledger.store import SqliteLedger  # the backend, loaded when opened
 
-    return await SqliteLedger.open(path, readonly=readonly)
+        path = where if isinstance(where, Path) else where.ledger.path
+        return await SqliteLedger.open(path, readonly=readonly)
+    from ingestd.config.credentials import ledger_password
+    from ingestd.ledger.postgres.store import PostgresLedger
+    from ingestd.logs import register_secret
+
+    settings, watch = where.ledger, where.watch
+    password = ledger_password(settings)
+    register_secret(password)
+    assert settings.url is not None
+    roots = {watch.label(i): str(path) for i, path in enumerate(watch.paths)}
+    return await PostgresLedger.open(
+        settings.url,
+        password=password,
+        node=settings.node,
+        lease=settings.lease,
+        roots=roots,
+        daemon=daemon,
+        migrate=migrate,
+    )

@@ -93,6 +93,10 @@ class Job:
     # ("replaced", "missing", "owned"); set, it is not tried again ("owned": until no live
     # job owns the path, retake_unowned).
     left_alone: str | None = None
+    # Schema 5: the claim in a shared ledger (postgres/claims.py), and who held it last
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    last_node: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Job:

@@ -22,6 +22,9 @@ from ingestd.ledger.model import (
 )
 from ingestd.ledger.schema import DISPATCHABLE_SQL, TWIN_STATES_SQL
 
+# LIMIT for none: both backends take it (SQLite's -1 is not PostgreSQL's).
+NO_LIMIT = 2**62
+
 
 class JobQueries(Connected):
     _dispatch_index: bool  # jobs_dispatch exists (see schema.INDEXES)
@@ -44,7 +47,7 @@ class JobQueries(Connected):
         rows = await self._conn.fetchall(
             f"SELECT * FROM jobs WHERE state IN ({marks(names)}) ORDER BY {order} {way}, id "
             "LIMIT ?",
-            [*names, -1 if limit is None else max(0, limit)],  # SQLite: LIMIT -1 is no limit
+            [*names, NO_LIMIT if limit is None else max(0, limit)],
         )
         return [Job.from_row(row) for row in rows]
 

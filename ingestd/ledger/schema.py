@@ -17,7 +17,7 @@ from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
 from ingestd.ledger.connection import BUSY_TIMEOUT_MS, Guarded
 from ingestd.ledger.model import DISPATCHABLE, TWIN_STATES, State
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Test hook, not a setting: ``INGESTD_LEDGER_MAX_PAGES=N`` applies ``PRAGMA
 # max_page_count=N`` at open (SQLite raises it to the current size if smaller),
 # so the ledger cannot grow: exactly what a full disk does to it.
@@ -124,6 +124,15 @@ ALTER TABLE jobs ADD COLUMN final_mtime_ns INTEGER;
 ALTER TABLE jobs ADD COLUMN final_inode INTEGER;
 ALTER TABLE jobs ADD COLUMN final_device INTEGER;
 ALTER TABLE jobs ADD COLUMN left_alone TEXT;
+""",
+    # A job's claim in a ledger shared by several daemons (postgres/claims.py): who holds
+    # it and until when, by the database's clock; and the daemon that held it last (who
+    # uploaded it, whose failures ``retry --node`` takes). A one-machine ledger leaves
+    # them empty: the columns make one schema of both backends.
+    5: """
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+ALTER TABLE jobs ADD COLUMN lease_until REAL;
+ALTER TABLE jobs ADD COLUMN last_node TEXT;
 """,
 }
 

@@ -54,7 +54,9 @@ class LedgerWatch:
         self.problem: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        next_backup = next_backup_due(self.ledger.path) if self.config.backups else None
+        # A shared ledger's backups are PostgreSQL's (pg_dump, or the site's own).
+        backups = self.config.backups and not self.ledger.shared
+        next_backup = next_backup_due(self.ledger.path) if backups else None
         while not stop.is_set():
             await self.check()
             if next_backup is not None and self.problem is None and time.time() >= next_backup:
@@ -70,7 +72,7 @@ class LedgerWatch:
         """Find out whether the ledger takes writes; report a change once."""
         folder = self.ledger.path.parent
         problem: str | None = None
-        if not os.access(folder, os.W_OK | os.X_OK):
+        if not self.ledger.shared and not os.access(folder, os.W_OK | os.X_OK):
             problem = (
                 f"the ledger's folder {folder} is not writable "
                 "(read-only file system or permissions)"
@@ -83,11 +85,11 @@ class LedgerWatch:
             log.error(
                 "ledger.unwritable",
                 problem=problem,
-                ledger=str(self.ledger.path),
+                ledger=self.ledger.where,
                 effect="no new job starts until the ledger takes writes; nothing recorded is lost",
             )
         else:
-            log.info("ledger.writable", ledger=str(self.ledger.path))
+            log.info("ledger.writable", ledger=self.ledger.where)
         self.problem = problem
         self.on_problem(problem)
 

@@ -72,6 +72,7 @@ class StatusService:
         status: StatusConfig,
         watch: WatchConfig,
         ledger_path: Path,
+        shared_ledger: bool = False,
         alerts: AlertsConfig,
         redact_paths: bool,
         token: str | None = None,
@@ -79,6 +80,7 @@ class StatusService:
         self.status = status
         self.watch = watch
         self.ledger_path = ledger_path
+        self.shared_ledger = shared_ledger
         self._token = token  # status.token_file: every path then needs it
         self.metrics = Metrics()
         self.redact_paths = redact_paths
@@ -248,6 +250,7 @@ class StatusService:
             *self._watcher_problems(daemon),
             *self.folders.problems(),
             *self._ledger_problems(),
+            *self._shared_ledger_problems(daemon.ledger),
         ]
         if daemon.server.auth_failed:
             found.append(CREDENTIALS_REFUSED)
@@ -304,7 +307,16 @@ class StatusService:
             "the rescan every watch.rescan_interval"
         )
 
+    def _shared_ledger_problems(self, ledger: JobLedger) -> list[str]:
+        """A shared ledger that does not answer: "the shared ledger is unreachable since ..."
+        (its connection's words; the daemon claims nothing until it answers)."""
+        if ledger.shared and ledger.write_problem is not None:
+            return [ledger.write_problem]
+        return []
+
     def _ledger_access_ok(self) -> bool:
+        if self.shared_ledger:
+            return True  # no file of its own: _shared_ledger_problems says what is wrong
         ledger = self.ledger_path
         folder_ok = os.access(ledger.parent, os.W_OK | os.X_OK)
         return folder_ok and (not ledger.exists() or os.access(ledger, os.W_OK))

@@ -396,16 +396,36 @@ async def housekeeping(
     lock = lock or asyncio.Lock()
     for job_id in await ledger.retake_unowned():
         log.info("file.no_longer_owned", job_id=job_id)
-    for job in await ledger.pending_after_actions():
+    claimed: list[int] = []  # a shared ledger hands these to this node alone, until released
+    try:
+        await _housekeeping(config, belongs, ledger, lock, claimed)
+    finally:
+        await ledger.release(claimed)
+
+
+async def _housekeeping(
+    config: AfterUploadConfig,
+    belongs: Belongings,
+    ledger: JobLedger,
+    lock: asyncio.Lock,
+    claimed: list[int],
+) -> None:
+    pending = await ledger.pending_after_actions()
+    claimed.extend(job.id for job in pending)
+    for job in pending:
         await apply_once(config, belongs, ledger, job, lock)
     if config.failed_to is not None:
-        for job in await ledger.failed_not_set_aside():
+        failed = await ledger.failed_not_set_aside()
+        claimed.extend(job.id for job in failed)
+        for job in failed:
             why = job.fail_reason or "failed"
             await set_aside_once(config, belongs, ledger, job, why, job.fail_detail or "", lock)
     keep_for = config.keep_for
     if keep_for is None:
         return
-    for job in await ledger.expired_keeps(time.time() - keep_for):
+    expired = await ledger.expired_keeps(time.time() - keep_for)
+    claimed.extend(job.id for job in expired)
+    for job in expired:
         kept = Path(job.final_path or job.path)
         if await _owner(ledger, job, str(kept), "keep_for"):
             continue

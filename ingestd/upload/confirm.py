@@ -83,6 +83,8 @@ class Confirmer:
                     job, confirm_delay=delay, next_attempt_at=time.time() + delay
                 )
                 log.warning("confirm.retry", job_id=job.id, error=str(exc), delay_s=round(delay, 1))
+            finally:
+                await self.ledger.release([job.id])  # a shared ledger: any node polls it next
             self.on_change()
         return await self.ledger.next_due_in(State.CONFIRMING)
 

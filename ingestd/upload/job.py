@@ -11,8 +11,10 @@ whole file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from ingestd.errors import (
     AuthFailed,
     BodyTooLarge,
     ChunkRefused,
+    ClaimEnded,
     LedgerUnwritable,
     PermanentError,
     RetryableError,
@@ -103,7 +106,8 @@ class Uploader:
             if job.state in (State.QUEUED, State.CREATING) or not job.record_id:
                 job = await self._ensure_record(job, bound)
             await self._send(job, bound)
-        except (_Restart, ServerUnreachable):
+        except (_Restart, ServerUnreachable, ClaimEnded):
+            # ClaimEnded: another node goes on with the job (logged where it was raised).
             # ServerUnreachable is not the job's fault: it keeps its state, no attempt
             # counts, and it is due again the moment the outage watch hears the server
             # (the dispatcher starts nothing meanwhile), not some seconds later.
@@ -134,6 +138,8 @@ class Uploader:
     # --- source ---------------------------------------------------------------------
 
     async def _check_source(self, job: Job) -> None:
+        if self.ledger.lease_left(job.id) <= 0:  # a shared ledger: another node may take it
+            raise _claim_ended(job, "this node no longer holds the job")
         try:
             current = await asyncio.to_thread(
                 snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
@@ -360,9 +366,10 @@ class Uploader:
                 end = min(total, position + chunk_size) if chunk_size else total
                 next_end = min(total, end + chunk_size) if chunk_size else None
                 try:
-                    chunk_hasher = await self._send_chunk(
-                        job, source, position, end, hasher, next_end
-                    )
+                    async with self._claimed(job):
+                        chunk_hasher = await self._send_chunk(
+                            job, source, position, end, hasher, next_end
+                        )
                 except BodyTooLarge:
                     chunk_size = await self._shrink(job, end - position, bound)
                     continue
@@ -393,6 +400,25 @@ class Uploader:
         finally:
             if source is not None:
                 source.close()
+
+    @contextlib.asynccontextmanager
+    async def _claimed(self, job: Job) -> AsyncIterator[None]:
+        """While this daemon's claim on ``job`` lasts (a shared ledger; for ever on one
+        machine): none begun after it, none still on the wire when it ends."""
+        left = self.ledger.lease_left(job.id)
+        if left <= 0:
+            raise _claim_ended(job, "this node could not renew its claim on the job in time")
+        if math.isinf(left):
+            yield
+            return
+        bound = asyncio.timeout(left)
+        try:
+            async with bound:
+                yield
+        except TimeoutError:
+            if bound.expired():
+                raise _claim_ended(job, "the claim ran out while a chunk was on the wire") from None
+            raise
 
     async def _send_chunk(
         self,
@@ -479,3 +505,9 @@ class Uploader:
             mb_per_s=round(job.size / 1e6 / seconds, 2) if seconds > 0 else None,
         )
         failpoint("in_confirming")
+
+
+def _claim_ended(job: Job, why: str) -> ClaimEnded:
+    """A shared ledger's claim on ``job`` ends here: logged once, where it ended."""
+    log.warning("job.claim_ended", job_id=job.id, path=job.path, why=why)
+    return ClaimEnded(why)

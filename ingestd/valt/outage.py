@@ -11,13 +11,13 @@ doubles up to a cap, until the server answers again.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import time
 from collections.abc import Awaitable, Callable
 
 from ingestd.aio import wait_any
 from ingestd.errors import Redirected, RetryableError, ServerUnreachable
 from ingestd.logs import get_logger
+from ingestd.units import iso_time
 from ingestd.valt import rules as valt_rules
 from ingestd.valt.wire import Answer
 
@@ -25,12 +25,6 @@ log = get_logger("ingestd.valt.outage")
 
 # When no outage is on, how often watch() looks (it is woken when one begins).
 IDLE_LOOK = 5.0
-
-
-def iso_time(at: float) -> str:
-    """A wall-clock time as people and scripts read it: ``2026-12-01T05:45:45Z``."""
-    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Outage:
