@@ -9,6 +9,7 @@ probe and what only it can do (``store.py``: SQLite; ``postgres/store.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -59,11 +60,25 @@ class LedgerCore(Transitions, JobQueries, Retention):
     shared = False
     node: str | None = None
     path: Path
+    write_problem: str | None
+    writable: asyncio.Event
+    write_failed: asyncio.Event
 
     @property
     def where(self) -> str:
         """What messages call this ledger: its file, or a shared ledger's host and database."""
         return str(self.path)
+
+    def _note_write_failure(self, problem: str) -> None:
+        self.write_problem = problem
+        self.writable.clear()
+        self.write_failed.set()
+
+    def _writes_work(self) -> bool:
+        """A write probe succeeded: the ledger takes writes again."""
+        self.write_problem = None
+        self.writable.set()
+        return True
 
     def lease_left(self, job_id: int) -> float:
         """Seconds this daemon may still act on ``job_id`` before another may take it

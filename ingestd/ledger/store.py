@@ -129,14 +129,7 @@ class SqliteLedger(LedgerCore):
             await self._conn.execute("DELETE FROM meta WHERE key='write_probe'")
         except (LedgerUnwritable, sqlite3.Error):
             return False
-        self.write_problem = None
-        self.writable.set()
-        return True
-
-    def _note_write_failure(self, problem: str) -> None:
-        self.write_problem = problem
-        self.writable.clear()
-        self.write_failed.set()
+        return self._writes_work()
 
     async def close(self) -> None:
         await self._conn.close()

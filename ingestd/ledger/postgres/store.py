@@ -189,14 +189,7 @@ class PostgresLedger(LedgerCore):
             await self._pg.raw(f"UPDATE nodes SET seen_at={DB_NOW} WHERE name=%s", (self.node,))
         except LedgerError:
             return False
-        self.write_problem = None
-        self.writable.set()
-        return True
-
-    def _note_write_failure(self, problem: str) -> None:
-        self.write_problem = problem
-        self.writable.clear()
-        self.write_failed.set()
+        return self._writes_work()
 
     async def close(self) -> None:
         self._stop.set()
