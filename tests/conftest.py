@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,22 @@ def pg_proxy(pg_server: PgServer) -> Iterator[PgProxy]:
 
     with PgProxy(pg_server.socket_path) as proxy:
         yield proxy
+
+
+Opener = Callable[[], Awaitable[Any]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opened(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens a new ledger on either backend (the statements are the same; ledger/core.py)."""
+    if request.param == "sqlite":
+        return lambda: SqliteLedger.open(tmp_path / "ledger.db")
+    from ingestd.ledger.postgres.store import PostgresLedger
+
+    url = request.getfixturevalue("pg_url")
+    return lambda: PostgresLedger.open(
+        url, password=None, node="t", lease=60, roots={"x": "/x"}, migrate=True
+    )
 
 
 @pytest.fixture

@@ -5,14 +5,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from conftest import Opener
 from ledger_support import add_job_in
 
 from ingestd.ledger.model import Queueing, State
 from ingestd.ledger.store import SqliteLedger
 
 
-async def test_unsent_counts_in_sqlite_and_names_the_oldest(tmp_path: Path) -> None:
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+async def test_unsent_counts_in_the_ledger_and_names_the_oldest(opened: Opener) -> None:
+    ledger = await opened()
     try:
         empty = await ledger.unsent()
         assert (empty.files, empty.queued, empty.oldest) == (0, 0, None)
@@ -37,8 +38,8 @@ async def test_unsent_counts_in_sqlite_and_names_the_oldest(tmp_path: Path) -> N
         await ledger.close()
 
 
-async def test_twins_of_a_batch_are_what_twin_of_finds_one_by_one(tmp_path: Path) -> None:
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+async def test_twins_of_a_batch_are_what_twin_of_finds_one_by_one(opened: Opener) -> None:
+    ledger = await opened()
     try:
         made = [
             ("A", State.DONE), ("A", State.QUEUED), ("A", State.WAITING), ("B", State.FAILED),
@@ -64,8 +65,8 @@ async def test_twins_of_a_batch_are_what_twin_of_finds_one_by_one(tmp_path: Path
         await ledger.close()
 
 
-async def test_waiting_gives_what_a_settle_pass_needs(tmp_path: Path) -> None:
-    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+async def test_waiting_gives_what_a_settle_pass_needs(opened: Opener) -> None:
+    ledger = await opened()
     try:
         first = await ledger.add_job(path="/x/a.ts", root="/x", snapshot=(10, 20, 30, 40))
         await add_job_in(ledger, State.QUEUED, path="/x/b.ts", root="/x", snapshot=(1, 2, 3, 4))

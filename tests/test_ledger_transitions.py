@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Opener
 from ledger_support import add_job_in, set_state
 
 from ingestd.errors import LedgerError
@@ -19,20 +20,6 @@ from ingestd.ledger.model import Job, Queueing, State
 from ingestd.ledger.store import SqliteLedger
 
 Call = Callable[[Any, Job], Awaitable[Any]]
-Opener = Callable[[], Awaitable[Any]]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def opened(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Opens a new ledger on either backend: the transitions are the same statements."""
-    if request.param == "sqlite":
-        return lambda: SqliteLedger.open(tmp_path / "ledger.db")
-    from ingestd.ledger.postgres.store import PostgresLedger
-
-    url = request.getfixturevalue("pg_url")
-    return lambda: PostgresLedger.open(
-        url, password=None, node="t", lease=60, roots={"x": "/x"}, migrate=True
-    )
 
 
 # Each transition, the states it may leave (transitions.py's table), and a call of it.

@@ -11,8 +11,10 @@ import ingestd
 
 PACKAGE = Path(ingestd.__file__).parent
 LEDGER = PACKAGE / "ledger"
-SQLITE_MODULES = {"sqlite3", "_sqlite3", "aiosqlite"}
+# The database drivers: only the ledger's own modules speak to a database.
+SQLITE_MODULES = {"sqlite3", "_sqlite3", "aiosqlite", "psycopg", "psycopg_pool"}
 SQLITE_LEDGER = "SqliteLedger"
+BACKENDS = {SQLITE_LEDGER, "PostgresLedger"}
 
 
 def _modules_above_the_ledger() -> Iterator[tuple[Path, ast.Module]]:
@@ -43,12 +45,15 @@ def problems_in(path: Path, tree: ast.Module) -> list[str]:
             module = node.module or ""
             if module.split(".")[0] in SQLITE_MODULES:
                 found.append(f"{where}:{node.lineno}: imports from {module}")
-            if module == "ingestd.ledger.store" or any(a.name == SQLITE_LEDGER for a in node.names):
-                found.append(f"{where}:{node.lineno}: imports the SQLite ledger")
+            backend = module == "ingestd.ledger.store" or module.startswith(
+                "ingestd.ledger.postgres"
+            )
+            if backend or any(a.name in BACKENDS for a in node.names):
+                found.append(f"{where}:{node.lineno}: imports a ledger backend")
         elif isinstance(node, ast.Name | ast.Attribute):
             name = node.id if isinstance(node, ast.Name) else node.attr
-            if name == SQLITE_LEDGER:
-                found.append(f"{where}:{node.lineno}: names {SQLITE_LEDGER}")
+            if name in BACKENDS:
+                found.append(f"{where}:{node.lineno}: names {name}")
     return found
 
 
@@ -62,14 +67,16 @@ def test_the_check_finds_each_kind_of_breach() -> None:
     source = (
         "import aiosqlite\n"
         "from sqlite3 import Row\n"
+        "import psycopg\n"
         "from ingestd.ledger.store import SqliteLedger\n"
+        "from ingestd.ledger.postgres.store import PostgresLedger\n"
         "async def f(self, ledger):\n"
         "    await self.ledger.update(1, state='done')\n"
         "    await ledger.update_current(job, state=State.DONE)\n"
-        "    return SqliteLedger\n"
+        "    return SqliteLedger, PostgresLedger\n"
     )
     found = problems_in(PACKAGE / "example.py", ast.parse(source))
-    assert len(found) == 6, found
+    assert len(found) == 9, found
 
 
 def test_the_only_opening_place_is_in_the_ledger_package() -> None:

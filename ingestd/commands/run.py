@@ -45,9 +45,9 @@ def command(args: argparse.Namespace) -> int:
     lock = contextlib.nullcontext() if config.ledger.shared else LedgerLock(config.ledger.path)
     with advice_names(config), lock:
         result = asyncio.run(daemon.run())
+    if result.exit_code and result.message:
+        print(f"ingestd: {result.message}", file=sys.stderr)
     if args.once and result.exit_code:
-        if result.message:
-            print(f"ingestd: {result.message}", file=sys.stderr)
         for job in result.not_done:
             print(f"not done: {job.path} ({job.state.value}: {_why(job)})", file=sys.stderr)
     return result.exit_code

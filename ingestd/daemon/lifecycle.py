@@ -248,7 +248,9 @@ class Daemon:
         self.sweeper = PartialSweeper(
             upload=self.config.upload, ledger=self.ledger, client=self.client
         )
-        self.ledger_watch = LedgerWatch(self.config.ledger, self.ledger, self._on_ledger_problem)
+        self.ledger_watch = LedgerWatch(
+            self.config.ledger, self.ledger, self._on_ledger_problem, self._ledger_outdated
+        )
 
     def _handle_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -380,6 +382,11 @@ class Daemon:
         self.confirmer.wake.set()
         if deletions_queued:
             self.sweeper.wake.set()
+
+    def _ledger_outdated(self, why: str) -> None:
+        """A shared schema newer than this ingestd: stop, exit 1, say to upgrade."""
+        self.result = RunResult(1, self.result.not_done, why)
+        self.request_stop()
 
     def _on_ledger_problem(self, problem: str | None) -> None:
         self.ledger_error = problem

@@ -61,6 +61,9 @@ class LedgerHandle(Protocol):
 
     async def probe_write(self) -> bool: ...
 
+    async def outdated(self) -> str | None:
+        """Why this ingestd must stop (a shared schema newer than it); None: go on."""
+
     async def close(self) -> None: ...
 
     async def get_meta(self, key: str) -> str | None: ...

@@ -80,6 +80,11 @@ class LedgerCore(Transitions, JobQueries, Retention):
         self.writable.set()
         return True
 
+    async def outdated(self) -> str | None:
+        """Why this ingestd must stop using the ledger now (a shared ledger migrated past
+        its schema version); None: it may go on. A one-machine ledger never is."""
+        return None
+
     def lease_left(self, job_id: int) -> float:
         """Seconds this daemon may still act on ``job_id`` before another may take it
         (infinite on a one-machine ledger; see postgres/claims.py)."""

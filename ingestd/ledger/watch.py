@@ -47,10 +47,12 @@ class LedgerWatch:
         config: LedgerConfig,
         ledger: JobLedger,
         on_problem: Callable[[str | None], None] = lambda _problem: None,
+        on_fatal: Callable[[str], None] = lambda _why: None,
     ) -> None:
         self.config = config
         self.ledger = ledger
         self.on_problem = on_problem
+        self.on_fatal = on_fatal  # the daemon stops, exit 1 (a shared schema newer than it)
         self.problem: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -70,6 +72,11 @@ class LedgerWatch:
 
     async def check(self) -> None:
         """Find out whether the ledger takes writes; report a change once."""
+        outdated = await self.ledger.outdated()
+        if outdated is not None:
+            log.error("ledger.outdated", problem=outdated)
+            self.on_fatal(outdated)
+            return
         folder = self.ledger.path.parent
         problem: str | None = None
         if not self.ledger.shared and not os.access(folder, os.W_OK | os.X_OK):

@@ -31,6 +31,7 @@ from aiohttp import web
 from ingestd.aio import wait_event
 from ingestd.config.schema import AlertsConfig, StatusConfig, WatchConfig
 from ingestd.disk.folders import FolderState, folder_states
+from ingestd.errors import LedgerUnwritable
 from ingestd.ledger.api import LEDGER_ERRORS, JobLedger
 from ingestd.ledger.model import State, Unsent
 from ingestd.logs import get_logger, redact_text
@@ -104,6 +105,8 @@ class StatusService:
 
     def task_failed(self, task: str, exc: BaseException) -> None:
         """A supervised task failed; remember it if the ledger was the cause."""
+        if isinstance(exc, LedgerUnwritable) and self.shared_ledger:
+            return  # PostgreSQL away: said while it lasts (_shared_ledger_problems), not after
         if isinstance(exc, LEDGER_ERRORS):
             self._ledger_error = (time.monotonic(), f"{task}: {redact_text(str(exc))}")
 

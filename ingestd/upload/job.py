@@ -11,10 +11,8 @@ whole file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -44,6 +42,7 @@ from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
 from ingestd.upload.after_restore import AfterRestore
 from ingestd.upload.backoff import backoff_delay
+from ingestd.upload.claim import claim_ended, while_claimed
 from ingestd.upload.confirm import deletion_done
 from ingestd.upload.naming import RecordNamer
 from ingestd.upload.pacing import Pacer
@@ -139,7 +138,7 @@ class Uploader:
 
     async def _check_source(self, job: Job) -> None:
         if self.ledger.lease_left(job.id) <= 0:  # a shared ledger: another node may take it
-            raise _claim_ended(job, "this node no longer holds the job")
+            raise claim_ended(job, "this node no longer holds the job")
         try:
             current = await asyncio.to_thread(
                 snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
@@ -366,7 +365,7 @@ class Uploader:
                 end = min(total, position + chunk_size) if chunk_size else total
                 next_end = min(total, end + chunk_size) if chunk_size else None
                 try:
-                    async with self._claimed(job):
+                    async with while_claimed(self.ledger, job):
                         chunk_hasher = await self._send_chunk(
                             job, source, position, end, hasher, next_end
                         )
@@ -400,25 +399,6 @@ class Uploader:
         finally:
             if source is not None:
                 source.close()
-
-    @contextlib.asynccontextmanager
-    async def _claimed(self, job: Job) -> AsyncIterator[None]:
-        """While this daemon's claim on ``job`` lasts (a shared ledger; for ever on one
-        machine): none begun after it, none still on the wire when it ends."""
-        left = self.ledger.lease_left(job.id)
-        if left <= 0:
-            raise _claim_ended(job, "this node could not renew its claim on the job in time")
-        if math.isinf(left):
-            yield
-            return
-        bound = asyncio.timeout(left)
-        try:
-            async with bound:
-                yield
-        except TimeoutError:
-            if bound.expired():
-                raise _claim_ended(job, "the claim ran out while a chunk was on the wire") from None
-            raise
 
     async def _send_chunk(
         self,
@@ -505,9 +485,3 @@ class Uploader:
             mb_per_s=round(job.size / 1e6 / seconds, 2) if seconds > 0 else None,
         )
         failpoint("in_confirming")
-
-
-def _claim_ended(job: Job, why: str) -> ClaimEnded:
-    """A shared ledger's claim on ``job`` ends here: logged once, where it ended."""
-    log.warning("job.claim_ended", job_id=job.id, path=job.path, why=why)
-    return ClaimEnded(why)

@@ -63,6 +63,12 @@ class Claims:
             return 0.0
         return max(0.0, deadline - self.margin - time.monotonic())
 
+    def retire(self) -> None:
+        """Claim nothing more and act on nothing held (this node must stop)."""
+        self.roots = []
+        for job_id in self.held:
+            self.held[job_id] = 0.0
+
     def renewed(self, job_ids: Iterable[int], sent_at: float) -> None:
         """A write that renews these claims committed; it was sent at ``sent_at``."""
         for job_id in job_ids:

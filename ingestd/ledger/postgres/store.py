@@ -204,6 +204,18 @@ class PostgresLedger(LedgerCore):
                 await self._lock_conn.close()
         await self._pg.close()
 
+    async def outdated(self) -> str | None:
+        """A rolling upgrade migrated the shared schema past this node's version: it claims
+        nothing more, stops sending (its claims end at once) and says to upgrade it."""
+        try:
+            await schema.check(self._pg)
+        except schema.SchemaTooNew as exc:
+            self.claims.retire()
+            return str(exc)
+        except LedgerError:
+            return None  # unreachable, or another problem that health reports
+        return None
+
     # --- claims ---------------------------------------------------------------------
 
     def lease_left(self, job_id: int) -> float:
