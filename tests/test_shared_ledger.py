@@ -21,6 +21,7 @@ from conftest import (
     log_events,
     random_file,
     run_cli,
+    run_once,
     server_videos,
     sha256_file,
     start_daemon,
@@ -258,3 +259,47 @@ def _acked(url: str) -> int:
 
 def _states(url: str) -> list[str]:
     return [str(r["state"]) for r in jobs(url)]
+
+
+def test_a_node_killed_while_creating_the_record_is_reconciled_by_the_next_never_twice(
+    tmp_path: Path, server: FakeValtThread, export: Path, pg_url: str
+) -> None:
+    """The create-upload answer is lost with node a: node b searches the server for the
+    record (design.md's reconciliation) instead of making a second one."""
+    random_file(export / "Room 3.mp4", 600 * KiB, seed=5)
+    a = node_config(tmp_path, "a", pg_url, export, server)
+    b = node_config(tmp_path, "b", pg_url, export, server)
+    migrate(a)
+    killed = run_once(a, INGESTD_FAILPOINTS="after_create_response")
+    assert killed.returncode == -signal.SIGKILL
+    [row] = jobs(pg_url)
+    assert (row["state"], row["lease_owner"]) == ("creating", "a")
+    assert len(server.snapshot()["records"]) == 1  # made, but unknown to the ledger
+    assert run_once(b, max_wait="30s").returncode == 0
+    state = server.snapshot()
+    [row] = jobs(pg_url)
+    assert (row["state"], row["last_node"]) == ("done", "b")
+    live = [r for r in state["records"] if r["id"] not in state["deleted"]]
+    assert [r["id"] for r in live] == [row["record_id"]]
+    assert overlaps(server) == 0
+
+
+def test_the_same_content_on_two_paths_is_uploaded_once_across_nodes(
+    tmp_path: Path, server: FakeValtThread, export: Path, pg_url: str
+) -> None:
+    for room in ("room-1", "room-2"):
+        (export / room).mkdir()
+        random_file(export / room / f"{room}.mp4", 400 * KiB, seed=9)  # the same bytes
+    a = node_config(tmp_path, "a", pg_url, export, server)
+    b = node_config(tmp_path, "b", pg_url, export, server)
+    migrate(a)
+    runs = [
+        subprocess.Popen(
+            [*_ingestd(), "run", "--once", "--max-wait", "30s", "-c", str(config)],
+            env=ingestd_env(),
+        )
+        for config in (a, b)
+    ]
+    assert [run.wait(60) for run in runs] == [0, 0]
+    assert sorted(r["state"] for r in jobs(pg_url)) == ["done", "skipped"]
+    assert len(server.snapshot()["records"]) == 1
