@@ -1,5 +1,6 @@
-"""``ingestd ledger (check | backup | restore | migrate)``: see ledger/backup.py; on a shared
-ledger (``ledger.url``), ledger/postgres/."""
+"""``ingestd ledger (check | backup | restore | migrate | forget-node NAME)``: see
+ledger/backup.py; on a shared ledger (``ledger.url``), ledger/postgres/ (``forget-node``:
+ledger/postgres/fleet.py)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,29 @@ import argparse
 import asyncio
 import sys
 
-from ingestd.commands.common import advice_names, load
+from ingestd.commands.common import advice_names, load, no_such_node
 from ingestd.commands.exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from ingestd.config.schema import Config
+from ingestd.errors import IngestdError
 from ingestd.ledger import backup
+from ingestd.units import format_duration
 
 
 def command(args: argparse.Namespace) -> int:
     config = load(args)
     if config.ledger.shared:
-        return _shared(config, args.ledger_command)
+        return _shared(config, args)
     if args.ledger_command == "migrate":
         print(
             "ingestd: `ledger migrate` is for a shared ledger (ledger.url); a SQLite ledger is "
             "migrated by the daemon's start",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.ledger_command == "forget-node":
+        print(
+            "ingestd: `ledger forget-node` is for a shared ledger (ledger.url): a SQLite "
+            "ledger has one daemon and no list of nodes",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -49,8 +59,9 @@ def command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _shared(config: Config, action: str) -> int:
+def _shared(config: Config, args: argparse.Namespace) -> int:
     """The ledger actions on a shared ledger: its backups are PostgreSQL's."""
+    action: str = args.ledger_command
     if action in ("backup", "restore"):
         print(
             f"ingestd: a shared ledger's {action}s are PostgreSQL's: use pg_dump / pg_restore "
@@ -58,6 +69,8 @@ def _shared(config: Config, action: str) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if action == "forget-node":
+        return _forget_node(config, args.name)
     from ingestd.ledger.api import open_ledger
 
     async def go() -> tuple[str, dict[str, int]]:
@@ -74,4 +87,39 @@ def _shared(config: Config, action: str) -> int:
     verb = "is at" if action == "check" else "migrated to"
     print(f"shared ledger {where} {verb} schema version {SCHEMA_VERSION}")
     print("jobs: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
+    return EXIT_OK
+
+
+def _forget_node(config: Config, name: str) -> int:
+    """Drop a gone node from the list, giving its claims back; refuse a live one (exit 1)."""
+    from ingestd.ledger.api import fleet_of, open_ledger
+    from ingestd.ledger.model import NodeForgotten, gone_after
+
+    async def go() -> NodeForgotten:
+        ledger = await open_ledger(config)
+        try:
+            fleet = fleet_of(ledger)
+            assert fleet is not None
+            return await fleet.forget_node(name)
+        finally:
+            await ledger.close()
+
+    with advice_names(config):
+        done = asyncio.run(go())
+    silent = format_duration(done.silent_s)
+    if not done.found:
+        raise no_such_node(name)
+    if done.live:
+        wait = format_duration(gone_after(config.ledger.lease))
+        why = f"its last heartbeat {silent} ago"
+        if done.live_claims:
+            why += f", yet it renewed {done.live_claims} claim(s) within ledger.lease"
+        raise IngestdError(
+            f"node {name} is live ({why}): stop it first; it can be forgotten once silent "
+            f"for {wait} (twice ledger.lease)"
+        )
+    print(
+        f"forgot node {name} (silent for {silent}); {done.released} claim(s) it held "
+        "given back: other nodes take those jobs now"
+    )
     return EXIT_OK

@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ingestd.config.schema import Config
 from ingestd.errors import LedgerError
@@ -26,6 +26,8 @@ from ingestd.ledger.model import (
     Job,
     Known,
     LastRestore,
+    NodeForgotten,
+    NodeView,
     OldDone,
     Queueing,
     Snapshot,
@@ -277,6 +279,35 @@ class JobLedger(
     LedgerHandle, Claims, JobReads, JobWrites, JobTransitions, RecordDeletions, Forgetting, Protocol
 ):
     """Everything ingestd asks of its ledger."""
+
+
+@runtime_checkable
+class Fleet(Protocol):
+    """What only a shared ledger answers: its nodes (postgres/fleet.py). Commands ask
+    :func:`fleet_of` for it; a one-machine ledger has none."""
+
+    async def nodes(self, limit: int | None = None) -> list[NodeView]:
+        """Every node, with the first ``limit`` jobs it holds a live claim on (None: all)."""
+
+    async def forget_node(self, name: str) -> NodeForgotten:
+        """Drop a node that is gone or stopped, giving back its claims; never a live one."""
+
+    async def set_node_paused(self, node: str, paused: bool) -> bool:
+        """Pause or resume one node; False when no such node is known."""
+
+    async def failed_last_held_by(self, node: str) -> list[int]:
+        """The ids of the failed jobs ``node`` held last."""
+
+    async def node_known(self, node: str) -> bool:
+        """On the list of nodes, or the last holder of some job."""
+
+    async def fleet_paused(self) -> bool:
+        """The pause of every node (``pause`` without ``--node``)."""
+
+
+def fleet_of(ledger: JobLedger) -> Fleet | None:
+    """The ledger's fleet-wide side when it is shared; None for a one-machine ledger."""
+    return ledger if ledger.shared and isinstance(ledger, Fleet) else None
 
 
 async def open_ledger(

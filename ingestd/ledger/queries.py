@@ -261,9 +261,10 @@ class JobQueries(Connected):
             return Unsent(0, 0, None)
         ready = [s.value for s in DISPATCHABLE]
         busy_ids = sorted(set(busy))
+        # "id NOT IN ()" is SQLite's alone (PostgreSQL refuses it): no clause when none is busy.
+        skip = f"AND id NOT IN ({','.join('?' * len(busy_ids))})" if busy_ids else ""
         row = await self._conn.fetchone(
-            f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(ready))}) "
-            f"AND id NOT IN ({','.join('?' * len(busy_ids))})",
+            f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(ready))}) {skip}",
             [*ready, *busy_ids],
         )
         queued = int(row[0]) if row else 0

@@ -46,6 +46,7 @@ from ingestd.ledger.model import (
 from ingestd.ledger.postgres import schema
 from ingestd.ledger.postgres.claims import Claims
 from ingestd.ledger.postgres.connection import DB_NOW, STATEMENT_TIMEOUT, PgConnection, PgRow
+from ingestd.ledger.postgres.fleet import FleetViews
 from ingestd.ledger.postgres.paths import PathMap
 
 # Connections per node: workers, intake, confirmer and the claim renewal at once.
@@ -58,7 +59,7 @@ def node_lock_key(node: str) -> str:
     return f"ingestd node {node}"
 
 
-class PostgresLedger(LedgerCore):
+class PostgresLedger(FleetViews, LedgerCore):
     """A ledger shared by several nodes (see the module docstring)."""
 
     shared = True
@@ -376,10 +377,12 @@ class PostgresLedger(LedgerCore):
 
     async def write_heartbeat(self, beat: Heartbeat) -> None:
         fields = {**asdict(beat), "problems": list(beat.problems), "folders": dict(beat.folders)}
-        await self._pg.raw(
-            f"UPDATE nodes SET heartbeat=%s, seen_at={DB_NOW}, stopped_at=%s WHERE name=%s",
-            (json.dumps(fields), beat.stopped_at, self.node),
-        )
+        sql = f"UPDATE nodes SET heartbeat=%s, seen_at={DB_NOW}, stopped_at=%s WHERE name=%s"
+        values = (json.dumps(fields), beat.stopped_at, self.node)
+        if not await self._pg.raw(sql + " RETURNING name", values):
+            # Dropped by `ingestd ledger forget-node` while silent: on the list again.
+            await self._register()
+            await self._pg.raw(sql, values)
 
     async def heartbeat(self) -> Heartbeat | None:
         row = await self._node_row()
