@@ -226,7 +226,7 @@ def test_pause_resume_and_retry_per_node_and_export_names_each_files_node(
     shown = {Path(row["file"]).name: row["node"] for row in rows}
     assert sorted(shown) == ["fa.mp4", "late.mp4", "ok.mp4"]  # fb failed: not uploaded
     for name, node in shown.items():
-        assert node in ("a", "b") and node == _row(fleet.url, name, "last_node"), name
+        assert node in ("a", "b") and node == _row(fleet.url, name, "uploaded_by"), name
     assert {row["file"] for row in rows} == {str(fleet.share / name) for name in shown}
 
 

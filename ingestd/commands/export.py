@@ -54,7 +54,7 @@ def audit_csv(jobs: Iterable[Job], since: float | None = None) -> str:
                 job.record_id,
                 uploaded,
                 job.record_name or "",
-                job.last_node or "",
+                job.uploaded_by or "",
             )
         )
     return out.getvalue()

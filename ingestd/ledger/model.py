@@ -97,6 +97,7 @@ class Job:
     lease_owner: str | None = None
     lease_until: float | None = None
     last_node: str | None = None
+    uploaded_by: str | None = None  # the daemon that sent the last byte (a shared ledger)
 
     @classmethod
     def from_row(cls, row: Row) -> Job:

@@ -127,12 +127,14 @@ ALTER TABLE jobs ADD COLUMN left_alone TEXT;
 """,
     # A job's claim in a ledger shared by several daemons (postgres/claims.py): who holds
     # it and until when, by the database's clock; and the daemon that held it last (who
-    # uploaded it, whose failures ``retry --node`` takes). A one-machine ledger leaves
+    # finished it, whose failures ``retry --node`` takes), and the one whose last byte made it
+    # ``confirming`` (``export``'s node). A one-machine ledger leaves
     # them empty: the columns make one schema of both backends.
     5: """
 ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
 ALTER TABLE jobs ADD COLUMN lease_until REAL;
 ALTER TABLE jobs ADD COLUMN last_node TEXT;
+ALTER TABLE jobs ADD COLUMN uploaded_by TEXT;
 """,
 }
 

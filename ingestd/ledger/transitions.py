@@ -87,6 +87,8 @@ def _new_version(snapshot: Snapshot, reason: str) -> dict[str, Any]:
 class Transitions(DeletionQueue):
     """The named transitions (mixed into the SQLite ledger; see the table above)."""
 
+    node: str | None  # this daemon's name in a shared ledger (None: one machine)
+
     async def _move(
         self,
         job_id: int,
@@ -258,6 +260,7 @@ class Transitions(DeletionQueue):
             "attempts": 0,
             "confirm_delay": None,
             "next_attempt_at": confirm_at,
+            "uploaded_by": self.node,
         }
         return await self._move(
             job.id, (State.UPLOADING,), State.CONFIRMING, changes, record_id=job.record_id
@@ -320,6 +323,7 @@ class Transitions(DeletionQueue):
             "fail_reason": None,
             "fail_detail": None,
             "uploaded_at": now,  # for confirming: upload.confirm_timeout counts from here
+            "uploaded_by": self.node,
             "confirm_delay": None,
             "next_attempt_at": now,
         }
