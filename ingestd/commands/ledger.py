@@ -1,20 +1,25 @@
-"""``ingestd ledger (check | backup | restore | migrate)``: see ledger/backup.py; on a shared
-ledger (``ledger.url``), ledger/postgres/."""
+"""``ingestd ledger (check | backup | restore | migrate | copy)``: see ledger/backup.py; on a
+shared ledger (``ledger.url``), ledger/postgres/; ``copy --to URL`` moves a SQLite ledger into
+a shared one (ledger/postgres/copy.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 
 from ingestd.commands.common import advice_names, load
 from ingestd.commands.exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from ingestd.config.schema import Config
+from ingestd.errors import ConfigError, UsageError
 from ingestd.ledger import backup
 
 
 def command(args: argparse.Namespace) -> int:
     config = load(args)
+    if args.ledger_command == "copy":
+        return _copy(config, args.to)
     if config.ledger.shared:
         return _shared(config, args.ledger_command)
     if args.ledger_command == "migrate":
@@ -75,3 +80,52 @@ def _shared(config: Config, action: str) -> int:
     print(f"shared ledger {where} {verb} schema version {SCHEMA_VERSION}")
     print("jobs: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
     return EXIT_OK
+
+
+def _copy(config: Config, to: str) -> int:
+    """``ledger copy --to URL``: this machine's SQLite ledger into a shared one, then moved."""
+    from ingestd.config.credentials import ledger_password
+    from ingestd.config.ledger_section import check_ledger_url, check_shared_watch
+    from ingestd.logs import register_secret
+
+    if config.ledger.shared:
+        print(
+            "ingestd: `ledger copy` copies the SQLite ledger at ledger.path; this "
+            "configuration's ledger is shared already (ledger.url)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from ingestd.ledger.postgres.copy import copy_ledger, describe_target
+
+    try:
+        url = check_ledger_url(to, "--to")
+        describe_target(url, "--to")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    # As a daemon on the shared ledger will need them: a file is stored by its folder's name.
+    check_shared_watch(dataclasses.replace(config.ledger, url=url), config.watch)
+    password = ledger_password(config.ledger)
+    register_secret(password)
+
+    watch = config.watch
+    roots = {watch.label(i): str(path) for i, path in enumerate(watch.paths)}
+    with advice_names(config):
+        copied = asyncio.run(copy_ledger(config.ledger.path, url, password=password, roots=roots))
+    outside = (
+        f" ({copied.outside} under no watch folder, kept with their paths as they were)"
+        if copied.outside
+        else ""
+    )
+    ids = " under new ids" if copied.new_ids else ""
+    earlier = " (by an earlier run, stopped before marking it moved)" if copied.earlier else ""
+    print(
+        f"copied{earlier} {_n(copied.jobs, 'job')} ({copied.live} live){ids}{outside}, "
+        f"{_n(copied.deletions, 'queued deletion')} and {_n(copied.orphans, 'suspected orphan')} "
+        f"to the shared ledger {copied.where}; the ledger {config.ledger.path} is now marked "
+        "moved: set ledger.url to it and remove ledger.path"
+    )
+    return EXIT_OK
+
+
+def _n(count: int, thing: str) -> str:
+    return f"{count} {thing}" + ("" if count == 1 else "s")
