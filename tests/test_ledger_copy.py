@@ -1,5 +1,5 @@
 """``ingestd ledger copy --to URL``: a SQLite ledger moved into a shared one, nothing uploaded
-again.
+again; and ``ingestd check`` on a shared ledger.
 
 Real parts: a SQLite ledger written by a real ``ingestd run --once`` against the fake Valt
 server over loopback HTTP, a real PostgreSQL (tests/pg_support.py), the command line.
@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 from conftest import (
+    free_port,
+    health,
     log_events,
     random_file,
     run_cli,
@@ -410,3 +412,59 @@ def test_the_password_comes_from_ledger_password_file_and_is_never_shown(
     assert copied.stdout.startswith("copied 3 jobs (1 live)")
     for output in (wrong.stdout, wrong.stderr, copied.stdout, copied.stderr):
         assert password not in output and "not-the-password" not in output
+
+
+# --------------------------------------------------------------------------- ingestd check
+
+
+def test_check_on_a_shared_ledger_connects_and_names_its_schema(
+    tmp_path: Path, server: FakeValtThread, export: Path, pg_url: str
+) -> None:
+    node = shared_config(tmp_path, server, export, pg_url)
+    bare = run_cli("check", "-c", str(node))
+    assert bare.returncode == 1, bare.stdout
+    failed = [line for line in bare.stdout.splitlines() if line.startswith("FAIL")]
+    assert failed == [
+        f"FAIL  shared ledger {where(pg_url)}: the shared ledger has no tables yet: run "
+        f"`ingestd ledger migrate -c {node}` once (a daemon never changes a shared schema)"
+    ]
+    assert "ledger folder" not in bare.stdout  # ledger.path is not this ledger
+    missing_db = pg_url.replace(f"/{database_of(pg_url)}?", "/no_such_db?")
+    elsewhere = shared_config(tmp_path, server, export, missing_db, "elsewhere")
+    gone = run_cli("check", "-c", str(elsewhere))
+    assert gone.returncode == 1
+    assert (
+        f'FAIL  shared ledger {where(missing_db)}: cannot connect: database "no_such_db" does not'
+        " exist" in gone.stdout.splitlines()
+    ), gone.stdout
+
+    migrate(node)
+    fine = run_cli("check", "-c", str(node))
+    assert fine.returncode == 0, fine.stdout
+    assert f"ok    shared ledger {where(pg_url)}: schema version 5, node a" in fine.stdout
+    assert "ledger folder" not in fine.stdout
+    assert "?" not in fine.stdout and "host=" not in fine.stdout
+
+    # The status port held by this node's daemon (there is no lock file to ask).
+    port = free_port()
+    listening = shared_config(
+        tmp_path, server, export, pg_url, "listening", status={"listen": f"127.0.0.1:{port}"}
+    )
+    daemon = start_daemon(listening, tmp_path / "node.log")
+    try:
+        wait_for(lambda: _node_beats(pg_url, daemon.pid), timeout=20)
+        health(port, wait=20)
+        held = run_cli("check", "-c", str(listening))
+    finally:
+        assert stop_process(daemon) == 0
+    assert held.returncode == 0, held.stdout
+    assert (
+        f"ok    status.listen 127.0.0.1:{port} is held by node a's ingestd (pid {daemon.pid})"
+        in held.stdout.splitlines()
+    ), held.stdout
+
+
+def _node_beats(url: str, pid: int) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT heartbeat FROM nodes WHERE name='a'").fetchone()
+    return bool(row and row[0] and json.loads(row[0])["pid"] == pid)

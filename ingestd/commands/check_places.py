@@ -1,5 +1,6 @@
-"""``ingestd check``'s lines about this machine's places: the ledger folder, ``move_to`` and
-``failed_to``, and the ``status.listen`` port. Each says what is wrong and what to do."""
+"""``ingestd check``'s lines about this machine's places: the ledger folder (or the shared
+ledger), ``move_to`` and ``failed_to``, and the ``status.listen`` port. Each says what is
+wrong and what to do."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ingestd.config.schema import Config
+from ingestd.errors import LedgerError
 from ingestd.ledger.lock import lock_path
 
 Say = Callable[[bool, str], None]
@@ -64,6 +67,55 @@ def check_ledger_folder(config: Config, say: Say) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SharedLedger:
+    """What ``check`` found of a shared ledger (``ledger.url``)."""
+
+    ok: bool
+    line: str
+    daemon: int | None  # the pid of this node's running daemon, as its heartbeat says
+
+
+async def check_shared_ledger(config: Config) -> SharedLedger:
+    """Connect (read-only: no node lock is taken) and check the schema, as a daemon would.
+    The line names the ledger as ``postgresql://HOST/DB``: no password, no query string."""
+    import psycopg
+
+    from ingestd.config.credentials import ledger_password
+    from ingestd.ledger.api import open_ledger
+    from ingestd.ledger.postgres.reach import Unreachable, reach
+    from ingestd.ledger.postgres.store import describe_url
+    from ingestd.ledger.schema import SCHEMA_VERSION
+    from ingestd.logs import register_secret
+
+    assert config.ledger.url is not None
+    try:
+        where = describe_url(config.ledger.url)
+    except psycopg.Error:
+        return SharedLedger(False, "shared ledger: libpq cannot read ledger.url", None)
+    password = ledger_password(config.ledger)
+    register_secret(password)
+    try:
+        await reach(config.ledger.url, password, where)  # why it cannot, if it cannot
+        ledger = await open_ledger(config, readonly=True)
+    except Unreachable as exc:
+        return SharedLedger(False, f"shared ledger {where}: cannot connect: {exc.reason}", None)
+    except LedgerError as exc:
+        reason = str(exc).replace("-c FILE", f"-c {config.source}") if config.source else exc
+        return SharedLedger(False, f"shared ledger {where}: {reason}", None)
+    try:
+        beat = await ledger.heartbeat()
+    except LedgerError:
+        beat = None
+    finally:
+        await ledger.close()
+    daemon = None  # this node's daemon, if its last heartbeat says it runs, on this host
+    if beat is not None and beat.stopped_at is None and Path(f"/proc/{beat.pid}").exists():
+        daemon = beat.pid
+    line = f"shared ledger {where}: schema version {SCHEMA_VERSION}, node {config.ledger.node}"
+    return SharedLedger(True, line, daemon)
+
+
 def check_after_upload_folders(config: Config, say: Say) -> None:
     after = config.after_upload
     folders = [("after_upload.move_to", after.move_to)] if after.action == "move" else []
@@ -79,8 +131,10 @@ def check_after_upload_folders(config: Config, say: Say) -> None:
             say(True, f"{key} {folder} is writable")
 
 
-def check_status_port(config: Config, say: Say) -> None:
-    """``status.listen`` must be free, or held by the daemon that holds this ledger."""
+def check_status_port(config: Config, say: Say, *, node_daemon: int | None = None) -> None:
+    """``status.listen`` must be free, or held by this ledger's daemon: the one that holds
+    the SQLite ledger's lock, or in a shared ledger ``node_daemon`` (this node's daemon,
+    by its heartbeat; a shared ledger has no lock file)."""
     listen = config.status.listen
     if listen is None:
         return
@@ -93,9 +147,11 @@ def check_status_port(config: Config, say: Say) -> None:
     if problem != errno.EADDRINUSE:
         say(False, f"status.listen {where} cannot be listened on ({os.strerror(problem)})")
         return
-    holder = _ledger_holder(config.ledger.path)
+    shared = config.ledger.shared
+    holder = node_daemon if shared else _ledger_holder(config.ledger.path)
     if holder is not None and _listens_on(holder, port):
-        say(True, f"status.listen {where} is held by the ingestd of this ledger (pid {holder})")
+        who = f"node {config.ledger.node}'s ingestd" if shared else "the ingestd of this ledger"
+        say(True, f"status.listen {where} is held by {who} (pid {holder})")
         return
     say(
         False,
