@@ -1,23 +1,27 @@
-"""``ingestd ledger (check | backup | restore | migrate | forget-node NAME)``: see
+"""``ingestd ledger (check | backup | restore | migrate | forget-node NAME | copy)``: see
 ledger/backup.py; on a shared ledger (``ledger.url``), ledger/postgres/ (``forget-node``:
-ledger/postgres/fleet.py)."""
+ledger/postgres/fleet.py); ``copy --to URL`` moves a SQLite ledger into a shared one
+(ledger/postgres/copy.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 
 from ingestd.commands.common import advice_names, load, no_such_node
 from ingestd.commands.exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from ingestd.config.schema import Config
-from ingestd.errors import IngestdError
+from ingestd.errors import ConfigError, IngestdError, UsageError
 from ingestd.ledger import backup
 from ingestd.units import format_duration
 
 
 def command(args: argparse.Namespace) -> int:
     config = load(args)
+    if args.ledger_command == "copy":
+        return _copy(config, args.to)
     if config.ledger.shared:
         return _shared(config, args)
     if args.ledger_command == "migrate":
@@ -123,3 +127,54 @@ def _forget_node(config: Config, name: str) -> int:
         "given back: other nodes take those jobs now"
     )
     return EXIT_OK
+
+
+def _copy(config: Config, to: str) -> int:
+    """``ledger copy --to URL``: this machine's SQLite ledger into a shared one, then moved."""
+    from ingestd.config.credentials import ledger_password
+    from ingestd.config.ledger_section import check_ledger_url, check_shared_watch
+    from ingestd.logs import register_secret
+
+    if config.ledger.shared:
+        print(
+            "ingestd: `ledger copy` copies the SQLite ledger at ledger.path; this "
+            "configuration's ledger is shared already (ledger.url)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from ingestd.ledger.api import copy_to_shared, describe_shared_target
+
+    try:
+        url = check_ledger_url(to, "--to")
+        describe_shared_target(url, "--to")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    # As a daemon on the shared ledger will need them: a file is stored by its folder's name.
+    check_shared_watch(dataclasses.replace(config.ledger, url=url), config.watch)
+    password = ledger_password(config.ledger)
+    register_secret(password)
+
+    watch = config.watch
+    roots = {watch.label(i): str(path) for i, path in enumerate(watch.paths)}
+    with advice_names(config):
+        copied = asyncio.run(
+            copy_to_shared(config.ledger.path, url, password=password, roots=roots)
+        )
+    outside = (
+        f" ({copied.outside} under no watch folder, kept with their paths as they were)"
+        if copied.outside
+        else ""
+    )
+    ids = " under new ids" if copied.new_ids else ""
+    earlier = " (by an earlier run, stopped before marking it moved)" if copied.earlier else ""
+    print(
+        f"copied{earlier} {_n(copied.jobs, 'job')} ({copied.live} live){ids}{outside}, "
+        f"{_n(copied.deletions, 'queued deletion')} and {_n(copied.orphans, 'suspected orphan')} "
+        f"to the shared ledger {copied.where}; the ledger {config.ledger.path} is now marked "
+        "moved: set ledger.url to it and remove ledger.path"
+    )
+    return EXIT_OK
+
+
+def _n(count: int, thing: str) -> str:
+    return f"{count} {thing}" + ("" if count == 1 else "s")

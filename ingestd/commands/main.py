@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("restore", "put the newest good backup in place (the daemon must be stopped)"),
         ("migrate", "create or upgrade a shared ledger's tables (ledger.url)"),
         ("forget-node", "drop a gone node from a shared ledger's list, giving its claims back"),
+        ("copy", "copy this SQLite ledger into a shared one (--to URL), then mark it moved"),
     ):
         action = actions.add_parser(name, help=text)
         # -c after the action too; SUPPRESS keeps a -c given before it.
@@ -113,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "restore":
             action.add_argument(
                 "--force", action="store_true", help="restore even if the ledger is sound"
+            )
+        if name == "copy":
+            action.add_argument(
+                "--to",
+                required=True,
+                metavar="URL",
+                help="the shared ledger, postgresql://USER@HOST/DB (no password in it)",
             )
 
     fake_valt.add_arguments(commands.add_parser("fake-valt", help="run the Valt test double"))

@@ -26,6 +26,7 @@ from ingestd.commands.status_text import render_status
 from ingestd.ledger.api import Fleet, JobLedger, fleet_of, open_ledger
 from ingestd.ledger.lock import lock_holder
 from ingestd.ledger.model import NODE_RUNNING, Job, NodeView, State
+from ingestd.ledger.moved import MOVED_AT, MOVED_TO, MOVING_TO, moved_marker
 from ingestd.observe.heartbeat import DaemonState, daemon_state
 
 ACTIVE = (State.QUEUED, State.CREATING, State.UPLOADING, State.CONFIRMING)
@@ -130,6 +131,16 @@ async def _fleet(fleet: Fleet, node: str | None, limit: int | None, now: float) 
     }
 
 
+async def _moved(ledger: JobLedger) -> dict[str, Any] | None:
+    """Where ``ingestd ledger copy`` moved this ledger (``finished``: false while a copy
+    that did not finish keeps daemons off it); None: it was not moved."""
+    meta = {key: await ledger.get_meta(key) or "" for key in (MOVED_TO, MOVED_AT, MOVING_TO)}
+    found = moved_marker(meta)
+    if found is not None:
+        return {"to": found[0], "at": found[1], "finished": True}
+    return {"to": meta[MOVING_TO], "at": None, "finished": False} if meta[MOVING_TO] else None
+
+
 async def gather_status(
     ledger: JobLedger, *, limit: int | None = LIST_LIMIT, holder: int | None = None
 ) -> dict[str, Any]:
@@ -146,6 +157,7 @@ async def gather_status(
     oldest = waiting[0] if waiting else None
     problem = await ledger.server_problem()
     orphans = await ledger.suspected_orphans()
+    moved = await _moved(ledger)
     totals = {
         "active": sum(counts.get(state.value, 0) for state in ACTIVE),
         "failed": counts.get(State.FAILED.value, 0),
@@ -154,6 +166,7 @@ async def gather_status(
     shown = {"active": len(active), "failed": len(failed), "waiting": len(waiting)}
     status = {
         "ledger": ledger.where,
+        "moved": moved,
         "daemon": _daemon(daemon_state(holder, await ledger.heartbeat(), now), now),
         "paused": await ledger.is_paused(),
         "counts": counts,

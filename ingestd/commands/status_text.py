@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ingestd.ledger.moved import describe_move
 from ingestd.units import format_duration, format_size
 
 
@@ -18,6 +19,7 @@ def render_status(status: dict[str, Any]) -> str:
     counts = status["counts"]
     nodes = status.get("nodes")
     lines = [
+        *_moved_lines(status),
         *(_daemon_lines(status["daemon"]) if nodes is None else _nodes_lines(nodes)),
         f"ledger: {status['ledger']}"
         + ("  (PAUSED: `ingestd resume` to go on)" if status["paused"] else ""),
@@ -48,6 +50,23 @@ def render_status(status: dict[str, Any]) -> str:
         )
     lines.extend(_orphan_lines(status))
     return "\n".join(lines)
+
+
+def _moved_lines(status: dict[str, Any]) -> list[str]:
+    """A ledger ``ingestd ledger copy`` moved: no daemon runs on it again."""
+    moved = status["moved"]
+    if moved is None:
+        return []
+    if not moved["finished"]:
+        return [
+            f"MOVING: an `ingestd ledger copy` into the shared ledger {moved['to']} did not "
+            "finish: run it again with the same --to (no daemon starts on this ledger until then)"
+        ]
+    return [
+        f"MOVED: this ledger was moved to the shared ledger {moved['to']} "
+        f"({describe_move(moved['at'])}); it is kept as it was then: set ledger.url to "
+        "it and remove ledger.path"
+    ]
 
 
 def _daemon_lines(daemon: dict[str, Any]) -> list[str]:

@@ -343,3 +343,21 @@ async def open_ledger(
         daemon=daemon,
         migrate=migrate,
     )
+
+
+def describe_shared_target(url: str, key: str) -> str:
+    """``postgresql://HOST/DB`` of a shared ledger's URL given under ``key`` (ConfigError,
+    the value not shown, when libpq cannot read it)."""
+    from ingestd.ledger.postgres.copy import describe_target
+
+    return describe_target(url, key)
+
+
+async def copy_to_shared(
+    path: Path, url: str, *, password: str | None, roots: Mapping[str, str]
+) -> Any:
+    """``ingestd ledger copy``: the SQLite ledger at ``path`` into the shared one at ``url``,
+    then marked moved (ledger/postgres/copy.py); what was copied."""
+    from ingestd.ledger.postgres.copy import copy_ledger
+
+    return await copy_ledger(path, url, password=password, roots=roots)

@@ -16,6 +16,7 @@ from pathlib import Path
 from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
 from ingestd.ledger.connection import BUSY_TIMEOUT_MS, Guarded
 from ingestd.ledger.model import DISPATCHABLE, TWIN_STATES, State
+from ingestd.ledger.moved import refuse_moved
 
 SCHEMA_VERSION = 5
 # Test hook, not a setting: ``INGESTD_LEDGER_MAX_PAGES=N`` applies ``PRAGMA
@@ -143,13 +144,15 @@ ALTER TABLE jobs ADD COLUMN uploaded_by TEXT;
 READER_WAIT = 5.0
 
 
-async def prepare(conn: Guarded, path: Path, readonly: bool) -> bool:
-    """Check, migrate and tune a fresh connection; returns whether ``jobs_dispatch`` exists."""
+async def prepare(conn: Guarded, path: Path, readonly: bool, *, copying: bool = False) -> bool:
+    """Check, migrate and tune a fresh connection; returns whether ``jobs_dispatch`` exists.
+    A ledger ``ingestd ledger copy`` moved is refused (moved.py; ``copying``: that copy)."""
     await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     if readonly:
         await _wait_until_current(conn, path)
         return False
     await check_integrity(conn, path)
+    await refuse_moved(conn, path, copying=copying)  # before anything, a migration, is written
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA synchronous=FULL")
     await conn.execute("PRAGMA foreign_keys=ON")

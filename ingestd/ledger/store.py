@@ -29,12 +29,13 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 
 import aiosqlite
 
 from ingestd.disk.private import create_private, make_private_folders
-from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
+from ingestd.errors import ConfigError, LedgerDamaged, LedgerError, LedgerUnwritable
 from ingestd.ledger import schema
 from ingestd.ledger.backup import refuse_lost_ledger
 from ingestd.ledger.connection import (
@@ -45,6 +46,7 @@ from ingestd.ledger.connection import (
     sqlite_uri,
 )
 from ingestd.ledger.core import LedgerCore
+from ingestd.ledger.moved import COPY_ID, MOVED_AT, MOVED_TO, MOVING_TO
 
 # How much the write probe makes the ledger grow (then shrink) to prove it can.
 _PROBE_BYTES = 16 * 1024
@@ -76,13 +78,17 @@ class SqliteLedger(LedgerCore):
     # --- opening ----------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path, *, readonly: bool = False) -> SqliteLedger:
+    async def open(
+        cls, path: Path, *, readonly: bool = False, copying: bool = False
+    ) -> SqliteLedger:
         """Open (creating it unless ``readonly``) and migrate the ledger at ``path``.
 
         Unless ``readonly``, the ledger must pass ``PRAGMA quick_check``
         first: a damaged or foreign file raises :class:`LedgerDamaged` and is
         left exactly as it is. A missing (or empty) file is a first start,
-        unless backups of an earlier ledger lie beside it.
+        unless backups of an earlier ledger lie beside it. A ledger that
+        ``ingestd ledger copy`` moved into a shared one opens only ``readonly``
+        (else ``LedgerMoved``, or ``CopyUnfinished`` unless ``copying``: moved.py).
         """
         if not readonly:
             refuse_lost_ledger(path)
@@ -101,9 +107,11 @@ class SqliteLedger(LedgerCore):
         conn.row_factory = sqlite3.Row
         ledger = cls(path, conn)
         try:
-            ledger._dispatch_index = await schema.prepare(ledger._conn, path, readonly)
+            ledger._dispatch_index = await schema.prepare(
+                ledger._conn, path, readonly, copying=copying
+            )
             ledger._deletions_at_most = await ledger.pending_deletions()
-        except LedgerError:
+        except (LedgerError, ConfigError):  # ConfigError: moved (moved.py)
             await conn.close()
             raise
         except sqlite3.Error as exc:
@@ -133,6 +141,35 @@ class SqliteLedger(LedgerCore):
 
     async def close(self) -> None:
         await self._conn.close()
+
+    # --- moving into a shared ledger (ingestd ledger copy) ---------------------------
+
+    async def rows_of(self, table: str) -> list[sqlite3.Row]:
+        """Every row of one of the ledger's own tables, in the order it was written."""
+        if table not in schema.OWN_TABLES:
+            raise LedgerError(f"no table {table!r} in a ledger")
+        return await self._conn.fetchall(f"SELECT * FROM {table} ORDER BY rowid")
+
+    async def begin_move(self, to: str) -> str:
+        """Before ``ledger copy``'s transaction: no daemon opens this ledger until
+        :meth:`mark_moved` or :meth:`abandon_move`. Returns this ledger's ``copy_id``,
+        the same at every attempt (moved.py)."""
+        copy_id = await self.get_meta(COPY_ID) or uuid.uuid4().hex
+        async with self.transaction():
+            await self._set_meta(COPY_ID, copy_id)
+            await self._set_meta(MOVING_TO, to)
+        return copy_id
+
+    async def abandon_move(self) -> None:
+        """The copy failed: the ledger is this machine's again."""
+        await self._conn.execute("DELETE FROM meta WHERE key=?", (MOVING_TO,))
+
+    async def mark_moved(self, to: str, at: float) -> None:
+        """The shared ledger committed the copy: from now on no writable open succeeds."""
+        async with self.transaction():
+            await self._set_meta(MOVED_TO, to)
+            await self._set_meta(MOVED_AT, repr(at))
+            await self._conn.execute("DELETE FROM meta WHERE key=?", (MOVING_TO,))
 
 
 async def _connect_readonly(path: Path) -> aiosqlite.Connection:
