@@ -20,7 +20,7 @@ from typing import Any
 
 from ingestd.config.schema import UploadConfig
 from ingestd.disk.folders import FolderState, folder_state
-from ingestd.disk.judged import OpenRule, snapshot
+from ingestd.disk.judged import OpenRule, same_identity, snapshot
 from ingestd.errors import (
     AuthFailed,
     BodyTooLarge,
@@ -147,7 +147,8 @@ class Uploader:
             raise SourceUnreadable(f"cannot look at the file ({exc.strerror})") from None
         if current is None:
             raise SourceMissing(job.path)
-        if (current.size, current.mtime_ns, current.inode, current.device) != job.snapshot:
+        found = (current.size, current.mtime_ns, current.inode, current.device)
+        if not same_identity(found, job.snapshot):
             raise SourceChanged("size, mtime or inode changed")
 
     async def _source_changed(self, job: Job, why: str, bound: Any) -> None:

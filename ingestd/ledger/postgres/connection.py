@@ -32,8 +32,9 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import RowMaker
 
+from ingestd.disk.judged import ANY_DEVICE
 from ingestd.errors import LedgerError, LedgerUnwritable
-from ingestd.ledger.postgres.paths import PATH_COLUMNS, PathMap
+from ingestd.ledger.postgres.paths import DEVICE_COLUMNS, PATH_COLUMNS, PathMap
 from ingestd.units import iso_time
 
 # The database's clock, in Unix seconds: every claim is judged by it, never by a node's.
@@ -134,14 +135,18 @@ class PgConnection:
     def _row_maker(self, cursor: Any) -> RowMaker[PgRow]:
         names = tuple(col.name for col in cursor.description or ())
         local = [i for i, name in enumerate(names) if name in PATH_COLUMNS]
+        devices = [i for i, name in enumerate(names) if name in DEVICE_COLUMNS]
         to_local = self.paths.local
 
         def make(values: Sequence[Any]) -> PgRow:
-            if local:
+            if local or devices:
                 values = list(values)
                 for i in local:
                     if isinstance(values[i], str):
                         values[i] = to_local(values[i])
+                for i in devices:
+                    if values[i] is not None:
+                        values[i] = ANY_DEVICE
             return PgRow(values, names)
 
         return make
