@@ -112,7 +112,7 @@ class PostgresLedger(FleetViews, LedgerCore):
             open=False,
             timeout=STATEMENT_TIMEOUT,
             check=psycopg_pool.AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,  # keep trying: PostgreSQL being away is not the end
+            # Reconnecting after PostgreSQL went away: the pool retries with its own backoff.
         )
         ledger: PostgresLedger | None = None
         where = describe_url(url)
