@@ -95,6 +95,19 @@ class JobQueries(Connected):
         """As :meth:`known_snapshots`, for the newest job of each of ``paths`` that has one."""
         return await self._snapshots_where("path", sorted(set(paths)))
 
+    async def states_of(self, job_ids: Iterable[int]) -> dict[int, State]:
+        """The state of each of ``job_ids`` still in the ledger (``run --once`` watches its
+        scope by it: one query a batch, no Job objects)."""
+        wanted = sorted(set(job_ids))
+        found: dict[int, State] = {}
+        for first in range(0, len(wanted), MAX_VARIABLES):
+            part = wanted[first : first + MAX_VARIABLES]
+            rows = await self._conn.fetchall(
+                f"SELECT id, state FROM jobs WHERE id IN ({marks(part)})", part
+            )
+            found.update((int(row[0]), State(row[1])) for row in rows)
+        return found
+
     async def _snapshots_where(self, column: str, wanted: Sequence[Any]) -> dict[str, Known]:
         """The snapshots of the jobs whose ``column`` is one of ``wanted``, in batches that
         keep within SQLite's limit on bound values."""
