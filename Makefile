@@ -51,7 +51,8 @@ power: $(STAMP) fuse3
 
 # ingestd against curl and its own targets on loopback (bench/run.py); prints one table
 # and writes bench/results.json. Needs curl and ~13 GiB under $$INGESTD_BENCH_DIR (default
-# /var/tmp/ingestd-bench, a real disk), written once and reused; under 10 min on 2 cores.
+# /var/tmp/ingestd-bench, a real disk), written once and reused; under 10 min on 2 cores,
+# about 5 more for case 8 (shared: a PostgreSQL on tmpfs, from the dev extras).
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

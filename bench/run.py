@@ -1,6 +1,6 @@
 """``make bench``: every case on loopback against the fake Valt server; one table, one JSON.
 
-    python -m bench.run [--only large,cpu,memory,small,backlog,latency,bandwidth]
+    python -m bench.run [--only large,memory,small,backlog,latency,bandwidth,shared]
 
 The fake server runs in its own process in discard mode (it checks the chunk
 rules, counts and sha256-hashes every byte, stores nothing), so its CPU is not
@@ -25,11 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench import files, large, pace
+from bench import files, large, pace, shared
 from bench.common import Bench, Results
 from bench.data import NON_DISK_FS, DataDir, default_dir, filesystem_of
 
-CASES = ("large", "memory", "small", "backlog", "latency", "bandwidth")
+CASES = ("large", "memory", "small", "backlog", "latency", "bandwidth", "shared")
 RESULTS = Path(__file__).with_name("results.json")
 
 
@@ -106,6 +106,8 @@ def _run_case(bench: Bench, case: str) -> None:
     elif case == "bandwidth":
         pace.run_cap(bench)
         pace.run_schedule(bench)
+    elif case == "shared":
+        shared.run_shared(bench)
 
 
 def table(results: Results, elapsed: float) -> str:

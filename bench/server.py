@@ -6,7 +6,8 @@
 - ``GET /_bench/stats``: wall-clock times (``time.time()``, comparable across
   processes on one machine) of each record's first upload request and of its last
   answered one, bytes per record, request counts, requests that carried an
-  ``Expect`` header, and how many client connections sent uploads;
+  ``Expect`` header, how many client connections sent uploads, and how many
+  chunk requests for one video overlapped (two senders on one job);
 - ``GET /_bench/timeline?since=T``: (time, total upload bytes) every 50 ms, from
   which the bench reads rates and when a rate changed.
 
@@ -114,6 +115,10 @@ class BenchValt(FakeValt):
                 "uploads": seen.uploads,
                 "expect_headers": seen.expect_headers,
                 "upload_connections": len(seen.upload_peers),
+                # Every record, also two of one name (``records`` below keeps one per name).
+                "record_count": len(state.store.records),
+                "overlapping_chunks": state.overlapping_chunks,
+                "chunk_repeats": state.chunk_repeats,
                 "records": records,
             }
         )
