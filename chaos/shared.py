@@ -146,6 +146,8 @@ class SharedCampaign:
         chunk_size = self.rng.choice(CHUNK_SIZES)
         self.chunk_sizes.add(chunk_size)
         node.start(chunk_size, self.moved, f"chunk_size={chunk_size} at {self.now():.1f}s")
+        assert node.process is not None
+        self.chunks.names[node.process.pid] = node.name
         self.say(f"node {node.name} starts (chunk {chunk_label(chunk_size)})")
 
     # --- the files --------------------------------------------------------------------

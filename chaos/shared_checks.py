@@ -4,8 +4,8 @@ Each recording (a file and its copies, which hold the same bytes) has exactly on
 record on the server, holding those bytes; the other files of its group are
 ``skipped`` as duplicates and stay on the share; every job is done or skipped and
 every uploaded file was moved; no record is partial or unaccounted for; the fake
-server never had two chunk requests for one video inside at once whose senders were
-both still connected (two nodes on one job; ``shared_server.py``);
+server never had two chunk requests for one video inside at once from two nodes both
+still connected (two nodes on one job; ``shared_server.py``);
 no node logged an internal error or exited by itself.
 """
 
@@ -55,9 +55,9 @@ def verify(campaign: SharedCampaign) -> None:
     if pending:
         report.problems.append(f"{pending} partial record(s) still queued for deletion")
     report.overlapping_chunks = int(snapshot["overlapping_chunks"])
-    senders, stale = campaign.chunks.overlaps()
-    report.two_senders, report.stale_overlaps = len(senders), stale
-    report.problems += [f"two senders at once: {pair}" for pair in senders]
+    two_nodes, others = campaign.chunks.overlaps()
+    report.two_senders, report.other_overlaps = len(two_nodes), others
+    report.problems += [f"two nodes at once: {pair}" for pair in two_nodes]
     overlaps = campaign.events.overlaps()
     report.two_records_at_once = len(overlaps)
     for name, most in sorted(overlaps.items()):

@@ -61,7 +61,7 @@ class SharedOptions:
             minutes=0.4,
             max_size=3 * MiB,
             slow_files=0.2,
-            bandwidth="1MB",
+            bandwidth="2MB",
             restart_pause=(0.3, 1.5),
             pg_down=(1.0, 2.0),
             cut_leases=(1.4, 1.6),

@@ -51,8 +51,8 @@ class SharedReport:
     """The fake's own count: every overlap inside its handler (``shared_server.py``)."""
     two_senders: int = 0
     """Overlaps whose two senders were both still connected: must be 0."""
-    stale_overlaps: list[str] = field(default_factory=list)
-    """Overlaps with a request its sender had already given up on."""
+    other_overlaps: list[str] = field(default_factory=list)
+    """Overlaps with a request its sender had already given up on, or of one node."""
     two_records_at_once: int = 0
     internal_errors: int = 0
     own_exits: int = 0
@@ -146,8 +146,8 @@ class SharedReport:
             ),
             (
                 "overlaps inside the fake (its overlapping_chunks)",
-                f"{self.overlapping_chunks} ({len(self.stale_overlaps)} with a request its "
-                "sender had given up on: a slow answer, a request cut short or killed)",
+                f"{self.overlapping_chunks} ({len(self.other_overlaps)} of one node, or with a "
+                "request its sender had given up on: a slow answer, cut short, killed)",
             ),
             ("records on the server", str(self.records)),
             (
