@@ -90,6 +90,8 @@ def check_group(
             report.skipped_copies += 1
             if mine:
                 report.problems.append(f"{spec.relpath}: skipped, yet it has a record")
+            if not (campaign.share / spec.relpath).exists():
+                report.problems.append(f"{spec.relpath}: skipped, yet gone from the share")
             continue
         if row is None or row["state"] != "done":
             report.not_done += 1
