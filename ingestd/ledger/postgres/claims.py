@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ingestd.aio import wait_event
@@ -112,10 +112,15 @@ class Claims:
         rows = await self.take("id=ANY(%s)", (wanted,))
         return {int(row["id"]) for row in rows}
 
-    async def release(self, job_ids: Iterable[int]) -> None:
+    async def release(
+        self, job_ids: Iterable[int], *, as_seen: Mapping[int, float | None] | None = None
+    ) -> None:
         """Give these jobs back (another node may take them at once). A release that fails
-        is no loss: the claim runs out by itself."""
+        is no loss: the claim runs out by itself. ``as_seen``: each job's deadline when the
+        caller looked; one taken again since (a new deadline) is kept, not given back."""
         async with self._turn:
+            if as_seen is not None:
+                job_ids = [i for i in job_ids if self.held.get(i) == as_seen.get(i)]
             ids = [job_id for job_id in job_ids if self.held.pop(job_id, None) is not None]
             if not ids:
                 return

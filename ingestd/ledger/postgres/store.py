@@ -280,8 +280,11 @@ class PostgresLedger(FleetViews, LedgerCore):
         return moved
 
     async def queue(self, files: Sequence[Any]) -> int:
+        """waiting -> queued, then given back: any node may send them. One this node's
+        dispatcher took again meanwhile (the moment it was queued) stays this node's."""
+        seen = {item.job_id: self.claims.held.get(item.job_id) for item in files}
         moved = await super().queue(files)
-        await self.claims.release(item.job_id for item in files)  # any node may send them
+        await self.claims.release(seen, as_seen=seen)
         return moved
 
     async def skip_duplicate(
