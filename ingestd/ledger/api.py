@@ -98,8 +98,9 @@ class Claims(Protocol):
     def lease_left(self, job_id: int) -> float:
         """Seconds this daemon may still act on the job (0: stop, another may take it)."""
 
-    async def release(self, job_ids: Iterable[int]) -> None:
-        """Done with these jobs for now: another daemon may take them."""
+    async def release(self, job_ids: Iterable[int], *, sent: bool = False) -> None:
+        """Done with these jobs for now: another daemon may take them (``sent``: requests
+        were sent for them that may still reach the server: not before a full lease)."""
 
 
 class JobReads(Protocol):

@@ -131,6 +131,21 @@ class Claims:
                     (ids, self.node),
                 )
 
+    async def hold_back(self, job_ids: Iterable[int]) -> None:
+        """Done with these jobs, but a request of theirs this node gave up on (a timeout, a
+        broken connection) may still reach the server: renew their claims one last time
+        and stop renewing, so that no other node sends them for a full lease; this node
+        itself may take them again sooner (its requests are one after the other)."""
+        async with self._turn:
+            ids = [job_id for job_id in job_ids if self.held.pop(job_id, None) is not None]
+            if not ids:
+                return
+            with contextlib.suppress(LedgerError):
+                await self._conn.raw(
+                    f"UPDATE jobs SET lease_until={DB_NOW}+%s WHERE id=ANY(%s) AND lease_owner=%s",
+                    (self.lease, ids, self.node),
+                )
+
     async def release_all(self) -> None:
         """At start: a previous run of this node (it held the node's lock, so it is gone) held
         these; let anyone take them now instead of after their lease."""

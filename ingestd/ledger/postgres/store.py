@@ -224,8 +224,11 @@ class PostgresLedger(FleetViews, LedgerCore):
     def lease_left(self, job_id: int) -> float:
         return self.claims.left(job_id)
 
-    async def release(self, job_ids: Iterable[int]) -> None:
-        await self.claims.release(job_ids)
+    async def release(self, job_ids: Iterable[int], *, sent: bool = False) -> None:
+        if sent:
+            await self.claims.hold_back(job_ids)
+        else:
+            await self.claims.release(job_ids)
 
     async def due_jobs(self, now: float, limit: int, exclude: Sequence[int]) -> list[Job]:
         """Claim up to ``limit`` jobs a worker may take now, oldest file first."""
