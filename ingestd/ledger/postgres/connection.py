@@ -34,6 +34,7 @@ from psycopg.rows import RowMaker
 
 from ingestd.disk.judged import ANY_DEVICE
 from ingestd.errors import LedgerError, LedgerUnwritable
+from ingestd.ledger.connection import Write, Written
 from ingestd.ledger.postgres.paths import DEVICE_COLUMNS, PATH_COLUMNS, PathMap
 from ingestd.units import iso_time
 
@@ -216,6 +217,24 @@ class PgConnection:
                 cursor = conn.cursor()
                 await cursor.executemany(statement.sql, arguments)
                 return Result(cursor.rowcount)
+
+    async def write(self, write: Write) -> Written:
+        """``connection.Guarded.write`` on PostgreSQL: ``write`` and the follow-up its outcome
+        calls for, in one transaction (the caller's, if it has one open)."""
+        if write.alone or _task() in self._tx:
+            return await self._write(write)
+        async with self.transaction():
+            return await self._write(write)
+
+    async def _write(self, write: Write) -> Written:
+        if write.many:
+            done = await self.executemany(write.sql, write.parameters)
+        else:
+            done = await self.execute(write.sql, write.parameters)
+        follow = write.then if done.rowcount > 0 else write.otherwise
+        if follow is not None:
+            await self._write(follow)
+        return Written(done.rowcount)
 
     async def fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[PgRow]:
         statement = translate(sql)
