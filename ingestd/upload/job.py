@@ -363,7 +363,8 @@ class Uploader:
             while position < total or total == 0:
                 if self.stopping.is_set():
                     return  # drain: the job resumes from bytes_acked next time
-                await self._check_source(job)
+                if source is None or not source.unchanged(job.snapshot):
+                    await self._check_source(job)  # else fstat told it (pieces.py)
                 source = source or await Source.open(path, job.snapshot, self.rule)
                 end = min(total, position + chunk_size) if chunk_size else total
                 next_end = min(total, end + chunk_size) if chunk_size else None
