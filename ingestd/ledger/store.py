@@ -4,7 +4,8 @@ The single source of truth about what has been done. Every state change is
 committed before the action that depends on it: "creating" before the
 create-upload POST, the record id before the first chunk, ``bytes_acked``
 after each acknowledged chunk (``transitions.py`` names them all). A SIGKILL
-therefore costs at most the chunk in flight. The schema carries a version and
+therefore costs at most two chunks (``bytes_acked`` may lag the server by one
+chunk while the next is on the wire: ``upload/acks.py``). The schema carries a version and
 migrates forward (``schema.py``).
 
 What SQLite promises here (WAL + ``synchronous=FULL``): a transaction whose
