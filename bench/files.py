@@ -103,7 +103,11 @@ def run_small_files(bench: Bench) -> None:
     server_ms = 1000 * server_cpu / SMALL_COUNT
     results.row(case, "ingestd CPU per file", f"{1000 * cpu / SMALL_COUNT:.1f} ms",
                 f"fake server: {server_ms:.1f} ms per file (3 requests)")  # fmt: skip
-    results.target(">= 150 small files/s end to end", f"{rate:.0f}/s", rate >= 150)
+    results.target(">= 250 small files/s end to end", f"{rate:.0f}/s", rate >= 250)
+    per_file = cpu / SMALL_COUNT
+    results.target(
+        "<= 4 ms ingestd CPU per small file", f"{1000 * per_file:.1f} ms", per_file <= 0.004
+    )
 
 
 def _interval_rescans(daemon: Ingestd) -> list[dict[str, Any]]:
