@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import time
@@ -61,14 +62,28 @@ def spread(values: Sequence[float], digits: int = 1) -> str:
     return f"rounds {min(values):.{digits}f}-{max(values):.{digits}f}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Bench:
     """One bench run: the cached data, one fake server process, and scratch folders."""
 
     def __init__(self, data: DataDir, results: Results) -> None:
         self.data = data
         self.results = results
-        self.runs = data.root / "runs"
-        shutil.rmtree(self.runs, ignore_errors=True)
+        # runs/PID: two benches at once (say make bench and make bench-scale) keep to
+        # their own scratch; what a killed run left is removed by the next one.
+        for left in (data.root / "runs").glob("*"):
+            if not left.name.isdigit() or not _alive(int(left.name)):
+                shutil.rmtree(left, ignore_errors=True)
+        self.runs = data.root / "runs" / str(os.getpid())
         self.runs.mkdir(parents=True)
         self._count = 0
         self.server = Server(self.runs / "server")
