@@ -1,4 +1,4 @@
-"""The upload worker pool: a dispatcher feeds job ids (oldest file first) to N workers.
+"""The upload worker pool: a dispatcher feeds jobs (oldest file first) to N workers.
 
 "In progress" lives in one place, :class:`InProgress`: a job taken from the
 ledger is in it from the moment the dispatcher queues it until its worker
@@ -14,10 +14,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from ingestd.aio import wait_event
+from ingestd.aio import own_lane, wait_event
 from ingestd.errors import LedgerUnwritable
 from ingestd.ledger.api import JobLedger
-from ingestd.ledger.model import State
+from ingestd.ledger.model import Job
 from ingestd.logs import get_logger
 from ingestd.upload.job import Uploader
 
@@ -84,7 +84,10 @@ class WorkerPool:
         self._on_job_end = on_job_end  # True: the job queued a partial record's deletion
         self.in_progress = InProgress()
         self.wake = wake  # set by whoever makes a job due or frees a worker
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        # The jobs as the dispatcher read them: nothing else in this process changes a job
+        # it holds (the intake and the confirmer leave them alone), and every transition
+        # checks the state it leaves, so a worker need not read the job again.
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
 
     async def dispatch(self) -> None:
         """Hand due jobs to free workers, oldest file first."""
@@ -110,7 +113,7 @@ class WorkerPool:
         due = await self.ledger.due_jobs(time.time(), free, held)
         for job in due:
             self.in_progress.queue(job.id)
-            self._queue.put_nowait(job.id)
+            self._queue.put_nowait(job)
         # A retry due sooner than the next poll is not kept waiting for it. (With every
         # slot filled, the next free worker wakes this loop anyway.)
         next_due = None if len(due) == free else await self.ledger.next_due(self.in_progress.ids())
@@ -119,8 +122,14 @@ class WorkerPool:
         return min(DISPATCH_POLL, max(0.0, next_due - time.time()))
 
     async def worker(self, number: int) -> None:
+        # The worker's looks at its files go to a thread of its own (aio.Lane).
+        with own_lane(f"ingestd-worker-{number}"):
+            await self._work(number)
+
+    async def _work(self, number: int) -> None:
         while not self.stopping.is_set():
-            job_id = await self._queue.get()
+            job = await self._queue.get()
+            job_id = job.id
             if self.stopping.is_set():
                 self.in_progress.release(job_id)
                 await self.ledger.release([job_id])
@@ -132,9 +141,7 @@ class WorkerPool:
             self.in_progress.start(job_id, number)
             queued_deletions = self.ledger.deletions_queued
             try:
-                job = await self.ledger.find_job(job_id)
-                if job is not None and job.state in (State.QUEUED, State.CREATING, State.UPLOADING):
-                    await self.uploader.process(job)
+                await self.uploader.process(job)
             except LedgerUnwritable as exc:
                 # The job keeps its last committed state; the ledger watch stops new work.
                 log.warning("job.ledger_unwritable", job_id=job_id, error=str(exc))

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ingestd.aio import blocking
 from ingestd.config.schema import UploadConfig
 from ingestd.disk.folders import FolderState, folder_state
 from ingestd.disk.judged import OpenRule, same_identity, snapshot
@@ -141,7 +142,7 @@ class Uploader:
         if self.ledger.lease_left(job.id) <= 0:  # a shared ledger: another node may take it
             raise claim_ended(job, "this node no longer holds the job")
         try:
-            current = await asyncio.to_thread(
+            current = await blocking(
                 snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
             )
         except PermissionError as exc:  # a folder above it locked: not gone, not a bug
@@ -153,7 +154,7 @@ class Uploader:
             raise SourceChanged("size, mtime or inode changed")
 
     async def _source_changed(self, job: Job, why: str, bound: Any) -> None:
-        current = await asyncio.to_thread(
+        current = await blocking(
             snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
         )
         if current is None:
@@ -170,9 +171,7 @@ class Uploader:
         attempts, and is looked at again later."""
         if Path(job.root) not in self.rule.roots:
             return False  # a folder no longer watched (or a file given by hand)
-        state = await asyncio.to_thread(
-            folder_state, Path(job.root), require_mount=self.require_mount
-        )
+        state = await blocking(folder_state, Path(job.root), require_mount=self.require_mount)
         if state == FolderState.PRESENT:
             return False
         await self.ledger.update(job.id, next_attempt_at=time.time() + FOLDER_RETRY_DELAY)
@@ -347,9 +346,7 @@ class Uploader:
         assert job.record_id and job.video_id
         path, total = Path(job.path), job.size
         if job.bytes_acked:
-            hasher = await asyncio.to_thread(
-                hash_prefix, path, job.bytes_acked, job.snapshot, self.rule
-            )
+            hasher = await blocking(hash_prefix, path, job.bytes_acked, job.snapshot, self.rule)
         else:
             hasher = hashlib.sha256()
         position, chunk_size, first = job.bytes_acked, self._chunk_size(job), True

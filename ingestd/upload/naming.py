@@ -21,7 +21,6 @@ server does not know) fails that job, never the daemon.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import time
@@ -29,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from ingestd.aio import blocking
 from ingestd.config.patterns import gitignore_match
 from ingestd.config.placeholders import render
 from ingestd.config.schema import RecordConfig, ShareConfig
@@ -157,7 +157,7 @@ class RecordNamer:
         chosen = self.choose(str(values["relpath"]))
         name = render(chosen.name, values).strip() or path.stem
         fields = {key: render(value, values) for key, value in chosen.template.items()}
-        sidecar = await asyncio.to_thread(self._sidecar, path) if self.config.sidecar else None
+        sidecar = await blocking(self._sidecar, path) if self.config.sidecar else None
         if sidecar is not None:
             name = sidecar.name or name
             fields.update(sidecar.template)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingestd.aio import blocking
 from ingestd.disk.judged import Judged, OpenRule, as_snapshot, open_judged
 from ingestd.errors import SourceChanged, SourceMissing, SourceUnreadable
 from ingestd.upload.pacing import Pacer
@@ -147,7 +148,7 @@ class Source:
         """Open the very file that was judged (``judged``: its snapshot); the upload
         reads this descriptor only. FileRefused if the path leads elsewhere now."""
         try:
-            fd = await asyncio.to_thread(open_judged, path, judged, rule)
+            fd = await blocking(open_judged, path, judged, rule)
         except FileNotFoundError:
             raise SourceMissing(str(path)) from None
         except PermissionError as exc:
