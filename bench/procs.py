@@ -38,14 +38,26 @@ def peak_rss(pid: int) -> int:
 
 
 class Server:
-    """``python -m bench.server`` in its own process (its CPU is not ingestd's)."""
+    """``python -m bench.server`` in its own process (its CPU is not ingestd's).
 
-    def __init__(self, workdir: Path) -> None:
+    ``count_only``: the server does not hash the bytes (``--count-only``); ``cpu``:
+    the one core it is pinned to (``taskset``), so that its share of the machine
+    does not wander with the load.
+    """
+
+    def __init__(self, workdir: Path, *, count_only: bool = False, cpu: int | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "server.log"
+        self.count_only = count_only
+        self.pinned_to = cpu
+        command = [sys.executable, "-m", "bench.server", "--port", "0"]
+        if count_only:
+            command.append("--count-only")
+        if cpu is not None:
+            command = ["taskset", "--cpu-list", str(cpu), *command]
         with open(self.log, "ab") as errors:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.server", "--port", "0"],
+                command,
                 stdout=subprocess.PIPE,
                 stderr=errors,
                 cwd=REPO,

@@ -1,10 +1,12 @@
 """``make bench``: every case on loopback against the fake Valt server; one table, one JSON.
 
-    python -m bench.run [--only large,cpu,memory,small,backlog,latency,bandwidth]
+    python -m bench.run [--only large,memory,small,backlog,latency,bandwidth,shared]
 
 The fake server runs in its own process in discard mode (it checks the chunk
 rules, counts and sha256-hashes every byte, stores nothing), so its CPU is not
-ingestd's; every figure below used that mode. ingestd runs as a real process
+ingestd's. Cases 1-2 run on servers of their own, pinned to one core: one that
+only counts bytes and checks ranges (the rounds), and a hashing one, to show
+by curl's rate against each that the counting one is not the limit. ingestd runs as a real process
 (``python -m ingestd run``) at normal priority. Comparisons alternate their
 sides over several rounds and report medians and ratios: the machine is shared
 and noisy, so absolute times are context only.
@@ -25,11 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench import files, large, pace
+from bench import files, large, pace, shared
 from bench.common import Bench, Results
 from bench.data import NON_DISK_FS, DataDir, default_dir, filesystem_of
 
-CASES = ("large", "memory", "small", "backlog", "latency", "bandwidth")
+CASES = ("large", "memory", "small", "backlog", "latency", "bandwidth", "shared")
 RESULTS = Path(__file__).with_name("results.json")
 
 
@@ -70,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     results.notes += _preflight(root)
     results.notes.append(
         "server: bench/server.py = ingestd's fake Valt in discard mode (chunk rules checked, "
-        "bytes counted and sha256-hashed, nothing stored), its own process, every case"
+        "bytes counted and sha256-hashed, nothing stored), its own process"
     )
     results.notes.append(
-        f"rounds: case 1-2 {large.ROUNDS} per side, alternating (ABBA); other cases once"
+        f"rounds: case 1-2 {large.ROUNDS} per side, alternating (ABBA); other cases once; "
+        "case 1-2 run on a server of their own that only counts bytes and checks ranges, "
+        "pinned to one core (taskset), beside a hashing one for reference"
     )
     data = DataDir(root)
     print(f"bench: {os.cpu_count()} cores; {'; '.join(results.notes)}", flush=True)
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_case(bench: Bench, case: str) -> None:
     if case == "large":
-        large.run_large(bench, large.sha256_speed())
+        large.run_large(bench)
     elif case == "memory":
         large.run_memory(bench)
     elif case == "small":
@@ -106,6 +110,8 @@ def _run_case(bench: Bench, case: str) -> None:
     elif case == "bandwidth":
         pace.run_cap(bench)
         pace.run_schedule(bench)
+    elif case == "shared":
+        shared.run_shared(bench)
 
 
 def table(results: Results, elapsed: float) -> str:

@@ -1,12 +1,16 @@
 """The fake Valt server as the bench runs it: its own process, bytes counted and hashed, not kept.
 
 ``python -m bench.server --port 0`` prints ``fake-valt listening on URL`` like
-``ingestd fake-valt --discard``, and adds what the bench measures at the server:
+``ingestd fake-valt --discard``; with ``--count-only`` it does not hash the bytes
+either (it counts them and holds the chunk rules), so that it is not the slowest
+party when a client sends at loopback rates. It adds what the bench measures at
+the server:
 
 - ``GET /_bench/stats``: wall-clock times (``time.time()``, comparable across
   processes on one machine) of each record's first upload request and of its last
   answered one, bytes per record, request counts, requests that carried an
-  ``Expect`` header, and how many client connections sent uploads;
+  ``Expect`` header, how many client connections sent uploads, and how many
+  chunk requests for one video overlapped (two senders on one job);
 - ``GET /_bench/timeline?since=T``: (time, total upload bytes) every 50 ms, from
   which the bench reads rates and when a rate changed.
 
@@ -51,8 +55,8 @@ class _Seen:
 class BenchValt(FakeValt):
     """The package's fake plus the bench's counters (see the module docstring)."""
 
-    def __init__(self) -> None:
-        super().__init__(users={USERNAME: PASSWORD}, keep_bytes=False)
+    def __init__(self, *, hash_bytes: bool = True) -> None:
+        super().__init__(users={USERNAME: PASSWORD}, keep_bytes=False, hash_bytes=hash_bytes)
         self.seen = _Seen()
 
     def make_app(self) -> web.Application:
@@ -114,6 +118,10 @@ class BenchValt(FakeValt):
                 "uploads": seen.uploads,
                 "expect_headers": seen.expect_headers,
                 "upload_connections": len(seen.upload_peers),
+                # Every record, also two of one name (``records`` below keeps one per name).
+                "record_count": len(state.store.records),
+                "overlapping_chunks": state.overlapping_chunks,
+                "chunk_repeats": state.chunk_repeats,
                 "records": records,
             }
         )
@@ -134,8 +142,8 @@ class BenchValt(FakeValt):
                 pass
 
 
-async def _serve(port: int) -> None:
-    fake = BenchValt()
+async def _serve(port: int, hash_bytes: bool) -> None:
+    fake = BenchValt(hash_bytes=hash_bytes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -151,8 +159,11 @@ async def _serve(port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.server")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--count-only", action="store_true", help="count the bytes and check ranges, no sha256"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.port))
+    asyncio.run(_serve(args.port, hash_bytes=not args.count_only))
 
 
 if __name__ == "__main__":

@@ -42,15 +42,9 @@ def verify(campaign: Campaign) -> None:
     for spec in specs:
         row = newest.get(str(campaign.export / spec.relpath))
         check_file(campaign, spec, by_name.get(spec.stem, []), row)
-    done_ids = {r["record_id"] for r in rows if r["state"] == "done" and r["record_id"]}
-    for record in records:
-        video = (record["videos"] or [{}])[0]
-        if record["id"] not in done_ids or not whole(video):
-            report.partial_or_orphan += 1
-            report.problems.append(
-                f"record {record['id']} ({record['name']!r}) is partial or an orphan: "
-                f"{video.get('received')} of {video.get('total')} bytes"
-            )
+    orphans = partial_or_orphan(records, rows)
+    report.partial_or_orphan = len(orphans)
+    report.problems += orphans
     if pending:
         report.problems.append(f"{pending} partial record(s) still queued for deletion")
     overlaps = campaign.events.overlaps()
@@ -94,21 +88,41 @@ def check_file(
     report.moved_ok += check_moved(campaign, spec, row)
 
 
+def partial_or_orphan(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """A problem for each record on the server that is partial or that no done job names."""
+    done_ids = {r["record_id"] for r in rows if r["state"] == "done" and r["record_id"]}
+    found = []
+    for record in records:
+        video = (record["videos"] or [{}])[0]
+        if record["id"] not in done_ids or not whole(video):
+            found.append(
+                f"record {record['id']} ({record['name']!r}) is partial or an orphan: "
+                f"{video.get('received')} of {video.get('total')} bytes"
+            )
+    return found
+
+
 def check_moved(campaign: Campaign, spec: FileSpec, row: dict[str, Any]) -> bool:
-    problems = campaign.report.problems
-    source = campaign.export / spec.relpath
+    problem = moved_problem(campaign.export, campaign.moved, spec.relpath, spec.sha256, row)
+    if problem:
+        campaign.report.problems.append(problem)
+    return problem is None
+
+
+def moved_problem(
+    export: Path, moved: Path, relpath: str, sha256: str, row: dict[str, Any]
+) -> str | None:
+    """What is wrong with a done file's move from ``export`` to ``moved``, if anything."""
+    source = export / relpath
     final = Path(row["final_path"]) if row["final_path"] else None
-    expected = campaign.moved / spec.relpath
+    expected = moved / relpath
     if source.exists():
-        problems.append(f"{spec.relpath}: still in the watch folder after done")
-        return False
+        return f"{relpath}: still in the watch folder after done"
     if final != expected or not expected.exists():
-        problems.append(f"{spec.relpath}: moved to {final}, not {expected}")
-        return False
-    if sha256_file(expected) != spec.sha256:
-        problems.append(f"{spec.relpath}: the moved copy differs from the source")
-        return False
-    return True
+        return f"{relpath}: moved to {final}, not {expected}"
+    if sha256_file(expected) != sha256:
+        return f"{relpath}: the moved copy differs from the source"
+    return None
 
 
 def check_log(campaign: Campaign) -> None:

@@ -209,12 +209,15 @@ def write_config(
     upload: dict[str, Any],
     after_upload: dict[str, Any],
     ledger: dict[str, Any],
+    name: str | None = None,
 ) -> None:
-    """A daemon config as every campaign writes it: JSON logs, no status page, fast retries."""
+    """A daemon config as every campaign writes it: JSON logs, no status page, fast retries.
+    ``name``: the watch folder's name (a shared ledger knows files by it)."""
+    folder: str | dict[str, str] = {"path": str(export), "name": name} if name else str(export)
     config = {
         "valt": {"url": url, "username": USERNAME, "timeout": CLIENT_TIMEOUT},
         "watch": {
-            "paths": [str(export)],
+            "paths": [folder],
             "settle": settle,
             "rescan_interval": rescan_interval,
             "check_container": False,  # the files are random bytes

@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 # and the remounted disk would come back with another st_dev.
 ONE_WORKER = {
     "tests/test_chaos_short.py": "chaos campaign",
+    "tests/test_chaos_shared_short.py": "chaos campaign",  # two campaigns at once: too slow
     "tests/test_powercut_campaign.py": "mounts",
     "tests/test_powercut_fs.py": "mounts",
     "tests/test_power_durability.py": "mounts",

@@ -164,7 +164,7 @@ def test_export_writes_the_audit_csv(tmp_path: Path, server: FakeValtThread) -> 
     digest = random_file(export / "room 1" / "a, b.mp4", 3000)
     config = write_config(tmp_path, server.url, watch={"settle": "0.1s"})
     assert run_cli("export", "-c", str(config)).stdout.splitlines() == [
-        "file,size,sha256,record_id,uploaded_at,record_name"
+        "file,size,sha256,record_id,uploaded_at,record_name,node"
     ]
     assert run_cli("run", "-c", str(config), "--once", "--max-wait", "5s").returncode == 0
     result = run_cli("export", "-c", str(config))
@@ -174,6 +174,7 @@ def test_export_writes_the_audit_csv(tmp_path: Path, server: FakeValtThread) -> 
     assert (row["size"], row["sha256"]) == ("3000", digest)
     assert row["record_id"] == server.snapshot()["records"][0]["id"]
     assert row["uploaded_at"].endswith("+00:00")
+    assert row["node"] == ""  # a SQLite ledger has no nodes
     later = run_cli("export", "-c", str(config), "--since", "2999-01-01")
     assert later.stdout.count("\n") == 1
     _one_line_error(run_cli("export", "-c", str(config), "--since", "yesterday"), "--since")

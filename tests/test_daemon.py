@@ -163,6 +163,14 @@ def test_drain_is_bounded_and_a_second_signal_exits_at_once(
     assert stop_process(daemon, timeout=10) == 0
     assert time.monotonic() - sent_at < 1 + 2
 
+    # A drain far longer than the bound below: exiting within it is the second signal's doing.
+    config = write_config(
+        tmp_path,
+        server.url,
+        upload={"workers": 1, "drain_timeout": "20s"},
+        valt={"timeout": "30s"},
+        watch={"settle": "0.1s"},
+    )
     second_log = tmp_path / "second.log"
     daemon = start_daemon(config, second_log)
     hung = _hangs(server)
@@ -172,8 +180,8 @@ def test_drain_is_bounded_and_a_second_signal_exits_at_once(
     time.sleep(0.2)
     sent_at = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
-    assert daemon.wait(5) == 1
-    assert time.monotonic() - sent_at < 1.0
+    assert daemon.wait(10) == 1
+    assert time.monotonic() - sent_at < 5.0
 
 
 def test_a_second_signal_closes_the_ledger_cleanly_and_the_next_start_resumes(

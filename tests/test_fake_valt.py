@@ -506,6 +506,30 @@ async def test_a_server_that_keeps_no_bytes_still_counts_and_hashes_them(
             valt.video_bytes(record_id)
 
 
+async def test_a_server_that_hashes_nothing_still_counts_bytes_and_holds_the_chunk_rules(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """The benchmark's counting server: no sha256, but ranges checked as ever."""
+    async with FakeValt(tmp_path / "valt", keep_bytes=False, hash_bytes=False) as valt:
+        client = Client(session, valt.url)
+        await client.login()
+        record_id, video_id = await client.create()
+        data = payload(30_000)
+        assert (await client.upload(record_id, video_id, data[:10_000], 0, 30_000)).status == 200
+        gap = await client.upload(record_id, video_id, data[20_000:], 20_000, 30_000)
+        assert gap.status == 400 and "gap" in error_of(gap)[1]
+        repeat = await client.upload(record_id, video_id, data[:10_000], 0, 30_000)
+        assert (repeat.status, repeat.text) == (200, "")
+        await client.upload(record_id, video_id, data[10_000:20_000], 10_000, 30_000)
+        done = await client.upload(record_id, video_id, data[20_000:], 20_000, 30_000)
+        assert done.json() == {"id": record_id, "videos": [video_id]}
+        video = valt.records[record_id].videos[0]
+        assert (video.received, video.total, video.sha256) == (30_000, 30_000, None)
+        assert valt.snapshot()["records"][0]["videos"][0]["sha256"] is None
+        assert valt.upload_bytes_received == 30_000 + 10_000 + 10_000  # gap and repeat counted
+        assert valt.chunk_repeats == 1
+
+
 async def test_videos_turn_ready_after_ready_delay(fake: FakeValt, client: Client) -> None:
     fake.set_faults(ready_delay=0.4)
     record_id, video_id = await client.create()

@@ -11,6 +11,7 @@ import pytest
 
 from ingestd.disk.judged import FileSnapshot, OpenRule, snapshot
 from ingestd.errors import SourceChanged, SourceMissing
+from ingestd.upload import pieces
 from ingestd.upload.pieces import PIECE_SIZE, Sending, Source, hash_prefix
 
 RULE = OpenRule()
@@ -129,3 +130,38 @@ def test_hash_prefix_resumes_the_full_content_hash(tmp_path: Path) -> None:
     assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
     with pytest.raises(SourceChanged):
         hash_prefix(path, len(data) + 1, _judged(path), RULE)
+
+
+async def test_between_looks_at_the_path_the_open_file_tells_whether_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's look at the file is an fstat of the open file: it tells a change of size
+    or mtime, and a link gone or added (deleted, replaced by a rename); the path itself
+    is looked at every LOOK_EVERY seconds, and wherever fstat might wait."""
+    path = tmp_path / "a.ts"
+    path.write_bytes(b"x" * 1000)
+    judged = _judged(path)
+    source = await Source.open(path, judged, RULE)
+    try:
+        assert source.unchanged(judged)
+        os.link(path, tmp_path / "b.ts")
+        assert not source.unchanged(judged)  # a link more: look at the path
+        (tmp_path / "b.ts").unlink()
+        assert source.unchanged(judged)
+        os.rename(tmp_path / "a.ts", tmp_path / "moved.ts")
+        assert source.unchanged(judged)  # renamed away: the links are the same...
+        monkeypatch.setattr(pieces, "LOOK_EVERY", 0.0)
+        assert not source.unchanged(judged)  # ...so the path is looked at, every second
+        monkeypatch.undo()
+        os.rename(tmp_path / "moved.ts", tmp_path / "a.ts")
+        path.write_bytes(b"y" * 10)  # the same inode, another size
+        assert not source.unchanged(judged)
+        current = _judged(path)
+        assert source.unchanged(current)
+        path.unlink()
+        assert not source.unchanged(current)  # deleted: no link left
+        source._file.nowait = False  # a file system without RWF_NOWAIT: the path, always
+        assert not source.unchanged(judged)
+    finally:
+        source.close()
+    assert not source.unchanged(judged)

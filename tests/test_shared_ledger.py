@@ -154,6 +154,10 @@ def test_a_node_killed_mid_upload_is_taken_over_on_the_same_record(
     [row] = jobs(pg_url)
     assert row["lease_owner"] == "a" and row["state"] == "uploading"
     record = row["record_id"]
+    # Node a's host numbers the share's device otherwise than b's: st_dev is never compared
+    # across nodes (b must resume, not take the file for a changed one).
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE jobs SET device=device+12345")
     took_over = subprocess.run(
         [*_ingestd(), "run", "--once", "--max-wait", "30s", "-c", str(b)],
         capture_output=True,

@@ -192,6 +192,7 @@ def test_json_keys_are_those_the_readme_documents(tmp_path: Path) -> None:
     status = _status(config)
     assert set(status) == {
         "ledger",
+        "moved",
         "daemon",
         "paused",
         "counts",

@@ -6,9 +6,13 @@ test's event loop, exactly as the daemon runs it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import hashlib
 import json
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -201,6 +205,96 @@ async def test_hanging_upload_times_out_quickly(server: FakeValtThread) -> None:
         elapsed = time.monotonic() - started
     assert caught.value.reason == "timeout"
     assert elapsed < 4.0
+
+
+class _BodyReader:
+    """A bare HTTP server on loopback: logs in anyone, then takes a chunk's body at
+    ``rate`` bytes a second (0: it stops reading it) and answers 200 once it has all.
+    Its receive buffer is small, so the client's body moves as it is read."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.received = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.done = asyncio.Event()
+
+    async def __aenter__(self) -> str:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        listener.bind(("127.0.0.1", 0))
+        self.server = await asyncio.start_server(self._serve, sock=listener)
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.done.set()
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while not self.done.is_set():
+                head = await reader.readuntil(b"\r\n\r\n")
+                found = re.search(rb"(?i)content-length: *(\d+)", head)
+                length = int(found.group(1)) if found else 0
+                if b"/login" in head.split(b"\r\n")[0]:
+                    await reader.readexactly(length)
+                    body = json.dumps({"data": {"access_token": "a-token-of-24-chars-x"}})
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                    writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode()))
+                    continue
+                if not self.rate:
+                    await self.done.wait()
+                    return
+                while self.received < length:
+                    part = await reader.read(min(self.rate // 100, length - self.received))
+                    self.received += len(part)
+                    await asyncio.sleep(0.01)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+async def _upload(url: str, size: int, timeout: float) -> None:
+    data = b"v" * size
+    async with ValtClient(
+        base_url=url, username=USERNAME, password=PASSWORD, timeout=timeout
+    ) as client:
+        await client.upload_chunk(
+            "rec",
+            "vid",
+            filename="clip.mp4",
+            content_range=valt_rules.content_range(0, size, size),
+            length=size,
+            pieces=_pieces(data, piece=64 * KiB),
+        )
+
+
+async def test_a_server_that_stops_reading_the_body_times_out_within_valt_timeout() -> None:
+    """The socket buffers fill, the body stops moving: cut after ``valt.timeout``."""
+    async with _BodyReader(rate=0) as url:
+        started = time.monotonic()
+        with pytest.raises(RetryableError) as caught:
+            await _upload(url, 64 * MiB, timeout=1.0)
+        elapsed = time.monotonic() - started
+    assert caught.value.reason == "timeout"
+    assert 1.0 <= elapsed < 4.0
+
+
+async def test_a_body_that_moves_slowly_is_never_cut_off() -> None:
+    """The deadline follows the body: a chunk that takes several ``valt.timeout`` to go,
+    but never stops for one, goes through."""
+    reader = _BodyReader(rate=16 * MiB)
+    async with reader as url:
+        started = time.monotonic()
+        await _upload(url, 40 * MiB, timeout=1.0)
+        elapsed = time.monotonic() - started
+    assert reader.received > 40 * MiB  # the chunk inside its multipart frame
+    assert elapsed > 2.0  # longer than valt.timeout, yet not cut
 
 
 async def test_413_is_body_too_large(server: FakeValtThread) -> None:

@@ -28,6 +28,7 @@ from ingestd.config.credentials import resolve_password, resolve_status_token
 from ingestd.config.network import CLEARTEXT_DETAIL, cleartext_password, is_loopback
 from ingestd.config.schema import Config, RecordConfig
 from ingestd.errors import AuthFailed, Redirected, ShareNameError, ValtError
+from ingestd.ledger.shared_check import SharedLedger, check_shared_ledger
 from ingestd.logs import configure_logging, redact_url, register_secret
 from ingestd.units import format_size
 from ingestd.valt.client import ValtClient
@@ -62,7 +63,7 @@ class _Report:
         self.out(f"skip  {text}")
 
 
-def _check_folders(config: Config, report: _Report) -> None:
+def _check_folders(config: Config, report: _Report, shared: SharedLedger | None) -> None:
     needs_write = config.after_upload.action in ("move", "delete")
     for folder in config.watch.paths:
         if not folder.is_dir():
@@ -81,9 +82,12 @@ def _check_folders(config: Config, report: _Report) -> None:
             "the open-writer check sees only this host's processes: writers on other hosts"
             " are caught by the settle time, the container check and marker files"
         )
-    check_ledger_folder(config, report.say)
+    if shared is None:
+        check_ledger_folder(config, report.say)
+    else:  # ledger.path is not used: the ledger is PostgreSQL's
+        report.say(shared.ok, shared.line)
     check_after_upload_folders(config, report.say)
-    check_status_port(config, report.say)
+    check_status_port(config, report.say, node_daemon=shared.daemon if shared else None)
 
 
 def _free_space_line(folder: Path, min_free: int, report: _Report) -> None:
@@ -260,7 +264,8 @@ async def run_check(
     if not config.valt.verify_tls:
         report.fail("valt.verify_tls is false: the server's identity is not checked")
     _exposure_warnings(config, report, status_token=status_token)
-    _check_folders(config, report)
+    shared = await check_shared_ledger(config) if config.ledger.shared else None
+    _check_folders(config, report, shared)
     await _check_server(config, password, report, probe=probe)
     return 1 if report.problems else 0
 

@@ -1,5 +1,6 @@
-"""``ingestd check``'s lines about this machine's places: the ledger folder, ``move_to`` and
-``failed_to``, and the ``status.listen`` port. Each says what is wrong and what to do."""
+"""``ingestd check``'s lines about this machine's places: the ledger folder (or the shared
+ledger), ``move_to`` and ``failed_to``, and the ``status.listen`` port. Each says what is
+wrong and what to do."""
 
 from __future__ import annotations
 
@@ -79,8 +80,10 @@ def check_after_upload_folders(config: Config, say: Say) -> None:
             say(True, f"{key} {folder} is writable")
 
 
-def check_status_port(config: Config, say: Say) -> None:
-    """``status.listen`` must be free, or held by the daemon that holds this ledger."""
+def check_status_port(config: Config, say: Say, *, node_daemon: int | None = None) -> None:
+    """``status.listen`` must be free, or held by this ledger's daemon: the one that holds
+    the SQLite ledger's lock, or in a shared ledger ``node_daemon`` (this node's daemon,
+    by its heartbeat; a shared ledger has no lock file)."""
     listen = config.status.listen
     if listen is None:
         return
@@ -93,9 +96,11 @@ def check_status_port(config: Config, say: Say) -> None:
     if problem != errno.EADDRINUSE:
         say(False, f"status.listen {where} cannot be listened on ({os.strerror(problem)})")
         return
-    holder = _ledger_holder(config.ledger.path)
+    shared = config.ledger.shared
+    holder = node_daemon if shared else _ledger_holder(config.ledger.path)
     if holder is not None and _listens_on(holder, port):
-        say(True, f"status.listen {where} is held by the ingestd of this ledger (pid {holder})")
+        who = f"node {config.ledger.node}'s ingestd" if shared else "the ingestd of this ledger"
+        say(True, f"status.listen {where} is held by {who} (pid {holder})")
         return
     say(
         False,

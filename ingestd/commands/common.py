@@ -12,7 +12,7 @@ from typing import TypeVar
 from ingestd.config.credentials import config_path_from
 from ingestd.config.load import load_config
 from ingestd.config.schema import Config
-from ingestd.errors import LedgerDamaged
+from ingestd.errors import IngestdError, LedgerDamaged
 from ingestd.ledger.api import JobLedger, open_ledger
 
 T = TypeVar("T")
@@ -45,3 +45,8 @@ def with_ledger(config: Config, action: Callable[[JobLedger], Awaitable[T]]) -> 
 
     with advice_names(config):
         return asyncio.run(go())
+
+
+def no_such_node(name: str) -> IngestdError:
+    """``--node`` or ``forget-node`` named no node of the shared ledger (exit 1)."""
+    return IngestdError(f"no node {name!r} in the shared ledger (`ingestd status` lists them)")

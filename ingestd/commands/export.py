@@ -1,7 +1,9 @@
 """``ingestd export``: the CSV audit of what was uploaded, for records departments.
 
 One row per done job: the file, its size and sha256 (of the whole file, as
-sent), the Valt record id and when the server confirmed it.
+sent), the Valt record id and when the server confirmed it, its record name and, on a
+shared ledger, the node that held the job last (the one that finished it; empty on a
+SQLite ledger). A shared ledger's export is the whole fleet's.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ingestd.errors import IngestdError, UsageError
 from ingestd.ledger.api import open_ledger
 from ingestd.ledger.model import Job, State
 
-COLUMNS = ("file", "size", "sha256", "record_id", "uploaded_at", "record_name")
+COLUMNS = ("file", "size", "sha256", "record_id", "uploaded_at", "record_name", "node")
 
 
 def parse_since(text: str) -> float:
@@ -45,7 +47,15 @@ def audit_csv(jobs: Iterable[Job], since: float | None = None) -> str:
             continue
         uploaded = dt.datetime.fromtimestamp(job.done_at, dt.UTC).isoformat(timespec="seconds")
         writer.writerow(
-            (job.path, job.size, job.sha256, job.record_id, uploaded, job.record_name or "")
+            (
+                job.path,
+                job.size,
+                job.sha256,
+                job.record_id,
+                uploaded,
+                job.record_name or "",
+                job.uploaded_by or "",
+            )
         )
     return out.getvalue()
 
@@ -56,7 +66,7 @@ def command(args: argparse.Namespace) -> int:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not config.ledger.path.exists():
+    if not config.ledger.shared and not config.ledger.path.exists():
         _write(audit_csv([]))
         return EXIT_OK
 

@@ -78,13 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument(
         "--force", action="store_true", help="also upload files that never pass the finished checks"
     )
+    retry.add_argument(
+        "--node", metavar="NAME", help="a shared ledger: the failed jobs this node held last"
+    )
 
     export = commands.add_parser("export", help="CSV audit of uploaded files")
     _add_config(export)
     export.add_argument("--since", help="only files confirmed on or after this date (2026-11-28)")
 
     for name, text in (("pause", "stop taking new files"), ("resume", "take new files again")):
-        _add_config(commands.add_parser(name, help=text))
+        flag = commands.add_parser(name, help=text)
+        _add_config(flag)
+        flag.add_argument(
+            "--node", metavar="NAME", help=f"a shared ledger: {name} this node only (default: all)"
+        )
 
     ledger = commands.add_parser("ledger", help="the ledger: check it, back it up, restore it")
     _add_config(ledger)
@@ -96,13 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
         ("backup", "make a backup now (safe while the daemon runs)"),
         ("restore", "put the newest good backup in place (the daemon must be stopped)"),
         ("migrate", "create or upgrade a shared ledger's tables (ledger.url)"),
+        ("forget-node", "drop a gone node from a shared ledger's list, giving its claims back"),
+        ("copy", "copy this SQLite ledger into a shared one (--to URL), then mark it moved"),
     ):
         action = actions.add_parser(name, help=text)
         # -c after the action too; SUPPRESS keeps a -c given before it.
         action.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name == "forget-node":
+            action.add_argument("name", metavar="NAME", help="the node's name (ledger.node)")
         if name == "restore":
             action.add_argument(
                 "--force", action="store_true", help="restore even if the ledger is sound"
+            )
+        if name == "copy":
+            action.add_argument(
+                "--to",
+                required=True,
+                metavar="URL",
+                help="the shared ledger, postgresql://USER@HOST/DB (no password in it)",
             )
 
     fake_valt.add_arguments(commands.add_parser("fake-valt", help="run the Valt test double"))

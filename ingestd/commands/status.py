@@ -6,6 +6,10 @@ file without locking it. Whether a daemon runs, since when, and its health come 
 heartbeat it writes to the ledger (observe/heartbeat.py). Each job list holds
 :data:`LIST_LIMIT` jobs and says how many more there are, unless ``--all``.
 Never shows a token or URL: the ledger holds neither.
+
+On a shared ledger (``ledger.url``) it shows every node instead, each by its row in
+the ledger (``ledger/postgres/fleet.py``): running, stopped, or gone; ``daemon`` is
+this configuration's node, and the counts and job lists are the fleet's.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from typing import Any
 from ingestd.commands.common import advice_names, load
 from ingestd.commands.exits import EXIT_OK
 from ingestd.commands.status_text import render_status
-from ingestd.ledger.api import JobLedger, open_ledger
+from ingestd.ledger.api import Fleet, JobLedger, fleet_of, open_ledger
 from ingestd.ledger.lock import lock_holder
-from ingestd.ledger.model import Job, State
+from ingestd.ledger.model import NODE_RUNNING, Job, NodeView, State
+from ingestd.ledger.moved import MOVED_AT, MOVED_TO, MOVING_TO, moved_marker
 from ingestd.observe.heartbeat import DaemonState, daemon_state
 
 ACTIVE = (State.QUEUED, State.CREATING, State.UPLOADING, State.CONFIRMING)
@@ -84,11 +89,64 @@ def _daemon(found: DaemonState, now: float) -> dict[str, Any]:
     }
 
 
+def _node(view: NodeView, now: float) -> dict[str, Any]:
+    """A node of a shared ledger as ``--json`` shows it; its health as of its last heartbeat
+    (its age by the database's clock)."""
+    beat = view.heartbeat
+    return {
+        "name": view.name,
+        "host": view.host,
+        "pid": view.pid,
+        "version": view.version,
+        "state": view.state,
+        "paused": view.paused,
+        "started_at": view.started_at,
+        "heartbeat_at": view.seen_at,
+        "heartbeat_age_s": round(view.silent_s, 1),
+        "stopped_at": view.stopped_at,
+        "problems": [] if beat is None else list(beat.problems),
+        "server": None if beat is None else {"state": beat.server, "detail": beat.server_detail},
+        "folders": {} if beat is None else dict(beat.folders),
+        "active": [_job_summary(job, now) for job in view.active],
+        "more_active": view.active_count - len(view.active),
+    }
+
+
+def _this_node(views: list[NodeView], name: str | None) -> DaemonState:
+    """``daemon`` on a shared ledger: this configuration's node, as its row tells."""
+    for view in views:
+        if view.name == name:
+            state = "running" if view.state == NODE_RUNNING else "not running"
+            return DaemonState(state, view.pid, view.heartbeat, view.silent_s)
+    return DaemonState("not running", None, None, None)
+
+
+async def _fleet(fleet: Fleet, node: str | None, limit: int | None, now: float) -> dict[str, Any]:
+    """What a shared ledger adds: every node; the fleet's pause; this node as ``daemon``."""
+    views = await fleet.nodes(limit)
+    return {
+        "daemon": _daemon(_this_node(views, node), now),
+        "paused": await fleet.fleet_paused(),
+        "nodes": [_node(view, now) for view in views],
+    }
+
+
+async def _moved(ledger: JobLedger) -> dict[str, Any] | None:
+    """Where ``ingestd ledger copy`` moved this ledger (``finished``: false while a copy
+    that did not finish keeps daemons off it); None: it was not moved."""
+    meta = {key: await ledger.get_meta(key) or "" for key in (MOVED_TO, MOVED_AT, MOVING_TO)}
+    found = moved_marker(meta)
+    if found is not None:
+        return {"to": found[0], "at": found[1], "finished": True}
+    return {"to": meta[MOVING_TO], "at": None, "finished": False} if meta[MOVING_TO] else None
+
+
 async def gather_status(
     ledger: JobLedger, *, limit: int | None = LIST_LIMIT, holder: int | None = None
 ) -> dict[str, Any]:
     """The daemon (``holder``: the pid the lock file names), counts per state, active,
-    failed and waiting jobs (at most ``limit`` each; None: all), the oldest waiting file."""
+    failed and waiting jobs (at most ``limit`` each; None: all), the oldest waiting file;
+    on a shared ledger every node too (``nodes``)."""
     now = time.time()
     counts = await ledger.counts()
     active = await ledger.jobs_in(ACTIVE, order="mtime_ns", limit=limit)
@@ -99,14 +157,16 @@ async def gather_status(
     oldest = waiting[0] if waiting else None
     problem = await ledger.server_problem()
     orphans = await ledger.suspected_orphans()
+    moved = await _moved(ledger)
     totals = {
         "active": sum(counts.get(state.value, 0) for state in ACTIVE),
         "failed": counts.get(State.FAILED.value, 0),
         "waiting": counts.get(State.WAITING.value, 0),
     }
     shown = {"active": len(active), "failed": len(failed), "waiting": len(waiting)}
-    return {
-        "ledger": str(ledger.path),
+    status = {
+        "ledger": ledger.where,
+        "moved": moved,
         "daemon": _daemon(daemon_state(holder, await ledger.heartbeat(), now), now),
         "paused": await ledger.is_paused(),
         "counts": counts,
@@ -123,6 +183,10 @@ async def gather_status(
         "server_problem": None if problem is None else {"problem": problem[0], "since": problem[1]},
         "folders": await ledger.folder_states(),
     }
+    fleet = fleet_of(ledger)
+    if fleet is not None:
+        status.update(await _fleet(fleet, ledger.node, limit, now))
+    return status
 
 
 def command(args: argparse.Namespace) -> int:

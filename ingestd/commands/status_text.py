@@ -1,10 +1,12 @@
-"""``ingestd status`` as a few readable lines: what ``status.gather_status`` found."""
+"""``ingestd status`` as a few readable lines: what ``status.gather_status`` found (on a
+shared ledger, a few lines per node in place of the daemon's)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from ingestd.ledger.moved import describe_move
 from ingestd.units import format_duration, format_size
 
 
@@ -15,8 +17,10 @@ def _clock(moment: float) -> str:
 def render_status(status: dict[str, Any]) -> str:
     """The status as a few readable lines."""
     counts = status["counts"]
+    nodes = status.get("nodes")
     lines = [
-        *_daemon_lines(status["daemon"]),
+        *_moved_lines(status),
+        *(_daemon_lines(status["daemon"]) if nodes is None else _nodes_lines(nodes)),
         f"ledger: {status['ledger']}"
         + ("  (PAUSED: `ingestd resume` to go on)" if status["paused"] else ""),
         "jobs:   " + "  ".join(f"{state} {counts[state]}" for state in counts),
@@ -46,6 +50,23 @@ def render_status(status: dict[str, Any]) -> str:
         )
     lines.extend(_orphan_lines(status))
     return "\n".join(lines)
+
+
+def _moved_lines(status: dict[str, Any]) -> list[str]:
+    """A ledger ``ingestd ledger copy`` moved: no daemon runs on it again."""
+    moved = status["moved"]
+    if moved is None:
+        return []
+    if not moved["finished"]:
+        return [
+            f"MOVING: an `ingestd ledger copy` into the shared ledger {moved['to']} did not "
+            "finish: run it again with the same --to (no daemon starts on this ledger until then)"
+        ]
+    return [
+        f"MOVED: this ledger was moved to the shared ledger {moved['to']} "
+        f"({describe_move(moved['at'])}); it is kept as it was then: set ledger.url to "
+        "it and remove ledger.path"
+    ]
 
 
 def _daemon_lines(daemon: dict[str, Any]) -> list[str]:
@@ -78,6 +99,47 @@ def _daemon_lines(daemon: dict[str, Any]) -> list[str]:
     detail = f" ({server['detail']})" if server["detail"] else ""
     lines.append(f"server: {server['state']}{detail}")
     return lines  # each folder's state: the ledger's own record (_folder_lines)
+
+
+def _nodes_lines(nodes: list[dict[str, Any]]) -> list[str]:
+    """Each node of a shared ledger: who and where, its heartbeat, health and claims."""
+    if not nodes:
+        return ["nodes:  none (no daemon has run on this shared ledger)"]
+    lines = ["nodes:"]
+    for node in nodes:
+        lines.extend(_node_lines(node))
+    return lines
+
+
+def _node_lines(node: dict[str, Any]) -> list[str]:
+    name, state = node["name"], node["state"]
+    shown = "GONE" if state == "gone" else state
+    paused = f"  (PAUSED: `ingestd resume --node {name}` to go on)" if node["paused"] else ""
+    lines = [f"  {name:<16} {shown:<8} {node['host']}, pid {node['pid']}{paused}"]
+    age, beat = format_duration(node["heartbeat_age_s"]), _clock(node["heartbeat_at"])
+    if state == "stopped":
+        lines.append(f"      stopped at {_clock(node['stopped_at'])}")
+    elif state == "gone":
+        lines.append(
+            f"      health: gone: last heartbeat {age} ago ({beat}), more than twice "
+            f"ledger.lease; `ingestd ledger forget-node {name}` drops it from this list"
+        )
+    else:
+        lines.append(f"      heartbeat {age} ago ({beat}), since {_clock(node['started_at'])}")
+        problems = node["problems"]
+        lines.append("      health: ok" if not problems else "      health: PROBLEMS")
+        lines.extend(f"        - {problem}" for problem in problems)
+        server = node["server"]
+        if server is not None:
+            detail = f" ({server['detail']})" if server["detail"] else ""
+            lines.append(f"      server: {server['state']}{detail}")
+    active, more = node["active"], node["more_active"]
+    if active:
+        lines.append(f"      holds {len(active) + more} job(s):")
+        lines.extend("    " + line for item in active for line in _job_lines(item))
+        if more:
+            lines.append(f"        and {more} more (`ingestd status --all` lists them all)")
+    return lines
 
 
 def _folder_lines(folders: list[dict[str, Any]]) -> list[str]:

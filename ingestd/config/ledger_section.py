@@ -26,7 +26,7 @@ from ingestd.config.values import (
 from ingestd.errors import ConfigError
 from ingestd.units import describe, format_duration, parse_duration
 
-__all__ = ["LEASE_MAX", "LEASE_MIN", "check_shared_watch", "parse_ledger"]
+__all__ = ["LEASE_MAX", "LEASE_MIN", "check_ledger_url", "check_shared_watch", "parse_ledger"]
 
 URL_EXAMPLE = "postgresql://ingestd@db.example.org/ingestd"
 _SCHEMES = ("postgresql://", "postgres://")  # what libpq takes as a URI, case and all
@@ -76,6 +76,14 @@ def _ledger_url(value: object, key: str) -> str | None:
             " the systemd credential ledger-password, or libpq's PGPASSFILE",
         )
     return text
+
+
+def check_ledger_url(value: str, key: str) -> str:
+    """A shared ledger's URL given elsewhere than ``ledger.url`` (``ledger copy --to``),
+    held to the same rules: :class:`ConfigError` under ``key``, the value never shown."""
+    url = _ledger_url(value, key)
+    assert url is not None
+    return url
 
 
 def _node(value: object, key: str) -> str | None:

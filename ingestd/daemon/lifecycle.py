@@ -35,6 +35,7 @@ from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.watcher import Intake
 from ingestd.ledger.api import open_ledger
 from ingestd.ledger.model import TERMINAL, State
+from ingestd.ledger.watch import CHECK_EVERY as LEDGER_CHECK_EVERY
 from ingestd.ledger.watch import LedgerWatch, wait_writable
 from ingestd.logs import get_logger
 from ingestd.observe.health import StatusService
@@ -270,10 +271,7 @@ class Daemon:
         self.notifier.ready("scanning the watch folders")
         with contextlib.suppress(LedgerUnwritable):  # the ledger watch reports it
             await self.intake.scan("startup")
-        self.paused = await self.ledger.is_paused()
-        scope = [
-            job.id for job in await self.ledger.jobs_in([s for s in State if s not in TERMINAL])
-        ]
+        self.paused, scope = await self._first_look()
         background: list[asyncio.Task[None]] = []
         async with asyncio.TaskGroup() as group:
             spawn = group.create_task
@@ -305,6 +303,20 @@ class Daemon:
                 await self._sweep_before_exit()
             self.stop.set()
         log.info("daemon.stopped", exit_code=self.result.exit_code)
+
+    async def _first_look(self) -> tuple[bool, list[int]]:
+        """The pause flag and the jobs not finished, before the loops start: a shared ledger
+        that does not answer now is waited for (probed every CHECK_EVERY), not the end."""
+        while True:
+            try:
+                paused = await self.ledger.is_paused()
+                live = await self.ledger.jobs_in([s for s in State if s not in TERMINAL])
+                return paused, [job.id for job in live]
+            except LedgerUnwritable as exc:
+                log.warning("daemon.ledger_wait", error=str(exc))
+                while not await self.ledger.probe_write():
+                    if await wait_event(self.stopping, LEDGER_CHECK_EVERY):
+                        return False, []
 
     async def _sweep_before_exit(self) -> None:
         """``--once`` leaves no partial record behind if the server lets it delete them."""

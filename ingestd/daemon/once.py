@@ -41,25 +41,40 @@ async def watch_once(
     jobs: list[Job] = []
     result: RunResult | None = None
     while not stopping.is_set():
-        jobs = [job for job in [await ledger.find_job(i) for i in scope] if job]
+        states = await ledger.states_of(scope)  # one query a pass, whatever the scope's size
         if progress is not None:
+            jobs = await _jobs(ledger, [i for i in scope if i in states])
             progress.draw(jobs)
-        live = [job for job in jobs if job.state not in TERMINAL]
-        if client.auth_failed:
-            result = RunResult(1, live, "the server refused the credentials")
+        live = [i for i in scope if i in states and states[i] not in TERMINAL]
+        why = _server_stops_it(client, deadline)
+        if why is not None:
+            result = RunResult(1, await _jobs(ledger, live), why)
             break
-        if client.redirect is not None:
-            result = RunResult(1, live, client.redirect)
-            break
-        if client.outage.down and time.monotonic() >= deadline:
-            result = RunResult(1, live, client.outage.describe())
-            break  # --max-wait bounds how long --once waits for the server
-        only_waiting = all(job.state == State.WAITING for job in live)
+        only_waiting = all(states[i] == State.WAITING for i in live)
         if not live or (only_waiting and time.monotonic() >= deadline):
-            not_done = [job for job in jobs if job.state not in (State.DONE, State.SKIPPED)]
-            result = RunResult(1 if not_done else 0, not_done)
+            unfinished = (State.DONE, State.SKIPPED)
+            not_done = [i for i in scope if i in states and states[i] not in unfinished]
+            result = RunResult(1 if not_done else 0, await _jobs(ledger, not_done))
             break
         await asyncio.sleep(ONCE_POLL)
     if progress is not None:
-        progress.close(jobs)
+        progress.close(await _jobs(ledger, scope) if result is not None else jobs)
     return result
+
+
+def _server_stops_it(client: ValtClient, deadline: float) -> str | None:
+    """Why the server ends the pass now (refused credentials, a redirect, an outage longer
+    than ``--max-wait``); None: it goes on."""
+    if client.auth_failed:
+        return "the server refused the credentials"
+    if client.redirect is not None:
+        return client.redirect
+    if client.outage.down and time.monotonic() >= deadline:
+        return client.outage.describe()  # --max-wait bounds how long --once waits for it
+    return None
+
+
+async def _jobs(ledger: JobLedger, job_ids: list[int]) -> list[Job]:
+    """These jobs as they are now (those still in the ledger), in order."""
+    found = [await ledger.find_job(job_id) for job_id in job_ids]
+    return [job for job in found if job is not None]

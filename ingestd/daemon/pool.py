@@ -144,7 +144,9 @@ class WorkerPool:
                 log.exception("worker.failed", worker=number, job_id=job_id)
             finally:
                 self.in_progress.release(job_id)
-                await self.ledger.release([job_id])  # a shared ledger: another node may go on
+                # A shared ledger: another node may go on, once a request this worker gave up
+                # on can no longer reach the server (postgres/claims.py, hold_back).
+                await self.ledger.release([job_id], sent=True)
                 self._on_job_end(self.ledger.deletions_queued != queued_deletions)
                 self.wake.set()
 

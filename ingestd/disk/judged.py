@@ -99,6 +99,18 @@ def snapshot(path: Path, *, follow_symlinks: bool = False) -> FileSnapshot | Non
     return FileSnapshot.of(info)
 
 
+# The device of a file whose ledger cannot know it: a shared ledger's job is read on hosts
+# that number the same share's device differently (st_dev is never compared across them).
+ANY_DEVICE = -1
+
+
+def same_identity(found: tuple[int, int, int, int], expected: tuple[int, int, int, int]) -> bool:
+    """(size, mtime_ns, inode, device) agree; a device of ANY_DEVICE agrees with any."""
+    if found[:3] != expected[:3]:
+        return False
+    return ANY_DEVICE in (found[3], expected[3]) or found[3] == expected[3]
+
+
 def as_snapshot(judged: Judged) -> FileSnapshot:
     """A snapshot, from the ledger's (size, mtime_ns, inode, device) where need be."""
     if isinstance(judged, FileSnapshot):
@@ -140,7 +152,8 @@ def open_judged(path: Path, judged: Judged, rule: OpenRule) -> int:
         if not stat.S_ISREG(info.st_mode):
             raise FileRefused(f"{path.name} is not a regular file now; it is not read")
         expected = as_snapshot(judged)
-        if (info.st_dev, info.st_ino) != (expected.device, expected.inode):
+        device_differs = expected.device not in (ANY_DEVICE, info.st_dev)
+        if device_differs or info.st_ino != expected.inode:
             raise FileRefused(f"{path.name} is another file now than the one checked")
     except BaseException:
         os.close(fd)

@@ -39,7 +39,9 @@ class FakeValt:
     this object is collected, if None). ``users`` maps login names to
     passwords. ``admin_users``/``admin_groups`` (name -> id) and
     ``templates`` are what the ``admin/*`` calls list. With ``keep_bytes``
-    False bytes are counted and hashed but not stored (long soak runs).
+    False bytes are counted and hashed but not stored (long soak runs); with
+    ``hash_bytes`` False too they are only counted, the chunk rules still held
+    (a benchmark whose server must not be the slowest party).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class FakeValt:
         users: Mapping[str, str] | None = None,
         faults: Faults | None = None,
         keep_bytes: bool = True,
+        hash_bytes: bool = True,
         admin_users: Mapping[str, int] | None = None,
         admin_groups: Mapping[str, int] | None = None,
         templates: Iterable[Template] | None = None,
@@ -59,7 +62,7 @@ class FakeValt:
         else:
             data_dir.mkdir(parents=True, exist_ok=True)
         self._state = ServerState(
-            Store(data_dir, keep_bytes=keep_bytes),
+            Store(data_dir, keep_bytes=keep_bytes, hash_bytes=hash_bytes),
             Accounts(DEFAULT_USERS if users is None else users),
             Directory(admin_users, admin_groups, templates),
             Faults() if faults is None else faults,

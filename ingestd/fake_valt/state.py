@@ -33,6 +33,7 @@ class Video:
     ready_at: float | None = None
     """``time.monotonic()`` at which the status turns ``ready``; None until complete."""
     hasher: Any = field(default_factory=hashlib.sha256, repr=False)
+    """The running hash of the bytes held; None on a server that does not hash them."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     """Serialises chunks of this video: appends must not interleave."""
 
@@ -49,9 +50,9 @@ class Video:
         return "created"
 
     @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the bytes held."""
-        return str(self.hasher.hexdigest())
+    def sha256(self) -> str | None:
+        """Hex SHA-256 of the bytes held (None: this server does not hash them)."""
+        return None if self.hasher is None else str(self.hasher.hexdigest())
 
     def api_view(self) -> dict[str, Any]:
         """How Valt shows a video inside a record."""
@@ -121,11 +122,16 @@ class Record:
 
 
 class Store:
-    """All records, the ids of deleted ones, and where their bytes live."""
+    """All records, the ids of deleted ones, and where their bytes live.
 
-    def __init__(self, data_dir: Path, *, keep_bytes: bool = True) -> None:
+    ``hash_bytes`` False: videos keep no running SHA-256 (their ``sha256`` is None),
+    so a benchmark's server only counts bytes and checks the chunk rules.
+    """
+
+    def __init__(self, data_dir: Path, *, keep_bytes: bool = True, hash_bytes: bool = True) -> None:
         self.data_dir = data_dir
         self.keep_bytes = keep_bytes
+        self.hash_bytes = hash_bytes
         self.records: dict[str, Record] = {}
         self.deleted: list[str] = []
 
@@ -140,7 +146,7 @@ class Store:
     ) -> Record:
         """A new record with one empty video, as ``create-upload`` makes it."""
         record_id = str(uuid.uuid4())
-        video = Video(id=str(uuid.uuid4()))
+        video = Video(id=str(uuid.uuid4()), hasher=hashlib.sha256() if self.hash_bytes else None)
         if self.keep_bytes:
             video.path = self.data_dir / record_id / f"{video.id}.bin"
         record = Record(
@@ -224,7 +230,7 @@ class PendingAppend:
 
     def __init__(self, video: Video) -> None:
         self.video = video
-        self.hasher = video.hasher.copy()
+        self.hasher = None if video.hasher is None else video.hasher.copy()
         self.length = 0
         self._file: BinaryIO | None = None
         if video.path is not None:
@@ -234,7 +240,8 @@ class PendingAppend:
 
     def write(self, chunk: bytes | memoryview) -> None:
         """Take the next piece of the chunk."""
-        self.hasher.update(chunk)
+        if self.hasher is not None:
+            self.hasher.update(chunk)
         self.length += len(chunk)
         if self._file is not None:
             self._file.write(chunk)

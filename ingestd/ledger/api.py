@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ingestd.config.schema import Config
 from ingestd.errors import LedgerError
@@ -26,6 +26,8 @@ from ingestd.ledger.model import (
     Job,
     Known,
     LastRestore,
+    NodeForgotten,
+    NodeView,
     OldDone,
     Queueing,
     Snapshot,
@@ -96,8 +98,9 @@ class Claims(Protocol):
     def lease_left(self, job_id: int) -> float:
         """Seconds this daemon may still act on the job (0: stop, another may take it)."""
 
-    async def release(self, job_ids: Iterable[int]) -> None:
-        """Done with these jobs for now: another daemon may take them."""
+    async def release(self, job_ids: Iterable[int], *, sent: bool = False) -> None:
+        """Done with these jobs for now: another daemon may take them (``sent``: requests
+        were sent for them that may still reach the server: not before a full lease)."""
 
 
 class JobReads(Protocol):
@@ -130,6 +133,8 @@ class JobReads(Protocol):
     async def live_snapshots(self) -> dict[str, Known]: ...
 
     async def snapshots_of(self, job_ids: Iterable[int]) -> dict[str, Known]: ...
+
+    async def states_of(self, job_ids: Iterable[int]) -> dict[int, State]: ...
 
     async def snapshots_for_paths(self, paths: Iterable[str]) -> dict[str, Known]: ...
 
@@ -283,6 +288,35 @@ class JobLedger(
     """Everything ingestd asks of its ledger."""
 
 
+@runtime_checkable
+class Fleet(Protocol):
+    """What only a shared ledger answers: its nodes (postgres/fleet.py). Commands ask
+    :func:`fleet_of` for it; a one-machine ledger has none."""
+
+    async def nodes(self, limit: int | None = None) -> list[NodeView]:
+        """Every node, with the first ``limit`` jobs it holds a live claim on (None: all)."""
+
+    async def forget_node(self, name: str) -> NodeForgotten:
+        """Drop a node that is gone or stopped, giving back its claims; never a live one."""
+
+    async def set_node_paused(self, node: str, paused: bool) -> bool:
+        """Pause or resume one node; False when no such node is known."""
+
+    async def failed_last_held_by(self, node: str) -> list[int]:
+        """The ids of the failed jobs ``node`` held last."""
+
+    async def node_known(self, node: str) -> bool:
+        """On the list of nodes, or the last holder of some job."""
+
+    async def fleet_paused(self) -> bool:
+        """The pause of every node (``pause`` without ``--node``)."""
+
+
+def fleet_of(ledger: JobLedger) -> Fleet | None:
+    """The ledger's fleet-wide side when it is shared; None for a one-machine ledger."""
+    return ledger if ledger.shared and isinstance(ledger, Fleet) else None
+
+
 async def open_ledger(
     where: Path | Config, *, readonly: bool = False, daemon: bool = False, migrate: bool = False
 ) -> JobLedger:
@@ -316,3 +350,21 @@ async def open_ledger(
         daemon=daemon,
         migrate=migrate,
     )
+
+
+def describe_shared_target(url: str, key: str) -> str:
+    """``postgresql://HOST/DB`` of a shared ledger's URL given under ``key`` (ConfigError,
+    the value not shown, when libpq cannot read it)."""
+    from ingestd.ledger.postgres.copy import describe_target
+
+    return describe_target(url, key)
+
+
+async def copy_to_shared(
+    path: Path, url: str, *, password: str | None, roots: Mapping[str, str]
+) -> Any:
+    """``ingestd ledger copy``: the SQLite ledger at ``path`` into the shared one at ``url``,
+    then marked moved (ledger/postgres/copy.py); what was copied."""
+    from ingestd.ledger.postgres.copy import copy_ledger
+
+    return await copy_ledger(path, url, password=password, roots=roots)

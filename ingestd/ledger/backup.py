@@ -12,7 +12,8 @@ The restore (``ingestd ledger restore``) takes the ledger's lock (no daemon
 may run), picks the newest backup that passes ``integrity_check``, keeps
 the current file aside as ``LEDGER.damaged-YYYYMMDD-HHMMSS`` (with its
 ``-wal``, which may hold the last commits: never deleted), puts a copy of
-the backup in place and marks it ``restored_at``. Files that finished after
+the backup in place and marks it ``restored_at`` (and moved, when the
+ledger it replaces was: ``moved.py``). Files that finished after
 the backup are then checked against the server before anything is uploaded
 again: see ``upload/after_restore.py``.
 """
@@ -33,6 +34,7 @@ from ingestd.errors import LedgerDamaged, LedgerError
 from ingestd.ledger.connection import sqlite_uri
 from ingestd.ledger.lock import LedgerLock
 from ingestd.ledger.model import State
+from ingestd.ledger.moved import MARKER_KEYS
 
 BACKUP_EVERY = 24 * 3600.0
 # Backups beside the ledger are named LEDGER + this + YYYYMMDD-HHMMSS.
@@ -329,6 +331,8 @@ def restore(ledger: Path, *, force: bool = False) -> RestoreReport:
             RESTORED_FROM: chosen.name,
             RESTORED_BACKUP_TIME: repr(taken),
         }
+        if present:  # a backup from before `ledger copy` must not bring a moved ledger back
+            meta.update(_moved_marker(ledger))
         try:
             problems = _copy(chosen, temporary, meta)
             if problems:
@@ -341,6 +345,18 @@ def restore(ledger: Path, *, force: bool = False) -> RestoreReport:
         finally:
             temporary.unlink(missing_ok=True)
     return RestoreReport(chosen, taken, aside, skipped)
+
+
+def _moved_marker(ledger: Path) -> dict[str, str]:
+    """The moved marker (moved.py) of the ledger a restore replaces, if it can be read."""
+    with contextlib.suppress(sqlite3.Error):
+        with _connect(ledger, readonly=True) as conn:
+            marks = ",".join("?" * len(MARKER_KEYS))
+            rows = conn.execute(
+                f"SELECT key, value FROM meta WHERE key IN ({marks})", MARKER_KEYS
+            ).fetchall()
+        return {str(key): str(value) for key, value in rows}
+    return {}
 
 
 def _newest_good_backup(ledger: Path) -> tuple[Path, list[tuple[Path, str]]]:

@@ -90,7 +90,7 @@ class LedgerCore(Transitions, JobQueries, Retention):
         (infinite on a one-machine ledger; see postgres/claims.py)."""
         return math.inf
 
-    async def release(self, job_ids: Iterable[int]) -> None:
+    async def release(self, job_ids: Iterable[int], *, sent: bool = False) -> None:
         """This daemon is done with these jobs for now: another may take them (a no-op on
         a one-machine ledger)."""
 

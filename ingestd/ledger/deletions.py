@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ingestd.ledger.connection import Connected
+from ingestd.ledger.connection import Connected, Write
 from ingestd.ledger.model import Deletion
 
 
@@ -22,16 +22,29 @@ class DeletionQueue(Connected):
     # under the daemon lock): while 0, deletions_for() needs no query.
     _deletions_at_most: int
 
-    async def _queue_deletion(
-        self, record_id: str, job_id: int | None, reason: str, now: float
-    ) -> None:
-        self.deletions_queued += 1
-        self._deletions_at_most += 1  # counted before the INSERT: never too few
-        await self._conn.execute(
+    def _deletion(self, record_id: str, job_id: int | None, reason: str, now: float) -> Write:
+        """The INSERT that queues a partial record for deletion, for a transition to make
+        with its own write; :meth:`_deletion_ran` after. Counted now, before it may run:
+        ``_deletions_at_most`` is never too few."""
+        self._deletions_at_most += 1
+        return Write(
             "INSERT OR IGNORE INTO deletions(record_id, job_id, reason, created_at) "
             "VALUES(?,?,?,?)",
             (record_id, job_id, reason, now),
         )
+
+    def _deletion_ran(self, ran: bool) -> None:
+        """A transition's write is committed, with its :meth:`_deletion` (``ran``) or not."""
+        if ran:
+            self.deletions_queued += 1
+        else:
+            self._deletions_at_most = max(0, self._deletions_at_most - 1)
+
+    async def _queue_deletion(
+        self, record_id: str, job_id: int | None, reason: str, now: float
+    ) -> None:
+        self.deletions_queued += 1
+        await self._conn.write(self._deletion(record_id, job_id, reason, now))
 
     async def queue_deletion(self, record_id: str, job_id: int | None, reason: str) -> None:
         await self._queue_deletion(record_id, job_id, reason, time.time())

@@ -97,6 +97,7 @@ class Job:
     lease_owner: str | None = None
     lease_until: float | None = None
     last_node: str | None = None
+    uploaded_by: str | None = None  # the daemon that sent the last byte (a shared ledger)
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -179,6 +180,59 @@ class Heartbeat:
     """Each watch folder's label and its state."""
     stopped_at: float | None = None
     """Set by the last beat of a daemon that stopped cleanly."""
+
+
+# A node of a shared ledger: beating, stopped cleanly, or silent for over twice the lease.
+NODE_RUNNING, NODE_STOPPED, NODE_GONE = "running", "stopped", "gone"
+
+
+def gone_after(lease: float) -> float:
+    """Seconds of silence after which a node counts as gone: twice ``ledger.lease`` (every
+    claim it held has run out by then, and it has missed its heartbeats many times over)."""
+    return 2 * lease
+
+
+def node_state(stopped: bool, silent_s: float, lease: float) -> str:
+    """A clean stop says so whatever the time since; else silence beyond :func:`gone_after`."""
+    if stopped:
+        return NODE_STOPPED
+    return NODE_GONE if silent_s > gone_after(lease) else NODE_RUNNING
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One daemon ("node") of a shared ledger, as ``ingestd status`` shows it."""
+
+    name: str
+    host: str
+    pid: int
+    version: str
+    started_at: float
+    seen_at: float
+    """Its last heartbeat (or write), by the database's clock."""
+    silent_s: float
+    """Seconds since ``seen_at``, by the database's clock."""
+    state: str
+    """:data:`NODE_RUNNING`, :data:`NODE_STOPPED` or :data:`NODE_GONE`."""
+    stopped_at: float | None
+    paused: bool
+    """Paused on its own (``ingestd pause --node``); the fleet's pause is apart."""
+    heartbeat: Heartbeat | None
+    active: tuple[Job, ...]
+    """Jobs it holds a live claim on: the first few (all of them: ``active_count``)."""
+    active_count: int
+
+
+class NodeForgotten(NamedTuple):
+    """What ``ingestd ledger forget-node`` did: nothing unless ``found`` and not ``live``."""
+
+    found: bool
+    live: bool
+    """Seen within twice the lease, or holding a claim it renewed within the lease."""
+    silent_s: float
+    live_claims: int
+    released: int
+    """Claims it still held (all run out), given back."""
 
 
 @dataclass(slots=True)

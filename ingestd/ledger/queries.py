@@ -112,6 +112,19 @@ class JobQueries(Connected):
         """As :meth:`known_snapshots`, for the newest job of each of ``paths`` that has one."""
         return await self._snapshots_where("path", sorted(set(paths)))
 
+    async def states_of(self, job_ids: Iterable[int]) -> dict[int, State]:
+        """The state of each of ``job_ids`` still in the ledger (``run --once`` watches its
+        scope by it: one query a batch, no Job objects)."""
+        wanted = sorted(set(job_ids))
+        found: dict[int, State] = {}
+        for first in range(0, len(wanted), MAX_VARIABLES):
+            part = wanted[first : first + MAX_VARIABLES]
+            rows = await self._conn.fetchall(
+                f"SELECT id, state FROM jobs WHERE id IN ({marks(part)})", part
+            )
+            found.update((int(row[0]), State(row[1])) for row in rows)
+        return found
+
     async def _snapshots_where(self, column: str, wanted: Sequence[Any]) -> dict[str, Known]:
         """The snapshots of the jobs whose ``column`` is one of ``wanted``, in batches that
         keep within SQLite's limit on bound values."""
@@ -279,9 +292,10 @@ class JobQueries(Connected):
             return Unsent(0, 0, None)
         ready = [s.value for s in DISPATCHABLE]
         busy_ids = sorted(set(busy))
+        # "id NOT IN ()" is SQLite's alone (PostgreSQL refuses it): no clause when none is busy.
+        skip = f"AND id NOT IN ({','.join('?' * len(busy_ids))})" if busy_ids else ""
         row = await self._conn.fetchone(
-            f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(ready))}) "
-            f"AND id NOT IN ({','.join('?' * len(busy_ids))})",
+            f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(ready))}) {skip}",
             [*ready, *busy_ids],
         )
         queued = int(row[0]) if row else 0

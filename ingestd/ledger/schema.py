@@ -17,6 +17,7 @@ from pathlib import Path
 from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
 from ingestd.ledger.connection import BUSY_TIMEOUT_MS, Guarded
 from ingestd.ledger.model import DISPATCHABLE, TWIN_STATES, State
+from ingestd.ledger.moved import refuse_moved
 
 SCHEMA_VERSION = 5
 # Test hook, not a setting: ``INGESTD_LEDGER_MAX_PAGES=N`` applies ``PRAGMA
@@ -157,12 +158,14 @@ ALTER TABLE jobs ADD COLUMN left_alone TEXT;
 """,
     # A job's claim in a ledger shared by several daemons (postgres/claims.py): who holds
     # it and until when, by the database's clock; and the daemon that held it last (who
-    # uploaded it, whose failures ``retry --node`` takes). A one-machine ledger leaves
+    # finished it, whose failures ``retry --node`` takes), and the one whose last byte made it
+    # ``confirming`` (``export``'s node). A one-machine ledger leaves
     # them empty: the columns make one schema of both backends.
     5: """
 ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
 ALTER TABLE jobs ADD COLUMN lease_until REAL;
 ALTER TABLE jobs ADD COLUMN last_node TEXT;
+ALTER TABLE jobs ADD COLUMN uploaded_by TEXT;
 """,
 }
 
@@ -180,13 +183,15 @@ class Prepared:
     housekeeping_indexes: bool = False  # jobs_after_pending and jobs_owned exist
 
 
-async def prepare(conn: Guarded, path: Path, readonly: bool) -> Prepared:
-    """Check, migrate and tune a fresh connection."""
+async def prepare(conn: Guarded, path: Path, readonly: bool, *, copying: bool = False) -> Prepared:
+    """Check, migrate and tune a fresh connection. A ledger ``ingestd ledger copy`` moved
+    is refused (moved.py; ``copying``: that copy)."""
     await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     if readonly:
         await _wait_until_current(conn, path)
         return Prepared(dispatch_index=False, kept_counts=await _has_kept_counts(conn))
     await check_integrity(conn, path)
+    await refuse_moved(conn, path, copying=copying)  # before anything, a migration, is written
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA synchronous=FULL")
     await conn.execute("PRAGMA foreign_keys=ON")

@@ -4,7 +4,8 @@ The single source of truth about what has been done. Every state change is
 committed before the action that depends on it: "creating" before the
 create-upload POST, the record id before the first chunk, ``bytes_acked``
 after each acknowledged chunk (``transitions.py`` names them all). A SIGKILL
-therefore costs at most the chunk in flight. The schema carries a version and
+therefore costs at most two chunks (``bytes_acked`` may lag the server by one
+chunk while the next is on the wire: ``upload/acks.py``). The schema carries a version and
 migrates forward (``schema.py``).
 
 What SQLite promises here (WAL + ``synchronous=FULL``): a transaction whose
@@ -29,12 +30,13 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 
 import aiosqlite
 
 from ingestd.disk.private import create_private, make_private_folders
-from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
+from ingestd.errors import ConfigError, LedgerDamaged, LedgerError, LedgerUnwritable
 from ingestd.ledger import schema
 from ingestd.ledger.backup import refuse_lost_ledger
 from ingestd.ledger.connection import (
@@ -46,6 +48,7 @@ from ingestd.ledger.connection import (
 )
 from ingestd.ledger.core import LedgerCore
 from ingestd.ledger.model import State
+from ingestd.ledger.moved import COPY_ID, MOVED_AT, MOVED_TO, MOVING_TO
 
 # How much the write probe makes the ledger grow (then shrink) to prove it can.
 _PROBE_BYTES = 16 * 1024
@@ -78,13 +81,17 @@ class SqliteLedger(LedgerCore):
     # --- opening ----------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path, *, readonly: bool = False) -> SqliteLedger:
+    async def open(
+        cls, path: Path, *, readonly: bool = False, copying: bool = False
+    ) -> SqliteLedger:
         """Open (creating it unless ``readonly``) and migrate the ledger at ``path``.
 
         Unless ``readonly``, the ledger must pass ``PRAGMA quick_check``
         first: a damaged or foreign file raises :class:`LedgerDamaged` and is
         left exactly as it is. A missing (or empty) file is a first start,
-        unless backups of an earlier ledger lie beside it.
+        unless backups of an earlier ledger lie beside it. A ledger that
+        ``ingestd ledger copy`` moved into a shared one opens only ``readonly``
+        (else ``LedgerMoved``, or ``CopyUnfinished`` unless ``copying``: moved.py).
         """
         if not readonly:
             refuse_lost_ledger(path)
@@ -103,12 +110,12 @@ class SqliteLedger(LedgerCore):
         conn.row_factory = sqlite3.Row
         ledger = cls(path, conn)
         try:
-            prepared = await schema.prepare(ledger._conn, path, readonly)
+            prepared = await schema.prepare(ledger._conn, path, readonly, copying=copying)
             ledger._dispatch_index = prepared.dispatch_index
             ledger._kept_counts = prepared.kept_counts
             ledger._housekeeping_indexes = prepared.housekeeping_indexes
             ledger._deletions_at_most = await ledger.pending_deletions()
-        except LedgerError:
+        except (LedgerError, ConfigError):  # ConfigError: moved (moved.py)
             await conn.close()
             raise
         except sqlite3.Error as exc:
@@ -150,6 +157,35 @@ class SqliteLedger(LedgerCore):
 
     async def close(self) -> None:
         await self._conn.close()
+
+    # --- moving into a shared ledger (ingestd ledger copy) ---------------------------
+
+    async def rows_of(self, table: str) -> list[sqlite3.Row]:
+        """Every row of one of the ledger's own tables, in the order it was written."""
+        if table not in schema.OWN_TABLES:
+            raise LedgerError(f"no table {table!r} in a ledger")
+        return await self._conn.fetchall(f"SELECT * FROM {table} ORDER BY rowid")
+
+    async def begin_move(self, to: str) -> str:
+        """Before ``ledger copy``'s transaction: no daemon opens this ledger until
+        :meth:`mark_moved` or :meth:`abandon_move`. Returns this ledger's ``copy_id``,
+        the same at every attempt (moved.py)."""
+        copy_id = await self.get_meta(COPY_ID) or uuid.uuid4().hex
+        async with self.transaction():
+            await self._set_meta(COPY_ID, copy_id)
+            await self._set_meta(MOVING_TO, to)
+        return copy_id
+
+    async def abandon_move(self) -> None:
+        """The copy failed: the ledger is this machine's again."""
+        await self._conn.execute("DELETE FROM meta WHERE key=?", (MOVING_TO,))
+
+    async def mark_moved(self, to: str, at: float) -> None:
+        """The shared ledger committed the copy: from now on no writable open succeeds."""
+        async with self.transaction():
+            await self._set_meta(MOVED_TO, to)
+            await self._set_meta(MOVED_AT, repr(at))
+            await self._conn.execute("DELETE FROM meta WHERE key=?", (MOVING_TO,))
 
 
 async def _connect_readonly(path: Path) -> aiosqlite.Connection:

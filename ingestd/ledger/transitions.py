@@ -47,7 +47,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ingestd.ledger.connection import marks
+from ingestd.ledger.connection import Write, marks
 from ingestd.ledger.deletions import DeletionQueue
 from ingestd.ledger.model import DISPATCHABLE, Job, Queueing, Snapshot, State
 
@@ -87,6 +87,8 @@ def _new_version(snapshot: Snapshot, reason: str) -> dict[str, Any]:
 class Transitions(DeletionQueue):
     """The named transitions (mixed into the SQLite ledger; see the table above)."""
 
+    node: str | None  # this daemon's name in a shared ledger (None: one machine)
+
     async def _move(
         self,
         job_id: int,
@@ -97,11 +99,15 @@ class Transitions(DeletionQueue):
         record_id: object = _ANY_RECORD,
         now: float | None = None,
         counted: str | None = None,
+        then: Write | None = None,
+        otherwise: Write | None = None,
     ) -> bool:
         """``UPDATE`` one job to ``to`` if it is in one of ``sources`` (and has ``record_id``);
-        ``counted``: a column that goes up by one with it.
+        ``counted``: a column that goes up by one with it; ``then`` (``otherwise``): a write
+        to make with it in the same transaction if it moved the job (if it did not).
 
-        Inside a transaction of the caller's, or else one autocommitted statement.
+        Inside a transaction of the caller's, or else one write committed on its own
+        (one trip to the ledger's thread, follow-up and COMMIT included).
         """
         if not sources:
             return False
@@ -118,8 +124,8 @@ class Transitions(DeletionQueue):
         if record_id is not _ANY_RECORD:
             sql += " AND record_id IS ?"
             values.append(record_id)
-        cursor = await self._conn.execute(sql, values)
-        return bool(cursor.rowcount)
+        written = await self._conn.write(Write(sql, values, then=then, otherwise=otherwise))
+        return bool(written.rowcount)
 
     @staticmethod
     def _as_seen(job: Job, allowed: Sequence[State]) -> tuple[State, ...]:
@@ -159,14 +165,16 @@ class Transitions(DeletionQueue):
             return 0
         now = time.time()
         rows = [(print_, *snap, now, job_id, State.WAITING.value) for job_id, snap, print_ in files]
-        async with self.transaction():
-            cursor = await self._conn.executemany(
+        written = await self._conn.write(
+            Write(
                 "UPDATE jobs SET state='queued', fingerprint=?, size=?, mtime_ns=?, inode=?, "
                 "device=?, wait_reason=NULL, next_attempt_at=0, updated_at=? "
                 "WHERE id=? AND state=?",
                 rows,
+                many=True,
             )
-        return int(cursor.rowcount)
+        )
+        return int(written.rowcount)
 
     async def source_changed(self, job: Job, snapshot: Snapshot, reason: str) -> bool:
         """The file changed before ``done``: the same job goes back to ``waiting`` for the
@@ -174,12 +182,12 @@ class Transitions(DeletionQueue):
         now = time.time()
         changes = _new_version(snapshot, reason)
         sources = self._as_seen(job, _CHANGED_FROM)
-        async with self.transaction():
-            moved = await self._move(
-                job.id, sources, State.WAITING, changes, record_id=job.record_id, now=now
-            )
-            if moved and job.record_id:
-                await self._queue_deletion(job.record_id, job.id, reason, now)
+        drop = self._deletion(job.record_id, job.id, reason, now) if job.record_id else None
+        moved = await self._move(
+            job.id, sources, State.WAITING, changes, record_id=job.record_id, now=now, then=drop
+        )
+        if drop is not None:
+            self._deletion_ran(moved)
         return moved
 
     async def source_returned(self, job_id: int, snapshot: Snapshot) -> bool:
@@ -234,12 +242,17 @@ class Transitions(DeletionQueue):
             "chunk_size": chunk_size,
         }
         now = time.time()
-        async with self.transaction():
-            moved = await self._move(
-                job_id, (State.CREATING,), State.UPLOADING, changes, record_id=None, now=now
-            )
-            if not moved:
-                await self._queue_deletion(record_id, job_id, "job moved on at create", now)
+        drop = self._deletion(record_id, job_id, "job moved on at create", now)
+        moved = await self._move(
+            job_id,
+            (State.CREATING,),
+            State.UPLOADING,
+            changes,
+            record_id=None,
+            now=now,
+            otherwise=drop,
+        )
+        self._deletion_ran(not moved)
         return moved
 
     async def chunk_acked(self, job: Job, bytes_acked: int) -> bool:
@@ -258,6 +271,7 @@ class Transitions(DeletionQueue):
             "attempts": 0,
             "confirm_delay": None,
             "next_attempt_at": confirm_at,
+            "uploaded_by": self.node,
         }
         return await self._move(
             job.id, (State.UPLOADING,), State.CONFIRMING, changes, record_id=job.record_id
@@ -277,18 +291,19 @@ class Transitions(DeletionQueue):
             "next_attempt_at": 0,
         }
         sources = self._as_seen(job, _RESTART_FROM)
-        async with self.transaction():
-            moved = await self._move(
-                job.id,
-                sources,
-                State.QUEUED,
-                changes,
-                record_id=job.record_id,
-                now=now,
-                counted="restarts",
-            )
-            if moved and job.record_id:
-                await self._queue_deletion(job.record_id, job.id, reason, now)
+        drop = self._deletion(job.record_id, job.id, reason, now) if job.record_id else None
+        moved = await self._move(
+            job.id,
+            sources,
+            State.QUEUED,
+            changes,
+            record_id=job.record_id,
+            now=now,
+            counted="restarts",
+            then=drop,
+        )
+        if drop is not None:
+            self._deletion_ran(moved)
         return moved
 
     async def record_gone(self, job: Job) -> bool:
@@ -320,6 +335,7 @@ class Transitions(DeletionQueue):
             "fail_reason": None,
             "fail_detail": None,
             "uploaded_at": now,  # for confirming: upload.confirm_timeout counts from here
+            "uploaded_by": self.node,
             "confirm_delay": None,
             "next_attempt_at": now,
         }
@@ -356,17 +372,16 @@ class Transitions(DeletionQueue):
         """-> failed; with ``delete_record`` its partial record is queued for deletion."""
         now = time.time()
         changes: dict[str, Any] = {"fail_reason": reason, "fail_detail": detail}
-        drop = delete_record and job.record_id is not None
-        if drop:
+        drop = None
+        if delete_record and job.record_id is not None:
             changes.update(record_id=None, video_id=None, bytes_acked=0)
+            drop = self._deletion(job.record_id, job.id, reason, now)
         sources = self._as_seen(job, _FAIL_FROM)
-        async with self.transaction():
-            moved = await self._move(
-                job.id, sources, State.FAILED, changes, record_id=job.record_id, now=now
-            )
-            if moved and drop:
-                assert job.record_id is not None
-                await self._queue_deletion(job.record_id, job.id, reason, now)
+        moved = await self._move(
+            job.id, sources, State.FAILED, changes, record_id=job.record_id, now=now, then=drop
+        )
+        if drop is not None:
+            self._deletion_ran(moved)
         return moved
 
     async def retry(self, job_ids: Sequence[int] | None, *, force: bool) -> list[int]:

@@ -3,9 +3,9 @@
 The ledger is written before every step that depends on it, so a crash at any
 point resumes correctly: "creating" (with the time the attempt began) before
 create-upload, the record id before the first chunk, ``bytes_acked`` after
-each acknowledged chunk. The full-content sha256 is carried across chunks and,
-after a resume, rebuilt from the bytes already sent, so it always covers the
-whole file.
+each acknowledged chunk (while the next one goes: acks.py). The full-content
+sha256 is carried across chunks and, after a resume, rebuilt from the bytes
+already sent, so it always covers the whole file.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from ingestd.config.schema import UploadConfig
 from ingestd.disk.folders import FolderState, folder_state
-from ingestd.disk.judged import OpenRule, snapshot
+from ingestd.disk.judged import OpenRule, same_identity, snapshot
 from ingestd.errors import (
     AuthFailed,
     BodyTooLarge,
@@ -40,6 +40,7 @@ from ingestd.ledger.model import Job, State
 from ingestd.logs import get_logger
 from ingestd.telemetry import Telemetry
 from ingestd.units import format_size
+from ingestd.upload.acks import LaggingAcks, MovedOn
 from ingestd.upload.after_restore import AfterRestore
 from ingestd.upload.backoff import backoff_delay
 from ingestd.upload.claim import claim_ended, while_claimed
@@ -105,7 +106,7 @@ class Uploader:
             if job.state in (State.QUEUED, State.CREATING) or not job.record_id:
                 job = await self._ensure_record(job, bound)
             await self._send(job, bound)
-        except (_Restart, ServerUnreachable, ClaimEnded):
+        except (_Restart, MovedOn, ServerUnreachable, ClaimEnded):
             # ClaimEnded: another node goes on with the job (logged where it was raised).
             # ServerUnreachable is not the job's fault: it keeps its state, no attempt
             # counts, and it is due again the moment the outage watch hears the server
@@ -147,7 +148,8 @@ class Uploader:
             raise SourceUnreadable(f"cannot look at the file ({exc.strerror})") from None
         if current is None:
             raise SourceMissing(job.path)
-        if (current.size, current.mtime_ns, current.inode, current.device) != job.snapshot:
+        found = (current.size, current.mtime_ns, current.inode, current.device)
+        if not same_identity(found, job.snapshot):
             raise SourceChanged("size, mtime or inode changed")
 
     async def _source_changed(self, job: Job, why: str, bound: Any) -> None:
@@ -356,11 +358,13 @@ class Uploader:
             bound.info("upload.resumed", offset=position, size=total)
         last_progress = time.monotonic()
         source: Source | None = None
+        acks = LaggingAcks(self.ledger, job)
         try:
             while position < total or total == 0:
                 if self.stopping.is_set():
                     return  # drain: the job resumes from bytes_acked next time
-                await self._check_source(job)
+                if source is None or not source.unchanged(job.snapshot):
+                    await self._check_source(job)  # else fstat told it (pieces.py)
                 source = source or await Source.open(path, job.snapshot, self.rule)
                 end = min(total, position + chunk_size) if chunk_size else total
                 next_end = min(total, end + chunk_size) if chunk_size else None
@@ -370,11 +374,14 @@ class Uploader:
                             job, source, position, end, hasher, next_end
                         )
                 except BodyTooLarge:
+                    await acks.settle()
                     chunk_size = await self._shrink(job, end - position, bound)
                     continue
                 except ChunkRefused as exc:
+                    await acks.settle()
                     await self._refused(job, position, first, exc, bound)
                 failpoint("after_chunk_response")
+                await acks.settle()  # the previous chunk's, committed while this one went
                 hasher, position, first = chunk_hasher, end, False
                 if position >= total:
                     # The last chunk's bytes_acked is committed together with "confirming"
@@ -383,9 +390,7 @@ class Uploader:
                     await self._check_source(job)
                     await self._mark_uploaded(job, hasher.hexdigest(), bound, last_chunk=True)
                     return
-                if not await self.ledger.chunk_acked(job, end):
-                    raise _Restart  # the job moved on meanwhile
-                failpoint("after_chunk_committed")
+                acks.start(end)  # while the next chunk goes (acks.py)
                 if time.monotonic() - last_progress >= PROGRESS_EVERY and position < total:
                     last_progress = time.monotonic()
                     bound.info(
@@ -396,9 +401,13 @@ class Uploader:
                     )
             await self._check_source(job)
             await self._mark_uploaded(job, hasher.hexdigest(), bound)
+        except asyncio.CancelledError:
+            await acks.abandon()
+            raise
         finally:
             if source is not None:
                 source.close()
+            await acks.settle()  # before an error's handler writes the ledger too
 
     async def _send_chunk(
         self,

@@ -22,6 +22,7 @@ import os
 import time
 from pathlib import Path
 
+from ingestd.disk.judged import ANY_DEVICE
 from ingestd.ledger.api import JobLedger
 from ingestd.ledger.model import Job, OldDone
 from ingestd.logs import get_logger
@@ -48,7 +49,10 @@ def _gone_from_disk(job: Job) -> bool:
     folder = path.parent
     while True:
         try:
-            return os.stat(folder).st_dev == job.device
+            device = os.stat(folder).st_dev
+            if job.device == ANY_DEVICE:  # a shared ledger's job: this host's own numbers
+                return folder != root or os.path.ismount(root)
+            return device == job.device
         except (FileNotFoundError, NotADirectoryError):
             if folder == root or not folder.is_relative_to(root):
                 return False  # the watch folder itself is missing

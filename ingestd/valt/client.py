@@ -291,8 +291,7 @@ class ValtClient:
             send_headers["Content-Length"] = str(length)
         try:
             async with asyncio.timeout(None) as timeout:
-                guard.timeout = timeout
-                guard.progress()
+                guard.start(timeout)
                 if pieces is None:
                     guard.body_done()
                 async with self._get_session().request(
@@ -315,6 +314,8 @@ class ValtClient:
         except aiohttp.ClientError as exc:
             self._contact(False)
             raise transport_failure(exc, what) from None
+        finally:
+            guard.body_done()
         self._contact(answer.status < 500)
         if 300 <= answer.status < 400:
             self._redirected(what, answer.status, url, location)

@@ -15,6 +15,12 @@ that deadline less a margin (``MARGIN``); the upload sends no chunk when it is
 used up and bounds each request by it. So a node cut off from PostgreSQL, alive
 or not, stops sending a job's chunks before any other node may take the job.
 
+**One at a time.** A node's own statements on its claims (take, release, renew) run one
+after the other, so that ``held`` always says what PostgreSQL holds for it: a take that
+ran between a release's forgetting a job here and its UPDATE there would leave the node
+believing it holds a job that PostgreSQL shows as free, and another node would send the
+same chunks at once (the dispatcher takes a job again the moment a worker lets it go).
+
 What this assumes: the node's and the database's clocks *run* at about the same
 rate (a drift far below ``MARGIN`` over one lease; their settings need not agree,
 nothing compares them), and a request aborted by the node reaches no further
@@ -28,7 +34,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ingestd.aio import wait_event
@@ -55,6 +61,7 @@ class Claims:
         self.roots = list(roots)  # the folders this node watches, by name
         self.held: dict[int, float] = {}  # job id -> monotonic deadline (0: lost)
         self.lost = 0  # claims found taken over at a renewal (should stay 0)
+        self._turn = asyncio.Lock()  # see "One at a time" above
 
     def left(self, job_id: int) -> float:
         """Seconds this node may still act on ``job_id`` (0: stop now)."""
@@ -82,17 +89,18 @@ class Claims:
         and that no other node holds; returns their rows, in ``order``."""
         if not self.roots:
             return []
-        sent_at = time.monotonic()
-        rows = await self._conn.raw(
-            f"UPDATE jobs SET lease_owner=%s, lease_until={DB_NOW}+%s, last_node=%s "
-            f"WHERE id IN (SELECT id FROM jobs WHERE ({where}) AND root=ANY(%s) "
-            f"AND (lease_owner IS NULL OR lease_owner=%s OR lease_until<{DB_NOW}) "
-            f"ORDER BY {order} {f'LIMIT {int(limit)}' if limit else ''} "
-            "FOR UPDATE SKIP LOCKED) RETURNING *",
-            (self.node, self.lease, self.node, *parameters, self.roots, self.node),
-        )
-        for row in rows:
-            self.held[int(row["id"])] = sent_at + self.lease
+        async with self._turn:
+            sent_at = time.monotonic()
+            rows = await self._conn.raw(
+                f"UPDATE jobs SET lease_owner=%s, lease_until={DB_NOW}+%s, last_node=%s "
+                f"WHERE id IN (SELECT id FROM jobs WHERE ({where}) AND root=ANY(%s) "
+                f"AND (lease_owner IS NULL OR lease_owner=%s OR lease_until<{DB_NOW}) "
+                f"ORDER BY {order} {f'LIMIT {int(limit)}' if limit else ''} "
+                "FOR UPDATE SKIP LOCKED) RETURNING *",
+                (self.node, self.lease, self.node, *parameters, self.roots, self.node),
+            )
+            for row in rows:
+                self.held[int(row["id"])] = sent_at + self.lease
         keys = [key.strip() for key in order.split(",")]
         return sorted(rows, key=lambda row: tuple(row[key] for key in keys))
 
@@ -104,49 +112,72 @@ class Claims:
         rows = await self.take("id=ANY(%s)", (wanted,))
         return {int(row["id"]) for row in rows}
 
-    async def release(self, job_ids: Iterable[int]) -> None:
+    async def release(
+        self, job_ids: Iterable[int], *, as_seen: Mapping[int, float | None] | None = None
+    ) -> None:
         """Give these jobs back (another node may take them at once). A release that fails
-        is no loss: the claim runs out by itself."""
-        ids = [job_id for job_id in job_ids if self.held.pop(job_id, None) is not None]
-        if not ids:
-            return
-        with contextlib.suppress(LedgerError):
-            await self._conn.raw(
-                "UPDATE jobs SET lease_owner=NULL, lease_until=NULL "
-                "WHERE id=ANY(%s) AND lease_owner=%s",
-                (ids, self.node),
-            )
+        is no loss: the claim runs out by itself. ``as_seen``: each job's deadline when the
+        caller looked; one taken again since (a new deadline) is kept, not given back."""
+        async with self._turn:
+            if as_seen is not None:
+                job_ids = [i for i in job_ids if self.held.get(i) == as_seen.get(i)]
+            ids = [job_id for job_id in job_ids if self.held.pop(job_id, None) is not None]
+            if not ids:
+                return
+            with contextlib.suppress(LedgerError):
+                await self._conn.raw(
+                    "UPDATE jobs SET lease_owner=NULL, lease_until=NULL "
+                    "WHERE id=ANY(%s) AND lease_owner=%s",
+                    (ids, self.node),
+                )
+
+    async def hold_back(self, job_ids: Iterable[int]) -> None:
+        """Done with these jobs, but a request of theirs this node gave up on (a timeout, a
+        broken connection) may still reach the server: renew their claims one last time
+        and stop renewing, so that no other node sends them for a full lease; this node
+        itself may take them again sooner (its requests are one after the other)."""
+        async with self._turn:
+            ids = [job_id for job_id in job_ids if self.held.pop(job_id, None) is not None]
+            if not ids:
+                return
+            with contextlib.suppress(LedgerError):
+                await self._conn.raw(
+                    f"UPDATE jobs SET lease_until={DB_NOW}+%s WHERE id=ANY(%s) AND lease_owner=%s",
+                    (self.lease, ids, self.node),
+                )
 
     async def release_all(self) -> None:
         """At start: a previous run of this node (it held the node's lock, so it is gone) held
         these; let anyone take them now instead of after their lease."""
-        await self._conn.raw(
-            "UPDATE jobs SET lease_owner=NULL, lease_until=NULL WHERE lease_owner=%s",
-            (self.node,),
-        )
-        self.held.clear()
+        async with self._turn:
+            await self._conn.raw(
+                "UPDATE jobs SET lease_owner=NULL, lease_until=NULL WHERE lease_owner=%s",
+                (self.node,),
+            )
+            self.held.clear()
 
     async def renew(self) -> None:
         """Renew every claim held; one found taken over is marked lost (``left`` is 0)."""
-        ids = list(self.held)
-        if not ids:
-            return
-        sent_at = time.monotonic()
-        rows = await self._conn.raw(
-            f"UPDATE jobs SET lease_until={DB_NOW}+%s WHERE id=ANY(%s) AND lease_owner=%s "
-            "RETURNING id",
-            (self.lease, ids, self.node),
-        )
-        still = {int(row[0]) for row in rows}
-        for job_id in ids:
-            if job_id not in self.held:
-                continue  # released meanwhile
-            if job_id in still:
-                self.held[job_id] = sent_at + self.lease
-            elif self.held[job_id]:
-                self.held[job_id] = 0.0
-                self.lost += 1
-                log.error("ledger.claim_lost", job_id=job_id, node=self.node)
+        async with self._turn:
+            ids = list(self.held)
+            if not ids:
+                return
+            sent_at = time.monotonic()
+            rows = await self._conn.raw(
+                f"UPDATE jobs SET lease_until={DB_NOW}+%s WHERE id=ANY(%s) AND lease_owner=%s "
+                "RETURNING id",
+                (self.lease, ids, self.node),
+            )
+            still = {int(row[0]) for row in rows}
+            for job_id in ids:
+                if job_id not in self.held:
+                    continue  # forgotten meanwhile (a job deleted)
+                if job_id in still:
+                    self.held[job_id] = sent_at + self.lease
+                elif self.held[job_id]:
+                    self.held[job_id] = 0.0
+                    self.lost += 1
+                    log.error("ledger.claim_lost", job_id=job_id, node=self.node)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Renew on a timer, four times a lease; a failed renewal is tried again at the next

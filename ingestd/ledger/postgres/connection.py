@@ -32,8 +32,10 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import RowMaker
 
+from ingestd.disk.judged import ANY_DEVICE
 from ingestd.errors import LedgerError, LedgerUnwritable
-from ingestd.ledger.postgres.paths import PATH_COLUMNS, PathMap
+from ingestd.ledger.connection import Write, Written
+from ingestd.ledger.postgres.paths import DEVICE_COLUMNS, PATH_COLUMNS, PathMap
 from ingestd.units import iso_time
 
 # The database's clock, in Unix seconds: every claim is judged by it, never by a node's.
@@ -134,14 +136,18 @@ class PgConnection:
     def _row_maker(self, cursor: Any) -> RowMaker[PgRow]:
         names = tuple(col.name for col in cursor.description or ())
         local = [i for i, name in enumerate(names) if name in PATH_COLUMNS]
+        devices = [i for i, name in enumerate(names) if name in DEVICE_COLUMNS]
         to_local = self.paths.local
 
         def make(values: Sequence[Any]) -> PgRow:
-            if local:
+            if local or devices:
                 values = list(values)
                 for i in local:
                     if isinstance(values[i], str):
                         values[i] = to_local(values[i])
+                for i in devices:
+                    if values[i] is not None:
+                        values[i] = ANY_DEVICE
             return PgRow(values, names)
 
         return make
@@ -211,6 +217,24 @@ class PgConnection:
                 cursor = conn.cursor()
                 await cursor.executemany(statement.sql, arguments)
                 return Result(cursor.rowcount)
+
+    async def write(self, write: Write) -> Written:
+        """``connection.Guarded.write`` on PostgreSQL: ``write`` and the follow-up its outcome
+        calls for, in one transaction (the caller's, if it has one open)."""
+        if write.alone or _task() in self._tx:
+            return await self._write(write)
+        async with self.transaction():
+            return await self._write(write)
+
+    async def _write(self, write: Write) -> Written:
+        if write.many:
+            done = await self.executemany(write.sql, write.parameters)
+        else:
+            done = await self.execute(write.sql, write.parameters)
+        follow = write.then if done.rowcount > 0 else write.otherwise
+        if follow is not None:
+            await self._write(follow)
+        return Written(done.rowcount)
 
     async def fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[PgRow]:
         statement = translate(sql)

@@ -60,3 +60,6 @@ class PathMap:
 
 # The columns that hold paths (translated in every row read).
 PATH_COLUMNS = frozenset({"path", "root", "final_path"})
+# The columns that hold a device number: another host's numbers mean nothing here, so
+# every row reads them as ANY_DEVICE (disk/judged.py), which compares equal to any.
+DEVICE_COLUMNS = frozenset({"device", "final_device"})

@@ -46,6 +46,7 @@ from ingestd.ledger.model import (
 from ingestd.ledger.postgres import schema
 from ingestd.ledger.postgres.claims import Claims
 from ingestd.ledger.postgres.connection import DB_NOW, STATEMENT_TIMEOUT, PgConnection, PgRow
+from ingestd.ledger.postgres.fleet import FleetViews
 from ingestd.ledger.postgres.paths import PathMap
 
 # Connections per node: workers, intake, confirmer and the claim renewal at once.
@@ -58,7 +59,7 @@ def node_lock_key(node: str) -> str:
     return f"ingestd node {node}"
 
 
-class PostgresLedger(LedgerCore):
+class PostgresLedger(FleetViews, LedgerCore):
     """A ledger shared by several nodes (see the module docstring)."""
 
     shared = True
@@ -110,8 +111,10 @@ class PostgresLedger(LedgerCore):
             kwargs=kwargs,
             open=False,
             timeout=STATEMENT_TIMEOUT,
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,  # keep trying: PostgreSQL being away is not the end
+            # No check on every borrow (an empty query: 9 of a small file's 20 round trips);
+            # a connection PostgreSQL dropped fails its next statement once, and the pool
+            # replaces it (the step is not the job's fault: ledger/watch.py probes).
+            # Reconnecting after PostgreSQL went away: the pool retries with its own backoff.
         )
         ledger: PostgresLedger | None = None
         where = describe_url(url)
@@ -221,8 +224,11 @@ class PostgresLedger(LedgerCore):
     def lease_left(self, job_id: int) -> float:
         return self.claims.left(job_id)
 
-    async def release(self, job_ids: Iterable[int]) -> None:
-        await self.claims.release(job_ids)
+    async def release(self, job_ids: Iterable[int], *, sent: bool = False) -> None:
+        if sent:
+            await self.claims.hold_back(job_ids)
+        else:
+            await self.claims.release(job_ids)
 
     async def due_jobs(self, now: float, limit: int, exclude: Sequence[int]) -> list[Job]:
         """Claim up to ``limit`` jobs a worker may take now, oldest file first."""
@@ -236,10 +242,15 @@ class PostgresLedger(LedgerCore):
         return [Job.from_row(row) for row in rows]
 
     async def _claimed(self, jobs: list[Job]) -> list[Job]:
-        """Of ``jobs`` (candidates read fleet-wide), those this node now holds, as they are now."""
+        """Of ``jobs`` (candidates read fleet-wide), those this node now holds, as they are now:
+        each still in the state it was read in (another node may have moved it meanwhile,
+        and this one would poll or move it for nothing; each caller reads one state)."""
         if not jobs:
             return []
-        rows = await self.claims.take("id=ANY(%s)", ([job.id for job in jobs],))
+        rows = await self.claims.take(
+            "id=ANY(%s) AND state=ANY(%s)",
+            ([job.id for job in jobs], sorted({job.state.value for job in jobs})),
+        )
         fresh = {int(row["id"]): Job.from_row(row) for row in rows}
         return [fresh[job.id] for job in jobs if job.id in fresh]
 
@@ -272,8 +283,11 @@ class PostgresLedger(LedgerCore):
         return moved
 
     async def queue(self, files: Sequence[Any]) -> int:
+        """waiting -> queued, then given back: any node may send them. One this node's
+        dispatcher took again meanwhile (the moment it was queued) stays this node's."""
+        seen = {item.job_id: self.claims.held.get(item.job_id) for item in files}
         moved = await super().queue(files)
-        await self.claims.release(item.job_id for item in files)  # any node may send them
+        await self.claims.release(seen, as_seen=seen)
         return moved
 
     async def skip_duplicate(
@@ -376,10 +390,12 @@ class PostgresLedger(LedgerCore):
 
     async def write_heartbeat(self, beat: Heartbeat) -> None:
         fields = {**asdict(beat), "problems": list(beat.problems), "folders": dict(beat.folders)}
-        await self._pg.raw(
-            f"UPDATE nodes SET heartbeat=%s, seen_at={DB_NOW}, stopped_at=%s WHERE name=%s",
-            (json.dumps(fields), beat.stopped_at, self.node),
-        )
+        sql = f"UPDATE nodes SET heartbeat=%s, seen_at={DB_NOW}, stopped_at=%s WHERE name=%s"
+        values = (json.dumps(fields), beat.stopped_at, self.node)
+        if not await self._pg.raw(sql + " RETURNING name", values):
+            # Dropped by `ingestd ledger forget-node` while silent: on the list again.
+            await self._register()
+            await self._pg.raw(sql, values)
 
     async def heartbeat(self) -> Heartbeat | None:
         row = await self._node_row()

@@ -1,5 +1,5 @@
 """A TCP port forwarded to a PostgreSQL server's Unix socket, that a test cuts off like a
-lost network (tests/pg_support.py makes the server)."""
+lost network (``pg.py`` makes the server)."""
 
 from __future__ import annotations
 
