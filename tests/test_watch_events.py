@@ -148,11 +148,12 @@ async def test_a_symlinked_folder_has_events_with_follow_symlinks(
         await _found_by_event(ledger, counted, export / "link")
 
 
+@pytest.mark.parametrize("polling", [False, True])
 async def test_a_file_in_an_existing_subfolder_is_found_by_its_event(
-    tmp_path: Path, export: Path
+    tmp_path: Path, export: Path, polling: bool
 ) -> None:
     _tree(export)
-    async with running(tmp_path, rescans=False) as (_intake, ledger, counted):
+    async with running(tmp_path, rescans=False, force_polling=polling) as (_i, ledger, counted):
         random_file(export / "room2" / "cam" / "new.mp4", 100)
         await _discovered(ledger, export / "room2" / "cam" / "new.mp4")
         assert counted.started == 1  # the start-up scan only
