@@ -76,6 +76,18 @@ class Scanner:
         # longer finds: moved or deleted files.
         self._settled: SettledFiles | None = None
         self._maybe_settled: set[int] = set()
+        # The folders each root's last walk read (a string a folder, not a file): the
+        # folder events watch these one by one (intake/events.py), as a recursive watch
+        # would walk and stat every file again, holding the GIL.
+        self._read: list[frozenset[str]] = [frozenset() for _root in roots]
+        self.folders: frozenset[str] | None = None  # all roots'; None until a walk
+        self.folders_read = asyncio.Event()  # set after each root's walk
+
+    def _publish(self, index: int, read: frozenset[str]) -> None:
+        """Root ``index``'s walk read these folders (none if it was not there)."""
+        self._read[index] = read
+        self.folders = frozenset().union(*self._read)
+        self.folders_read.set()
 
     @property
     def settled(self) -> SettledFiles | None:
@@ -85,12 +97,13 @@ class Scanner:
     # --- finding ------------------------------------------------------------------------
 
     def _walk(
-        self, root: Path, settled: SettledFiles, live: dict[str, Known]
+        self, root: Path, settled: SettledFiles, live: dict[str, Known], read: set[str]
     ) -> tuple[int, list[tuple[str, Snap]], bool]:
         """Stat every wanted file under ``root``; returns how many there are, those that
         are not a settled (done or skipped) job's unchanged file (the scan looks at these),
-        and whether every folder could be read. Runs in a thread; a folder whose digest
-        agrees (intake/settled.py) costs its ``stat()`` calls and a hash a file."""
+        and whether every folder could be read; ``read`` gets the folders read. Runs in a
+        thread; a folder whose digest agrees (intake/settled.py) costs its ``stat()`` calls
+        and a hash a file."""
         follow = self.watch.follow_symlinks
         errors: list[Path] = []
 
@@ -122,6 +135,7 @@ class Scanner:
             recursive=self.watch.recursive,
             follow_symlinks=follow,
             on_error=on_error,
+            read=read,
         ):
             live_here = live if folder in live_folders else None
             files += settled.walk(folder, entries, follow, live_here, look, candidates)
@@ -154,15 +168,18 @@ class Scanner:
         for index, root in enumerate(self.roots):
             if not await self._folder_present(index, root):
                 clean = False  # what it held is not gone: keep it all until it is back
+                self._publish(index, frozenset())
                 continue
             live = await self._known()
             settled.walk_begins()
+            read: set[str] = set()
             try:
                 found, candidates, readable = await asyncio.to_thread(
-                    self._walk, root, settled, live
+                    self._walk, root, settled, live, read
                 )
             finally:
                 settled.walk_ends()
+            self._publish(index, frozenset(read))
             files += found
             clean = clean and readable
             async with self.observing:

@@ -64,6 +64,7 @@ def iter_folders(
     recursive: bool,
     follow_symlinks: bool,
     on_error: OnError | None = None,
+    read: set[str] | None = None,
 ) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
     """The wanted files a folder at a time, for the scans: (the folder, its files).
 
@@ -71,9 +72,10 @@ def iter_folders(
     ``fstatat()`` of one name instead of a ``stat()`` of a whole path (a scan of a
     million files is mostly its ``stat()`` calls). So ``entry.path`` is the bare
     name, as ``entry.name``; and the descriptor is open until the next folder is
-    asked for: stat the entries before that.
+    asked for: stat the entries before that. ``read`` collects every folder that
+    could be read, those without wanted files too (the folder events watch these).
     """
-    yield from _walk(root, path_filter, recursive, follow_symlinks, on_error, True)
+    yield from _walk(root, path_filter, recursive, follow_symlinks, on_error, True, read)
 
 
 def _walk(
@@ -83,6 +85,7 @@ def _walk(
     follow_symlinks: bool,
     on_error: OnError | None,
     by_fd: bool,
+    read: set[str] | None = None,
 ) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
     try:
         root_stat = root.stat()  # a missing root is worth reporting; a vanished subfolder is not
@@ -100,6 +103,8 @@ def _walk(
                 continue
             visited.add(key)
         scan = _scan_folder(folder, path_filter, follow_symlinks, on_error, by_fd)
+        if read is not None and scan.read:
+            read.add(folder)
         try:
             if scan.files:
                 yield folder, scan.files
@@ -120,7 +125,7 @@ class _Scan:
     """What one folder holds: wanted files, and real and symlinked subfolders to enter;
     the folder's descriptor when it was read through one."""
 
-    __slots__ = ("fd", "files", "linked", "prefix", "real")
+    __slots__ = ("fd", "files", "linked", "prefix", "read", "real")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix  # the folder's path and a slash: a subfolder's path starts so
@@ -128,6 +133,7 @@ class _Scan:
         self.files: list[os.DirEntry[str]] = []
         self.real: list[_Folder] = []
         self.linked: list[_Folder] = []
+        self.read = False  # listed to the end (not gone, not unreadable)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -163,6 +169,7 @@ def _scan_folder(
                         files.append(entry)
                 else:
                     _classify(entry, path_filter, follow_symlinks, scan)
+        scan.read = True
     except FileNotFoundError:
         pass  # the folder went away between being listed and being read
     except OSError as err:
