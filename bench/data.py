@@ -77,6 +77,9 @@ class DataDir:
         return self._pool
 
     def _save(self) -> None:
+        # Another bench process may have written data meanwhile: keep its entries too.
+        if self._meta_path.exists():
+            self.meta = {**json.loads(self._meta_path.read_text()), **self.meta}
         self._meta_path.write_text(json.dumps(self.meta, indent=1))
 
     def _cached(self, key: str, path: Path, size: int | None = None) -> bool:
@@ -143,9 +146,26 @@ class DataDir:
             self._save()
         return folder, ledger
 
+    def done_files(self, count: int, per_folder: int = 1000) -> tuple[Path, Path]:
+        """``count`` files of a few bytes, ``per_folder`` a folder, and a ledger holding
+        each as a finished upload leaves it (``_build_done_rows``). Returns (folder,
+        ledger); the caller copies the ledger before using it."""
+        folder = self.root / f"done-{count}"
+        ledger = self.root / f"done-{count}.db"
+        key = f"done/{count}"
+        if not self._cached(key, folder) or not ledger.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            for stale in (ledger, Path(f"{ledger}-wal"), Path(f"{ledger}-shm")):
+                stale.unlink(missing_ok=True)
+            _build_done_rows(folder, ledger, count, per_folder)
+            os.sync()
+            self.meta[key] = {"count": count, "per_folder": per_folder}
+            self._save()
+        return folder, ledger
 
-def _build_done_ledger(folder: Path, ledger: Path) -> None:
-    """A ledger as the daemon leaves it after uploading every file under ``folder``."""
+
+def _create_ledger(ledger: Path) -> None:
+    """An empty ledger of today's schema."""
     import asyncio
 
     from ingestd.ledger.store import SqliteLedger
@@ -155,6 +175,53 @@ def _build_done_ledger(folder: Path, ledger: Path) -> None:
         await opened.close()
 
     asyncio.run(create())
+
+
+def _build_done_rows(folder: Path, ledger: Path, count: int, per_folder: int) -> None:
+    """Write the files a folder at a time, and insert their jobs in bulk as a done upload
+    with ``after_upload.action: keep`` leaves them: state done, after_done 1, the sha256,
+    the record's ids and name, the fingerprint (intake/identity.py), the timestamps."""
+    _create_ledger(ledger)
+    conn = sqlite3.connect(ledger)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")  # built once; fsynced at the end
+        started = time.time()
+        for first in range(0, count, per_folder):
+            sub = folder / f"day-{first // per_folder:04d}"
+            sub.mkdir(parents=True)
+            rows = []
+            for index in range(first, min(count, first + per_folder)):
+                path = sub / f"clip-{index:07d}.ts"
+                data = f"recording {index}\n".encode()
+                path.write_bytes(data)
+                info = path.stat()
+                done = started - (count - index) * 0.001  # one a millisecond, in path order
+                rows.append(
+                    (
+                        str(path), str(folder), info.st_size, info.st_mtime_ns, info.st_ino,
+                        info.st_dev, path.stem, f"rec-{index}", f"vid-{index}", info.st_size,
+                        hashlib.sha256(data).hexdigest(),
+                        "v1:" + hashlib.sha256(str(len(data)).encode() + data).hexdigest(),
+                        str(path), done - 2, done - 1, done - 0.5, done, done,
+                    )
+                )  # fmt: skip
+            with conn:
+                conn.executemany(
+                    "INSERT INTO jobs(path, root, state, size, mtime_ns, inode, device, "
+                    "record_name, record_id, video_id, bytes_acked, sha256, fingerprint, "
+                    "final_path, discovered_at, upload_started_at, uploaded_at, done_at, "
+                    "updated_at, after_done) "
+                    "VALUES(?,?,'done',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                    rows,
+                )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def _build_done_ledger(folder: Path, ledger: Path) -> None:
+    """A ledger as the daemon leaves it after uploading every file under ``folder``."""
+    _create_ledger(ledger)
     now = time.time()
     rows = []
     for number, path in enumerate(sorted(folder.rglob("*.ts")), start=1):

@@ -1,6 +1,7 @@
 """``make bench-scale``: does memory grow with the number of files that pass through?
 
-    python -m bench.scale [--files 200000] [--batch 2000] [--json build/scale.json]
+    python -m bench.scale [--files 200000] [--batch 2000] [--only memory|ledger]
+                          [--ledger-files 100000,1000000] [--json build/scale.json]
 
 In one process, through the real intake (scan, settle, finished checks,
 fingerprints, queueing) and the real SQLite ledger: files arrive a batch at
@@ -10,6 +11,10 @@ new token is registered for scrubbing with every batch, as a re-login every
 8 hours would over months. The resident set size after the first batch is
 compared with the one after the last (both after a garbage collection): the
 target is within 10 %, whatever the number of files.
+
+The second case (``bench/million.py``) restarts a real daemon on a ledger of
+100,000 and of 1,000,000 done files: start to idle, peak RSS, one rescan, and
+``ingestd status`` and ``/metrics``.
 
 The server is left out on purpose: its part of memory does not depend on how
 many files have passed (the daemon's other benches measure it). A few of the
@@ -39,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from bench import million
+from bench.data import DataDir, default_dir
 from ingestd.config.load import load_config
 from ingestd.intake.finished import FinishedChecks
 from ingestd.intake.watcher import Intake
@@ -181,18 +188,11 @@ async def measure(files: int, batch: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scale", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--files", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=2_000)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args(argv)
-    configure_logging(fmt="json", level="warning")
+def run_memory(files: int, batch: int) -> tuple[dict[str, Any], bool]:
+    """The memory case (the module docstring); returns its figures and whether it passed."""
     workdir = Path(tempfile.mkdtemp(prefix="ingestd-scale-", dir=os.environ.get("TMPDIR")))
     try:
-        result = asyncio.run(measure(args.files, args.batch, workdir))
+        result = asyncio.run(measure(files, batch, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     passed = abs(result["growth"]) <= TARGET_GROWTH
@@ -204,11 +204,42 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['sqlite_heap_first_batch'] / 2**20:.1f} -> "
         f"{result['sqlite_heap_last_batch'] / 2**20:.1f} MiB, the rest "
         f"{100 * result['growth_besides_sqlite']:+.1f} %; {result['seconds']} s; "
-        f"file.container_unknown logged {result['container_unknown_logged']} times"
+        f"file.container_unknown logged {result['container_unknown_logged']} times",
+        flush=True,
     )
+    return result, passed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scale", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=2_000)
+    parser.add_argument(
+        "--only", choices=("memory", "ledger"), default=None, help="run one case of the two"
+    )
+    parser.add_argument(
+        "--ledger-files",
+        default=",".join(str(n) for n in million.COUNTS),
+        help="the ledger case's sizes, comma-separated (the largest is judged)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    configure_logging(fmt="json", level="warning")
+    results: dict[str, Any] = {}
+    passed = True
+    if args.only in (None, "memory"):
+        print(f"memory as {args.files:,} files pass through intake and the ledger", flush=True)
+        results["memory"], passed = run_memory(args.files, args.batch)
+    if args.only in (None, "ledger"):
+        counts = tuple(int(n) for n in args.ledger_files.split(","))
+        print("a daemon restarted on a ledger of N done files (bench/million.py)", flush=True)
+        results["ledger"] = million.run(DataDir(default_dir()), counts)
+        passed = passed and results["ledger"]["passed"]
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
     return 0 if passed else 1
 
 

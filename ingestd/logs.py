@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from pathlib import PurePath
 from typing import Any, TextIO
 
-import structlog
-
 _SECRETS: set[str] = set()  # passwords: few, kept for the process's life
 # Tokens: a new one every few hours for months. Only the newest can be in a message still
 # being built (older ones were scrubbed when theirs was), so the list stays this short.
@@ -247,6 +245,8 @@ class _BelowLiveLine:
 
 
 def _shared_processors() -> list[Processor]:
+    import structlog
+
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -274,6 +274,8 @@ def configure_logging(
     ``redact_paths``, ``watch_roots`` (``watch.paths``) tells the folders below
     a root, which may carry names, from the root's own path.
     """
+    import structlog
+
     out = stream if stream is not None else sys.stdout
     if out.isatty():  # where a live line can share the screen
         out = _BelowLiveLine(out)
@@ -332,8 +334,27 @@ def _drop_meta(_logger: Any, _method: str, event_dict: MutableMapping[str, Any])
 
 def get_logger(name: str = "ingestd", **context: Any) -> Any:
     """A structlog logger with ``context`` bound (``job_id``, ``path``...)."""
-    # A lazy proxy: module-level loggers must pick up configure_logging() made later.
-    return structlog.get_logger(name, **context)
+    return _Logger(name, context)
+
+
+class _Logger:
+    """structlog's lazy proxy, made at the first call: module-level loggers pick up a
+    configure_logging() made after their import, and a command that logs nothing (``ingestd
+    status``, run every few seconds by scripts) never imports structlog (~25 ms)."""
+
+    __slots__ = ("_args", "_proxy")
+
+    def __init__(self, name: str, context: dict[str, Any]) -> None:
+        self._args = (name, context)
+        self._proxy: Any = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if self._proxy is None:
+            import structlog
+
+            name, context = self._args
+            self._proxy = structlog.get_logger(name, **context)
+        return getattr(self._proxy, attribute)
 
 
 def secrets_in(text: str, secrets: Iterable[str], window: int = 8) -> list[str]:

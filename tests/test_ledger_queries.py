@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
 from conftest import Opener
-from ledger_support import add_job_in
+from ledger_support import add_job_in, set_state
 
 from ingestd.disk.judged import ANY_DEVICE
 from ingestd.ledger.model import Queueing, State
@@ -133,3 +134,105 @@ async def test_queue_commits_every_file_in_one_transaction(tmp_path: Path) -> No
     finally:
         watcher.close()
         await ledger.close()
+
+
+async def test_newest_identities_pages_the_newest_job_of_each_path(opened: Opener) -> None:
+    ledger = await opened()
+    try:
+        old = await add_job_in(ledger, State.DONE, path="/x/a.ts", root="/x", snapshot=(1, 1, 1, 1))
+        new = await ledger.add_job(path="/x/a.ts", root="/x", snapshot=(2, 2, 2, 1))  # changed
+        others = [
+            await add_job_in(ledger, state, path=f"/x/{n}.ts", root="/x", snapshot=(n, n, n, 1))
+            for n, state in ((3, State.DONE), (4, State.SKIPPED), (5, State.QUEUED))
+        ]
+        rows, after = [], 0
+        while page := await ledger.newest_identities(after, 2):
+            assert len(page) <= 2
+            rows += page
+            after = page[-1][0]
+        assert [tuple(row) for row in rows] == [
+            (new.id, "/x/a.ts", 2, 2, 2, "waiting"),  # not the done one it replaced
+            *((job.id, job.path, job.size, job.mtime_ns, job.inode, job.state.value)
+              for job in others),
+        ]  # fmt: skip
+        assert old.id not in {row[0] for row in rows}
+    finally:
+        await ledger.close()
+
+
+async def test_counts_are_kept_by_the_ledger_not_counted(tmp_path: Path) -> None:
+    """Jobs per state follow every change (new jobs, transitions, forgetting), and asking
+    for them reads no row of ``jobs``: a million done files cost nothing to count."""
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path)
+    try:
+        added = await ledger.add_jobs(
+            root="/x", files=[(f"/x/{n}.ts", (n, n, n, 1)) for n in range(6)]
+        )
+        ids = [added[f"/x/{n}.ts"] for n in range(6)]
+        for job_id, state in zip(
+            ids[:4], (State.DONE, State.DONE, State.FAILED, State.QUEUED), strict=True
+        ):
+            await set_state(ledger, job_id, state)
+        await set_state(ledger, ids[0], State.DONE)  # no change of state: counted once
+        await ledger.forget(ids[5])  # waiting, gone
+        await ledger.retry([ids[2]], force=False)  # failed -> queued
+        statements: list[str] = []
+        inner = ledger._conn._conn
+        await inner._execute(inner._conn.set_trace_callback, statements.append)
+        counts = await ledger.counts()
+        await inner._execute(inner._conn.set_trace_callback, None)
+        with sqlite3.connect(path) as conn:
+            rows = conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        assert {k: v for k, v in counts.items() if v} == dict(rows)
+        assert counts["done"] == 2 and counts["queued"] == 2 and counts["waiting"] == 1
+        assert statements and not [s for s in statements if re.search(r"\bFROM jobs\b", s)]
+    finally:
+        await ledger.close()
+
+
+async def test_a_ledger_without_kept_counts_gets_them_at_open(tmp_path: Path) -> None:
+    """A ledger from before (or one whose counts were dropped) is counted once at open;
+    read-only, it is counted row by row instead."""
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path)
+    await ledger.add_jobs(root="/x", files=[(f"/x/{n}.ts", (n, n, n, 1)) for n in range(3)])
+    await ledger.close()
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "DROP TRIGGER jobs_count_insert; DROP TRIGGER jobs_count_delete; "
+            "DROP TRIGGER jobs_count_update; DELETE FROM meta WHERE key LIKE 'jobs_in.%';"
+        )
+        conn.execute(
+            "INSERT INTO jobs(path, root, state, size, mtime_ns, inode, device, discovered_at, "
+            "updated_at) VALUES('/x/d.ts', '/x', 'done', 1, 1, 9, 1, 0, 0)"
+        )
+    reader = await SqliteLedger.open(path, readonly=True)
+    try:
+        assert (await reader.counts())["done"] == 1  # no triggers yet: counted
+    finally:
+        await reader.close()
+    ledger = await SqliteLedger.open(path)
+    try:
+        counts = await ledger.counts()
+        assert (counts["waiting"], counts["done"]) == (3, 1)
+        await ledger.add_job(path="/x/e.ts", root="/x", snapshot=(5, 5, 5, 1))
+        assert (await ledger.counts())["waiting"] == 4
+    finally:
+        await ledger.close()
+
+
+async def test_kept_counts_add_no_table_an_older_ingestd_would_refuse(tmp_path: Path) -> None:
+    """An ingestd refuses a ledger holding a table it does not know (check_integrity), so a
+    new table would make a downgrade refuse the ledger: the counts live in ``meta``."""
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path)
+    await ledger.add_job(path="/x/a.ts", root="/x", snapshot=(1, 1, 1, 1))
+    await ledger.close()
+    with sqlite3.connect(path) as conn:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert tables == {"meta", "jobs", "deletions", "suspected_orphans"}  # those of version 5
+    assert version == ("5",)

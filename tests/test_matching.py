@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -12,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path, PurePath
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingestd.config.patterns import PathFilter, gitignore_match
+from ingestd.config.schema import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from ingestd.intake.walk import iter_files
 
 INCLUDE = ["*.mp4", "*.mov", "*.mkv"]
@@ -89,6 +93,64 @@ def test_empty_lists() -> None:
     assert nothing.wants_dir(".trash")
     everything = PathFilter(["*"], [])
     assert everything.wants_file(".clip.mp4.part")
+
+
+_GLOBS = ["*.mp4", "*.MKV", "*.ts", "*", ".*", "~*", "*.part", "clip*", "Thumbs.db", "*.tar.gz",
+          "*~", "a*b", "*.[mM]4v", "clip?.ts", "*.vidéo", "*.\u212akv", "*.\u017fx"]  # fmt: skip
+_NAMES = st.text(alphabet="abcdefkmpstvxyACDKMPSTV.~_-0124 \u212a\u017f\u0130\xe9", max_size=12)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    include=st.lists(st.sampled_from(_GLOBS), max_size=4),
+    exclude=st.lists(st.sampled_from(_GLOBS), max_size=4),
+    names=st.lists(_NAMES, max_size=20),
+)
+def test_wants_file_says_what_the_globs_say(
+    include: list[str], exclude: list[str], names: list[str]
+) -> None:
+    """The plain string tests a scan runs on each of a million names decide as the globs
+    (fnmatch, case-insensitive) do, for any names, ASCII or not."""
+    path_filter = PathFilter(include, exclude)
+    for name in [*names, "CLIP.MP4", ".x.mp4", "clip.mp4.part", "thumbs.DB", "a.TAR.GZ", "a.SX"]:
+        globbed = any(fnmatch.fnmatch(name.lower(), g.lower()) for g in include) and not any(
+            fnmatch.fnmatch(name.lower(), g.lower()) for g in exclude
+        )
+        regex = path_filter._include.match(name) is not None
+        regex = regex and path_filter._exclude.match(name) is None
+        assert path_filter.wants_file(name) is regex, (name, include, exclude)
+        if name.isascii() and all(g.isascii() for g in include + exclude):
+            assert regex is globbed, (name, include, exclude)
+
+
+_TRICKY = ["clip.mp4", "CLIP.MP4", "clip.Ts", ".clip.mp4", "~clip.mkv", "clip.mp4.part",
+           "clip.part.mp4", "clip", "clip.", ".", "..mp4", "a.tar.gz", "b.TAR.GZ", "x~",
+           "Thumbs.db", "thumbs.DB", "café.mkv", "\u212a.mkv", "clip.\u212akv", "TMPx.ts",
+           "tmpx.ts", "clip.webm", "clip.crdownload"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude"),
+    [
+        (list(DEFAULT_INCLUDE), list(DEFAULT_EXCLUDE)),
+        (["*.mp4", "*.ts"], [".*", "tmp*"]),  # a prefix with letters: case matters
+        (["*.mkv", "*"], ["*.part"]),
+        (["*.tar.gz", "*.mp4"], ["*~", "Thumbs.db"]),
+        (["*.[mM]kv", "clip*"], []),
+    ],
+)
+def test_the_walker_wants_what_wants_file_wants(
+    tmp_path: Path, include: list[str], exclude: list[str]
+) -> None:
+    """The walker judges most names inline (an extension looked up in a set): it takes
+    exactly the files :meth:`PathFilter.wants_file` takes."""
+    path_filter = PathFilter(include, exclude)
+    for name in _TRICKY:
+        if name not in (".",):
+            touch(tmp_path / name)
+    found = {Path(p).name for p in iter_files(tmp_path, path_filter, recursive=False,
+                                              follow_symlinks=False)}  # fmt: skip
+    assert found == {n for n in _TRICKY if n != "." and path_filter.wants_file(n)}
 
 
 # --- gitignore_match ----------------------------------------------------------------------------

@@ -50,6 +50,13 @@ class Events:
         self.roots = roots
         self.scanner = scanner
         self.watcher_alive = False
+        self._armed: frozenset[str] = frozenset()  # the folders watched
+        self._stale = False  # a watched folder went: re-arm after the next scan
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """The folders watched now (each on its own), empty while no watch runs."""
+        return self._armed
 
     async def observe_path(self, path: Path) -> None:
         """A folder event named ``path``: look at that one file (or rescan for a folder)."""
@@ -76,31 +83,109 @@ class Events:
             log.info("watcher.events_disabled", variable=NO_EVENTS_ENV)
             return
         while not stop.is_set():
-            roots = [str(r) for r in self.roots if r.is_dir()]
-            if not roots:
-                await wait_event(stop, WATCH_RESTART_DELAY)
+            # The folders to watch are those the scan read: until it has read some (the
+            # daemon starts the events after the start-up scan) there is nothing to watch.
+            if not self.scanner.folders:
+                self.scanner.folders_read.clear()
+                await _wait_for(stop, self.scanner.folders_read, [])
                 continue
             try:
                 self.watcher_alive = True
-                async for changes in watchfiles.awatch(
-                    *roots,
-                    stop_event=stop,
-                    recursive=self.watch.recursive,
-                    force_polling=self.watch.force_polling or None,
-                    # One folder it may not read must not stop the events of all the
-                    # others; the scans report it (watcher.unreadable).
-                    ignore_permission_denied=True,
-                    watch_filter=None,
-                    debounce=400,
-                    step=50,
-                ):
-                    for _change, raw in changes:
-                        # A full or read-only ledger: the ledger watch reports it, and a
-                        # rescan finds this file once writes work again.
-                        with contextlib.suppress(LedgerUnwritable):
-                            await self.observe_path(Path(raw))
+                await self._watch(stop)
             except Exception:
                 log.exception("watcher.failed", retry_in_s=WATCH_RESTART_DELAY)
+                self.scanner.rescan_now.set()  # a folder gone meanwhile: the scan knows
             finally:
                 self.watcher_alive = False
             await wait_event(stop, WATCH_RESTART_DELAY)
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Watch the folders the scan read, each on its own (not recursively: a recursive
+        watch walks and stats every file of the tree while holding the GIL, seconds for a
+        million files); re-armed when a scan reads a different set. The new watch is
+        started before the old one is stopped, so no event falls between them."""
+        watchers: list[tuple[asyncio.Task[None], asyncio.Event]] = []
+        armed: frozenset[str] | None = None  # the scan's set the watch was made from
+        try:
+            while not stop.is_set():
+                scanned = self.scanner.folders or frozenset()
+                if scanned == armed and not self._stale:
+                    self.scanner.folders_read.clear()
+                    await _wait_for(stop, self.scanner.folders_read, [t for t, _ in watchers])
+                    for task, _quit in watchers:
+                        if task.done():
+                            task.result()  # it failed: raise, and restart
+                            return  # it stopped on its own
+                    continue
+                # Those still there (the scan may be a moment old); a folder gone
+                # in between would fail the whole watch.
+                wanted = frozenset(f for f in scanned if os.path.isdir(f))
+                if not wanted:
+                    return
+                new_folders = bool(wanted - self._armed) or self._stale
+                first = armed is None
+                self._stale = False
+                self._armed, armed = wanted, scanned
+                quit = asyncio.Event()
+                task = asyncio.create_task(self._consume(sorted(wanted), quit))
+                await asyncio.sleep(0)  # awatch adds its watches at its first step
+                if task.done():
+                    task.result()
+                old, watchers = watchers, [(task, quit)]
+                await _stop(old)
+                log.info("watcher.armed", folders=len(wanted))
+                if new_folders and not first:
+                    # A file put into a new folder between the walk that found the
+                    # folder and its watch has no event: the scan finds it.
+                    self.scanner.rescan_now.set()
+        finally:
+            await _stop(watchers)
+            self._armed = frozenset()
+
+    async def _consume(self, folders: list[str], quit: asyncio.Event) -> None:
+        """One watch of ``folders`` until ``quit``: each event to :meth:`observe_path`."""
+        async for changes in watchfiles.awatch(
+            *folders,
+            stop_event=quit,
+            recursive=False,  # one watch a folder: the scan found the subfolders
+            force_polling=self.watch.force_polling or None,
+            # One folder it may not read must not stop the events of all the
+            # others; the scans report it (watcher.unreadable).
+            ignore_permission_denied=True,
+            watch_filter=None,
+            debounce=400,
+            step=50,
+        ):
+            for change, raw in changes:
+                if change == watchfiles.Change.deleted and raw in self._armed:
+                    # A watched folder went: its watch is gone with it, also if a new
+                    # folder takes its path; the scan re-arms the watch.
+                    self._stale = True
+                    self.scanner.rescan_now.set()
+                    continue
+                # A full or read-only ledger: the ledger watch reports it, and a
+                # rescan finds this file once writes work again.
+                with contextlib.suppress(LedgerUnwritable):
+                    await self.observe_path(Path(raw))
+
+
+async def _wait_for(
+    stop: asyncio.Event, wake: asyncio.Event, tasks: list[asyncio.Task[None]]
+) -> None:
+    """Until ``stop`` or ``wake`` is set, or one of ``tasks`` ends."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait([*waiters, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _stop(watchers: list[tuple[asyncio.Task[None], asyncio.Event]]) -> None:
+    """Stop these watches (each ends within its ``step``) and wait for them: one that
+    failed is being replaced, or the events are stopping."""
+    for _task, quit in watchers:
+        quit.set()
+    for task, _quit in watchers:
+        with contextlib.suppress(Exception):
+            await task

@@ -22,14 +22,19 @@ from pathlib import Path
 from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import WatchConfig
 from ingestd.disk.folders import FolderState, folder_state
+from ingestd.intake.settled import SettledFiles, folder_of
 from ingestd.intake.waiting import SETTLED, Snap, Tracked, Waiting, same_file
-from ingestd.intake.walk import iter_file_entries
+from ingestd.intake.walk import iter_folders
 from ingestd.ledger.api import JobLedger
 from ingestd.ledger.model import Known, State
 from ingestd.logs import get_logger
 from ingestd.memory import release_free_memory
 
 log = get_logger("ingestd.intake.scan")
+
+# Jobs read per ledger query while the settled files are loaded (once, at the first scan).
+LOAD_PAGE = 10_000
+OnError = Callable[[Path, OSError], None]
 
 
 class Scanner:
@@ -63,59 +68,77 @@ class Scanner:
         self._bad_names: set[Path] = set()
         self._bad_names_seen: set[Path] = set()
         # Rescans compare each file with its newest job without reading the whole ledger
-        # each time: done and skipped jobs, which no longer change, are kept here (loaded
-        # once), and only the live ones are read per scan, with those that were live
-        # before (or were added since) and may have settled meanwhile. A clean scan drops
-        # the paths it did not find (moved or deleted files); paths missing from here
-        # are then looked up in the ledger before they count as new (_recall_settled).
-        self._settled: dict[str, Known] | None = None
-        self._pruned = False
+        # each time: done and skipped jobs, which no longer change, are kept in
+        # intake/settled.py (loaded once, 8 bytes a file), and only the live jobs are read
+        # per scan, with those that were live before (or were added since) and may have
+        # settled meanwhile. A file the cache does not know is looked up in the ledger by
+        # its path before it counts as new; the cache drops (lazily) what a clean scan no
+        # longer finds: moved or deleted files.
+        self._settled: SettledFiles | None = None
         self._maybe_settled: set[int] = set()
+        # The folders each root's last walk read (a string a folder, not a file): the
+        # folder events watch these one by one (intake/events.py), as a recursive watch
+        # would walk and stat every file again, holding the GIL.
+        self._read: list[frozenset[str]] = [frozenset() for _root in roots]
+        self.folders: frozenset[str] | None = None  # all roots'; None until a walk
+        self.folders_read = asyncio.Event()  # set after each root's walk
+
+    def _publish(self, index: int, read: frozenset[str]) -> None:
+        """Root ``index``'s walk read these folders (none if it was not there)."""
+        self._read[index] = read
+        self.folders = frozenset().union(*self._read)
+        self.folders_read.set()
+
+    @property
+    def settled(self) -> SettledFiles | None:
+        """The cache of settled files (None until the first scan loads it)."""
+        return self._settled
 
     # --- finding ------------------------------------------------------------------------
 
     def _walk(
-        self, root: Path, settled: dict[str, Known], live: dict[str, Known], found: set[str]
+        self, root: Path, settled: SettledFiles, live: dict[str, Known], read: set[str]
     ) -> tuple[int, list[tuple[str, Snap]], bool]:
         """Stat every wanted file under ``root``; returns how many there are, those that
         are not a settled (done or skipped) job's unchanged file (the scan looks at these),
-        and whether every folder could be read. Every path found is added to ``found``."""
-        files = 0
-        candidates: list[tuple[str, Snap]] = []
+        and whether every folder could be read; ``read`` gets the folders read. Runs in a
+        thread; a folder whose digest agrees (intake/settled.py) costs its ``stat()`` calls
+        and a hash a file."""
+        follow = self.watch.follow_symlinks
         errors: list[Path] = []
+
+        def look(entry: os.DirEntry[str], path: str) -> os.stat_result | None:
+            """One file as snapshot() sees it, or None to leave it out (and say why)."""
+            if not path.isascii() and self.bad_name(Path(path)):
+                return None
+            try:
+                # A symlink is only followed with follow_symlinks.
+                info = entry.stat(follow_symlinks=follow)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as err:
+                errors.append(Path(path))
+                _log_scan_error(Path(path), err)
+                return None
+            return info if stat.S_ISREG(info.st_mode) else None
 
         def on_error(path: Path, err: OSError) -> None:
             errors.append(path)
             _log_scan_error(path, err)
 
-        for entry in iter_file_entries(
+        live_folders = {folder_of(path) for path in live}
+        files = 0
+        candidates: list[tuple[str, Snap]] = []
+        for folder, entries in iter_folders(
             root,
             self.filter,
             recursive=self.watch.recursive,
-            follow_symlinks=self.watch.follow_symlinks,
+            follow_symlinks=follow,
             on_error=on_error,
+            read=read,
         ):
-            path = entry.path
-            if not path.isascii() and self.bad_name(Path(path)):
-                continue
-            try:
-                # As snapshot() looks: a symlink is only followed with follow_symlinks.
-                info = entry.stat(follow_symlinks=self.watch.follow_symlinks)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as err:
-                on_error(Path(path), err)
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                continue
-            files += 1
-            found.add(path)
-            snap = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
-            if path not in live:
-                known = settled.get(path)
-                if known is not None and same_file(known[1], snap):
-                    continue
-            candidates.append((path, snap))
+            live_here = live if folder in live_folders else None
+            files += settled.walk(folder, entries, follow, live_here, look, candidates)
         return files, candidates, not errors
 
     def bad_name(self, path: Path) -> bool:
@@ -139,36 +162,32 @@ class Scanner:
         """Look at every file under every root; returns how many were new or changed."""
         started = time.monotonic()
         files = changed = 0
-        present: set[str] = set()
         clean = True
+        settled = await self._load()
+        settled.begin_scan()
         for index, root in enumerate(self.roots):
             if not await self._folder_present(index, root):
                 clean = False  # what it held is not gone: keep it all until it is back
+                self._publish(index, frozenset())
                 continue
-            settled, live = await self._known()
-            found, candidates, readable = await asyncio.to_thread(
-                self._walk, root, settled, live, present
-            )
+            live = await self._known()
+            settled.walk_begins()
+            read: set[str] = set()
+            try:
+                found, candidates, readable = await asyncio.to_thread(
+                    self._walk, root, settled, live, read
+                )
+            finally:
+                settled.walk_ends()
+            self._publish(index, frozenset(read))
             files += found
             clean = clean and readable
             async with self.observing:
-                settled, live = await self._known()  # again: jobs moved on during the walk
-                if self._pruned:
-                    await self._recall_settled(
-                        [path for path, _snap in candidates if path not in live]
-                    )
-                missing = await self._missing(live)
-                new: list[tuple[str, Snap]] = []
-                for path, snap in candidates:
-                    known = live.get(path) or settled.get(path)
-                    if known is None or (known[2] in SETTLED and not same_file(known[1], snap)):
-                        new.append((path, snap))
-                    else:
-                        changed += await self.observe(Path(path), root, snap, known, missing)
-                changed += await self._add_new(root, new)
+                walked_live = live
+                live = await self._known()  # again: jobs moved on during the walk
+                changed += await self._judge(root, candidates, live, walked_live, settled)
         self._bad_names, self._bad_names_seen = self._bad_names_seen, set()
-        if clean:
-            self._forget_absent(present)
+        settled.end_scan(clean)
         self.last_scan_at = time.time()
         release_free_memory()  # what the walk and its jobs used is free again: give it back
         log.info(
@@ -179,6 +198,38 @@ class Scanner:
             seconds=round(time.monotonic() - started, 3),
         )
         return changed
+
+    async def _judge(
+        self,
+        root: Path,
+        candidates: list[tuple[str, Snap]],
+        live: dict[str, Known],
+        walked_live: dict[str, Known],
+        settled: SettledFiles,
+    ) -> int:
+        """The files the walk did not find settled: each against its path's newest job (the
+        live ones are at hand, the others are asked of the ledger in one query).
+        ``walked_live``: the live jobs as the walk saw them (those that settled since were
+        added to the cache by :meth:`_known`)."""
+        unknown = [path for path, _snap in candidates if path not in live]
+        newest = await self.ledger.snapshots_for_paths(unknown) if unknown else {}
+        missing = await self._missing(live)
+        changed = 0
+        new: list[tuple[str, Snap]] = []
+        for path, snap in candidates:
+            known = live.get(path) or newest.get(path)
+            if known is None:
+                new.append((path, snap))
+            elif known[2] in SETTLED:
+                if same_file(known[1], snap):
+                    if path not in walked_live:  # one the cache had no word on: now it has
+                        settled.add(path, snap)
+                else:
+                    settled.discard(path, known[1])  # changed after done: a new job
+                    new.append((path, snap))
+            else:
+                changed += await self.observe(Path(path), root, snap, known, missing)
+        return changed + await self._add_new(root, new)
 
     async def _folder_present(self, index: int, root: Path) -> bool:
         """Look at watch folder ``index``; log when its state changes (once, not per scan)."""
@@ -196,27 +247,20 @@ class Scanner:
             )
         return state == FolderState.PRESENT
 
-    def _forget_absent(self, present: set[str]) -> None:
-        """Drop the settled jobs whose files a clean scan did not find (moved away or
-        deleted): the cache holds what is on disk, not every path ever seen."""
-        if self._settled is None:
-            return
-        gone = [path for path in self._settled if path not in present]
-        for path in gone:
-            del self._settled[path]
-        self._pruned = self._pruned or bool(gone)
-
-    async def _recall_settled(self, paths: list[str]) -> None:
-        """After a prune, the paths the cache does not hold may still have a settled job (a
-        file moved away and back, a folder readable again): one ledger query for all of
-        them, and those that do go back into the cache."""
-        assert self._settled is not None
-        missing = [path for path in paths if path not in self._settled]
-        if not missing:
-            return
-        for path, known in (await self.ledger.snapshots_for_paths(missing)).items():
-            if known[2] in SETTLED:
-                self._settled[path] = known
+    async def _load(self) -> SettledFiles:
+        """The cache of settled files, loaded from the ledger a page at a time at the first
+        scan (under the lock: no event makes a job meanwhile, whose discard it could miss)."""
+        if self._settled is not None:
+            return self._settled
+        async with self.observing:
+            settled = SettledFiles()
+            after = 0
+            while rows := await self.ledger.newest_identities(after, LOAD_PAGE):
+                settled.load(rows)
+                after = rows[-1][0]
+            settled.loaded()
+            self._settled = settled
+        return settled
 
     async def _missing(self, live: dict[str, Known]) -> set[int]:
         """The live jobs failed as ``source_missing`` (one query, and only when any job
@@ -225,29 +269,26 @@ class Scanner:
             return set()
         return await self.ledger.missing_sources()
 
-    async def _known(self) -> tuple[dict[str, Known], dict[str, Known]]:
-        """The newest job of every path, as (settled: done or skipped, live: the others)."""
-        if self._settled is None:
-            everything = await self.ledger.known_snapshots()
-            self._settled = {p: k for p, k in everything.items() if k[2] in SETTLED}
-            live = {p: k for p, k in everything.items() if k[2] not in SETTLED}
-        else:
-            live = await self.ledger.live_snapshots()
-            moved_on = self._maybe_settled - {known[0] for known in live.values()}
-            if moved_on:
-                found = await self.ledger.snapshots_of(moved_on)
-                # Settled ones join the cache; gone ones (forgotten) are dropped; the rest
-                # (added since the query above) are kept for the next look.
-                self._maybe_settled -= moved_on - {known[0] for known in found.values()}
-                for path, known in found.items():
-                    if known[2] not in SETTLED:
-                        continue
-                    self._maybe_settled.discard(known[0])
-                    held = self._settled.get(path)
-                    if held is None or held[0] < known[0]:
-                        self._settled[path] = known
+    async def _known(self) -> dict[str, Known]:
+        """The live jobs (not done or skipped) by path; those that settled since the last
+        look join the cache of settled files."""
+        settled = await self._load()
+        live = await self.ledger.live_snapshots()
+        moved_on = self._maybe_settled - {known[0] for known in live.values()}
+        if moved_on:
+            found = await self.ledger.snapshots_of(moved_on)  # the newest of each path
+            # Settled ones join the cache (unless a newer job has the path now); gone ones
+            # (forgotten) are dropped; the rest (added since the query above) are kept for
+            # the next look.
+            self._maybe_settled -= moved_on - {known[0] for known in found.values()}
+            for path, known in found.items():
+                if known[2] not in SETTLED:
+                    continue
+                self._maybe_settled.discard(known[0])
+                if path not in live:
+                    settled.add(path, known[1])
         self._maybe_settled |= {known[0] for known in live.values()}
-        return self._settled, live
+        return live
 
     async def _add_new(self, root: Path, new: list[tuple[str, Snap]]) -> int:
         """Jobs for files seen for the first time (or changed after done): one commit."""
@@ -275,6 +316,8 @@ class Scanner:
         because the file had gone (``missing``: those jobs' ids, asked of the ledger when
         None); 1 if any of these happened. The caller holds :attr:`observing`."""
         if known is None or (known[2] in SETTLED and not same_file(known[1], snap)):
+            if known is not None and self._settled is not None:
+                self._settled.discard(str(path), known[1])  # the new job takes the path
             job = await self.ledger.add_job(path=str(path), root=str(root), snapshot=snap)
             now = time.monotonic()
             self._maybe_settled.add(job.id)

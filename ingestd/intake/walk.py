@@ -53,6 +53,40 @@ def iter_file_entries(
 ) -> Iterator[os.DirEntry[str]]:
     """:func:`iter_files` as ``os.DirEntry`` objects, for a caller that walks 100,000 files:
     no ``Path`` per file, and ``entry.stat()`` reuses what following a symlink learnt."""
+    for _folder, files in _walk(root, path_filter, recursive, follow_symlinks, on_error, False):
+        yield from files
+
+
+def iter_folders(
+    root: Path,
+    path_filter: PathFilter,
+    *,
+    recursive: bool,
+    follow_symlinks: bool,
+    on_error: OnError | None = None,
+    read: set[str] | None = None,
+) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
+    """The wanted files a folder at a time, for the scans: (the folder, its files).
+
+    Each folder is read through a file descriptor, so ``entry.stat()`` costs a
+    ``fstatat()`` of one name instead of a ``stat()`` of a whole path (a scan of a
+    million files is mostly its ``stat()`` calls). So ``entry.path`` is the bare
+    name, as ``entry.name``; and the descriptor is open until the next folder is
+    asked for: stat the entries before that. ``read`` collects every folder that
+    could be read, those without wanted files too (the folder events watch these).
+    """
+    yield from _walk(root, path_filter, recursive, follow_symlinks, on_error, True, read)
+
+
+def _walk(
+    root: Path,
+    path_filter: PathFilter,
+    recursive: bool,
+    follow_symlinks: bool,
+    on_error: OnError | None,
+    by_fd: bool,
+    read: set[str] | None = None,
+) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
     try:
         root_stat = root.stat()  # a missing root is worth reporting; a vanished subfolder is not
     except OSError as err:
@@ -68,8 +102,15 @@ def iter_file_entries(
             if key in visited:
                 continue
             visited.add(key)
-        scan = _scan_folder(folder, path_filter, follow_symlinks, on_error)
-        yield from scan.files
+        scan = _scan_folder(folder, path_filter, follow_symlinks, on_error, by_fd)
+        if read is not None and scan.read:
+            read.add(folder)
+        try:
+            if scan.files:
+                yield folder, scan.files
+        finally:
+            if scan.fd is not None:
+                os.close(scan.fd)
         if recursive:
             real.extend(scan.real)
             linked.extend(scan.linked)
@@ -81,29 +122,54 @@ def _report(on_error: OnError | None, path: Path, err: OSError) -> None:
 
 
 class _Scan:
-    """What one folder holds: wanted files, and real and symlinked subfolders to enter."""
+    """What one folder holds: wanted files, and real and symlinked subfolders to enter;
+    the folder's descriptor when it was read through one."""
 
-    __slots__ = ("files", "linked", "real")
+    __slots__ = ("fd", "files", "linked", "prefix", "read", "real")
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix  # the folder's path and a slash: a subfolder's path starts so
+        self.fd: int | None = None
         self.files: list[os.DirEntry[str]] = []
         self.real: list[_Folder] = []
         self.linked: list[_Folder] = []
+        self.read = False  # listed to the end (not gone, not unreadable)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _scan_folder(
-    folder: str, path_filter: PathFilter, follow_symlinks: bool, on_error: OnError | None
+    folder: str,
+    path_filter: PathFilter,
+    follow_symlinks: bool,
+    on_error: OnError | None,
+    by_fd: bool,
 ) -> _Scan:
     """List one folder.
 
     Collected before anything is yielded, so an OSError from reading the
     directory is caught here and never confused with the consumer's code.
     """
-    scan = _Scan()
+    scan = _Scan(folder if folder.endswith("/") else folder + "/")
+    wants_file, files = path_filter.wants_file, scan.files
+    # The usual globs (``*.mp4``, ``.*``) as a set lookup, inline; else wants_file().
+    extensions, prefixes = path_filter.by_extension or (frozenset(), ("",))
     try:
-        with os.scandir(folder) as entries:
+        if by_fd:
+            scan.fd = os.open(folder, _DIR_FLAGS)
+        with os.scandir(folder if scan.fd is None else scan.fd) as entries:
             for entry in entries:
-                _classify(entry, path_filter, follow_symlinks, scan)
+                if entry.is_file(follow_symlinks=False):  # the usual entry, inline
+                    name = entry.name
+                    if name[name.rfind(".") :] in extensions:
+                        if not name.startswith(prefixes):
+                            files.append(entry)
+                    elif wants_file(name):
+                        files.append(entry)
+                else:
+                    _classify(entry, path_filter, follow_symlinks, scan)
+        scan.read = True
     except FileNotFoundError:
         pass  # the folder went away between being listed and being read
     except OSError as err:
@@ -123,7 +189,7 @@ def _classify(
             _classify_symlink(entry, path_filter, scan)
     elif entry.is_dir(follow_symlinks=False) and path_filter.wants_dir(entry.name):
         key = _folder_key(entry) if follow_symlinks else None
-        scan.real.append((entry.path, key))
+        scan.real.append((scan.prefix + entry.name, key))
     # else: fifos, sockets, devices, unwanted names, or entries already gone
 
 
@@ -139,7 +205,7 @@ def _classify_symlink(entry: os.DirEntry[str], path_filter: PathFilter, scan: _S
     if stat.S_ISREG(info.st_mode) and wants_file:
         scan.files.append(entry)
     elif stat.S_ISDIR(info.st_mode) and path_filter.wants_dir(entry.name):
-        scan.linked.append((entry.path, (info.st_dev, info.st_ino)))
+        scan.linked.append((scan.prefix + entry.name, (info.st_dev, info.st_ino)))
 
 
 def _folder_key(entry: os.DirEntry[str]) -> tuple[int, int] | None:

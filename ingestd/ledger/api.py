@@ -126,6 +126,10 @@ class JobReads(Protocol):
 
     async def known_snapshots(self) -> dict[str, Known]: ...
 
+    async def newest_identities(self, after_id: int, limit: int) -> Sequence[Sequence[Any]]:
+        """A page of (id, path, size, mtime_ns, inode, state) of the jobs above ``after_id``
+        that are the newest of their path, by id."""
+
     async def live_snapshots(self) -> dict[str, Known]: ...
 
     async def snapshots_of(self, job_ids: Iterable[int]) -> dict[str, Known]: ...

@@ -227,9 +227,10 @@ class LedgerCore(Transitions, JobQueries, Retention):
         ``owned``), whose file no live job owns any more: the step is due again. One whose
         after-upload action never ran (no ``final_path``, nothing cleaned) is pending again;
         one held back from ``keep_for`` is no longer held back. Returns their ids."""
+        index = "INDEXED BY jobs_owned " if self._housekeeping_indexes else ""
         rows = await self._conn.fetchall(
-            "SELECT id FROM jobs AS j WHERE state='done' AND left_alone='owned' AND NOT EXISTS "
-            "(SELECT 1 FROM jobs AS o WHERE o.path=COALESCE(j.final_path, j.path) "
+            f"SELECT id FROM jobs AS j {index}WHERE state='done' AND left_alone='owned' "
+            "AND NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.path=COALESCE(j.final_path, j.path) "
             f"AND o.id<>j.id AND o.state IN ({marks(LIVE)})) ORDER BY id",
             [s.value for s in LIVE],
         )

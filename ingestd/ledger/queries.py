@@ -28,6 +28,9 @@ NO_LIMIT = 2**62
 
 class JobQueries(Connected):
     _dispatch_index: bool  # jobs_dispatch exists (see schema.INDEXES)
+    # jobs_after_pending and jobs_owned exist (SQLite: see schema.INDEXES). Named in the
+    # queries, as SQLite, not knowing how few rows they hold, would walk jobs_state.
+    _housekeeping_indexes = False
     _counts: tuple[tuple[int, int], dict[str, int]] | None  # see counts()
 
     async def jobs_in(
@@ -72,6 +75,20 @@ class JobQueries(Connected):
         return await self._snapshots(
             "SELECT id, path, size, mtime_ns, inode, device, state FROM jobs"
         )
+
+    async def newest_identities(self, after_id: int, limit: int) -> Sequence[Sequence[Any]]:
+        """Up to ``limit`` jobs above id ``after_id``, by id, each the newest job of its path:
+        (id, path, size, mtime_ns, inode, state). The scans' cache of settled files is
+        loaded from these, a page at a time (intake/settled.py): a million jobs need never
+        be in memory at once. By id, not by state: SQLite would walk ``jobs_state`` for
+        every page."""
+        rows = await self._conn.fetchall(
+            "SELECT id, path, size, mtime_ns, inode, state FROM jobs AS j WHERE id > ? AND "
+            "NOT EXISTS (SELECT 1 FROM jobs AS n WHERE n.path = j.path AND n.id > j.id) "
+            "ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return rows  # as they come: a million rows are not copied into tuples
 
     async def live_snapshots(self) -> dict[str, Known]:
         """As :meth:`known_snapshots`, for the jobs not done or skipped (at most one a path).
@@ -200,8 +217,9 @@ class JobQueries(Connected):
 
     async def pending_after_actions(self) -> list[Job]:
         """Done jobs whose after-upload action has not run (a crash came between)."""
+        index = "INDEXED BY jobs_after_pending " if self._housekeeping_indexes else ""
         rows = await self._conn.fetchall(
-            "SELECT * FROM jobs WHERE state='done' AND after_done=0 ORDER BY id"
+            f"SELECT * FROM jobs {index}WHERE state='done' AND after_done=0 ORDER BY id"
         )
         return [Job.from_row(row) for row in rows]
 

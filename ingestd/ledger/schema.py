@@ -11,6 +11,7 @@ import contextlib
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ingestd.errors import LedgerDamaged, LedgerError, LedgerUnwritable
@@ -38,9 +39,38 @@ TWIN_STATES_SQL = states_sql(TWIN_STATES)
 # at every open (an older ingestd ignores them), so they need no schema version.
 # jobs_dispatch: due_jobs walks the dispatchable jobs oldest file first and stops at its
 # LIMIT, instead of sorting all of them at every dispatch (thousands of queued files).
+# jobs_after_pending, jobs_owned: housekeeping asks every minute for done jobs whose
+# after-upload step is due; by state alone that reads every done row (a million files).
 INDEXES = f"""
 CREATE INDEX IF NOT EXISTS jobs_dispatch ON jobs(mtime_ns, id)
     WHERE state IN ({DISPATCHABLE_SQL});
+CREATE INDEX IF NOT EXISTS jobs_after_pending ON jobs(id) WHERE state='done' AND after_done=0;
+CREATE INDEX IF NOT EXISTS jobs_owned ON jobs(id) WHERE state='done' AND left_alone='owned';
+"""
+# Jobs per state, kept by triggers in the transaction of every change, so counting is a
+# read of a few rows, not of a million (health every few seconds, /metrics, ``ingestd
+# status``). The counts are rows of ``meta`` (COUNT_KEY + state), not a table of their
+# own: an ingestd refuses a ledger holding a table it does not know (OWN_TABLES), so an
+# older one would refuse the ledger after a downgrade. Like INDEXES they need no schema
+# version (nor a shared-ledger migration: PostgreSQL counts its rows): made, and filled,
+# when the triggers are missing at open, in one transaction; an older ingestd's writes
+# keep them right too, since the triggers are the ledger's own.
+COUNT_KEY = "jobs_in."
+COUNTS_TRIGGERS = ("jobs_count_insert", "jobs_count_delete", "jobs_count_update")
+_COUNT_UP = (
+    f"INSERT INTO meta(key, value) VALUES('{COUNT_KEY}' || NEW.state, 1) "
+    "ON CONFLICT(key) DO UPDATE SET value=value+1;"
+)
+_COUNT_DOWN = f"UPDATE meta SET value=value-1 WHERE key='{COUNT_KEY}' || OLD.state;"
+COUNTS = f"""
+BEGIN IMMEDIATE;
+DELETE FROM meta WHERE key LIKE '{COUNT_KEY}%';
+INSERT INTO meta(key, value) SELECT '{COUNT_KEY}' || state, COUNT(*) FROM jobs GROUP BY state;
+CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN {_COUNT_UP} END;
+CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN {_COUNT_DOWN} END;
+CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state ON jobs
+    WHEN OLD.state IS NOT NEW.state BEGIN {_COUNT_DOWN} {_COUNT_UP} END;
+COMMIT;
 """
 
 SCHEMA = """
@@ -144,13 +174,22 @@ ALTER TABLE jobs ADD COLUMN uploaded_by TEXT;
 READER_WAIT = 5.0
 
 
-async def prepare(conn: Guarded, path: Path, readonly: bool, *, copying: bool = False) -> bool:
-    """Check, migrate and tune a fresh connection; returns whether ``jobs_dispatch`` exists.
-    A ledger ``ingestd ledger copy`` moved is refused (moved.py; ``copying``: that copy)."""
+@dataclass(frozen=True)
+class Prepared:
+    """What a prepared connection may rely on."""
+
+    dispatch_index: bool  # jobs_dispatch exists
+    kept_counts: bool  # the counts in meta are kept by their triggers (COUNTS)
+    housekeeping_indexes: bool = False  # jobs_after_pending and jobs_owned exist
+
+
+async def prepare(conn: Guarded, path: Path, readonly: bool, *, copying: bool = False) -> Prepared:
+    """Check, migrate and tune a fresh connection. A ledger ``ingestd ledger copy`` moved
+    is refused (moved.py; ``copying``: that copy)."""
     await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     if readonly:
         await _wait_until_current(conn, path)
-        return False
+        return Prepared(dispatch_index=False, kept_counts=await _has_kept_counts(conn))
     await check_integrity(conn, path)
     await refuse_moved(conn, path, copying=copying)  # before anything, a migration, is written
     await conn.execute("PRAGMA journal_mode=WAL")
@@ -177,12 +216,42 @@ async def prepare(conn: Guarded, path: Path, readonly: bool, *, copying: bool = 
         )
     with contextlib.suppress(LedgerUnwritable):  # read-only: the queries do without
         await conn.executescript(INDEXES)
-    index = "SELECT 1 FROM sqlite_master WHERE type='index' AND name='jobs_dispatch'"
-    dispatch_index = await conn.fetchone(index) is not None
+        if not await _has_kept_counts(conn):
+            await _run_script(conn, COUNTS)
+    indexes = {
+        str(row[0])
+        for row in await conn.fetchall(
+            "SELECT name FROM sqlite_master WHERE type='index' AND name IN "
+            "('jobs_dispatch', 'jobs_after_pending', 'jobs_owned')"
+        )
+    }
     max_pages = os.environ.get(MAX_PAGES_ENV)
     if max_pages:  # the test hook above
         await conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
-    return dispatch_index
+    return Prepared(
+        dispatch_index="jobs_dispatch" in indexes,
+        kept_counts=await _has_kept_counts(conn),
+        housekeeping_indexes={"jobs_after_pending", "jobs_owned"} <= indexes,
+    )
+
+
+async def _has_kept_counts(conn: Guarded) -> bool:
+    """All the triggers of COUNTS are there (else counting reads the jobs)."""
+    names = "','".join(COUNTS_TRIGGERS)
+    row = await conn.fetchone(
+        f"SELECT COUNT(*) FROM sqlite_master WHERE type='trigger' AND name IN ('{names}')"
+    )
+    return row is not None and int(row[0]) == len(COUNTS_TRIGGERS)
+
+
+async def _run_script(conn: Guarded, script: str) -> None:
+    """A script that is one transaction: rolled back whole if a statement of it fails."""
+    try:
+        await conn.executescript(script)
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise
 
 
 async def check_integrity(conn: Guarded, path: Path) -> None:

@@ -47,6 +47,7 @@ from ingestd.ledger.connection import (
     sqlite_uri,
 )
 from ingestd.ledger.core import LedgerCore
+from ingestd.ledger.model import State
 from ingestd.ledger.moved import COPY_ID, MOVED_AT, MOVED_TO, MOVING_TO
 
 # How much the write probe makes the ledger grow (then shrink) to prove it can.
@@ -66,7 +67,8 @@ class SqliteLedger(LedgerCore):
         self.writable = asyncio.Event()  # set while writes work
         self.writable.set()
         self.write_failed = asyncio.Event()  # set at a failure; the ledger watch clears it
-        self._dispatch_index = False  # jobs_dispatch exists (see _INDEXES)
+        self._dispatch_index = False  # jobs_dispatch exists (see schema.INDEXES)
+        self._kept_counts = False  # the counts in meta are kept by triggers (schema.COUNTS)
         self._counts: tuple[tuple[int, int], dict[str, int]] | None = None  # see counts()
         # Partial records queued for deletion through this connection: a worker wakes the
         # sweeper only when its job queued one.
@@ -108,9 +110,10 @@ class SqliteLedger(LedgerCore):
         conn.row_factory = sqlite3.Row
         ledger = cls(path, conn)
         try:
-            ledger._dispatch_index = await schema.prepare(
-                ledger._conn, path, readonly, copying=copying
-            )
+            prepared = await schema.prepare(ledger._conn, path, readonly, copying=copying)
+            ledger._dispatch_index = prepared.dispatch_index
+            ledger._kept_counts = prepared.kept_counts
+            ledger._housekeeping_indexes = prepared.housekeeping_indexes
             ledger._deletions_at_most = await ledger.pending_deletions()
         except (LedgerError, ConfigError):  # ConfigError: moved (moved.py)
             await conn.close()
@@ -122,6 +125,18 @@ class SqliteLedger(LedgerCore):
             hint = "" if os.access(path.parent, os.W_OK) else " (its folder is not writable)"
             raise LedgerError(f"the ledger {path} cannot be used: {exc}{hint}") from None
         return ledger
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per state, as the triggers of schema.COUNTS keep them in ``meta`` (a ledger
+        that has none yet, opened read-only, is counted row by row)."""
+        if not self._kept_counts:
+            return await super().counts()
+        keys = [schema.COUNT_KEY + s.value for s in State]
+        rows = await self._conn.fetchall(
+            f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(keys))})", keys
+        )
+        found = {str(row[0]): int(row[1]) for row in rows}
+        return {s.value: found.get(schema.COUNT_KEY + s.value, 0) for s in State}
 
     async def probe_write(self) -> bool:
         """Can the ledger grow and commit again? Clears ``write_problem`` when it can.
