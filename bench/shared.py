@@ -46,7 +46,7 @@ from bench.procs import REPO
 from bench.server import PASSWORD, USERNAME
 from ingestd.ledger.api import JobLedger
 from ingestd.ledger.model import Queueing, State
-from tests.pg_support import PgServer
+from tests.pg_support import PgServer, database_of
 from tests.support import write_yaml
 
 SETUPS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 3))
@@ -154,6 +154,14 @@ def _events(logs: list[Path], event: str) -> list[int]:
     return [log.read_bytes().count(f'"event": "{event}"'.encode()) for log in logs]
 
 
+def _uploads_by_node(pg: PgServer, url: str, nodes: int) -> list[int]:
+    """How many files each node sent the last byte of, from the shared ledger's
+    ``uploaded_by`` (the nodes log at info, as deployed: upload.completed is debug)."""
+    query = "SELECT uploaded_by, COUNT(*) FROM jobs GROUP BY uploaded_by"
+    sent = dict(pg.psql(query, database=database_of(url)))
+    return [int(sent.get(f"node{n}", 0)) for n in range(1, nodes + 1)]
+
+
 def _problems(stats: dict[str, Any], names: set[str], codes: list[int]) -> list[str]:
     """What contradicts "every file uploaded exactly once" in a run (empty: nothing)."""
     found = []
@@ -208,7 +216,7 @@ def _one_run(bench: Bench, pg: PgServer, backend: str, nodes: int, source: Path)
         problems = _problems(stats, names, codes)
         if problems:
             print(f"  {_setup_name(backend, nodes)}: {'; '.join(problems)}", flush=True)
-        uploads = _events(logs, "record.created")
+        uploads = _uploads_by_node(pg, url, nodes) if url else _events(logs, "job.done")
         stale, reconciled = _events(logs, "confirm.stale"), _events(logs, "record.reconciled")
     return {
         "backend": backend, "nodes": nodes, "files": len(names), "seconds": seconds,

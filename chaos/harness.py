@@ -225,7 +225,9 @@ def write_config(
         "upload": {"workers": 2, **upload},
         "after_upload": after_upload,
         "ledger": ledger,
-        "log": {"format": "json", "level": "info"},
+        # Debug: each file's steps (shared_checks reads record.created and upload.completed),
+        # and how far a file had got when its daemon was killed.
+        "log": {"format": "json", "level": "debug"},
         "status": {"listen": None},
     }
     path.write_text(yaml.safe_dump(config))

@@ -361,7 +361,7 @@ def log_events(log_file: Path) -> list[dict[str, Any]]:
 def documented_events() -> frozenset[str]:
     """The event names in the first column of the README's table of log events."""
     text = (REPO / "README.md").read_text()
-    _, found, table = text.partition("\n| event | fields | meaning |\n")
+    _, found, table = text.partition("\n| event | level | fields | meaning |\n")
     assert found, "README.md has no table of log events"
     names: set[str] = set()
     for line in table.splitlines()[1:]:  # the first is the | --- | row

@@ -378,7 +378,8 @@ def test_files_deleted_or_truncated_before_and_during_upload(
     random_file(export / "gone-queued.mp4", 300 * KiB, seed=2)
     random_file(export / "truncated.mp4", 4 * MiB, seed=3)
     random_file(export / "gone-midway.mp4", 4 * MiB, seed=4)
-    config = write_config(tmp_path, server.url, upload={"workers": 4})
+    # At debug: record.created tells which files had a record made.
+    config = write_config(tmp_path, server.url, upload={"workers": 4}, log={"level": "debug"})
     ledger = tmp_path / "ledger.db"
     # Paused: files are found, checked and queued, but no worker takes one.
     assert run_cli("pause", "-c", str(config)).returncode == 0

@@ -46,6 +46,12 @@ def _done(tmp_path: Path, count: int) -> bool:
     return sum(row["state"] == "done" for row in rows) >= count
 
 
+def _queued(tmp_path: Path) -> bool:
+    """Some job left ``waiting``: its file was found finished and queued for upload."""
+    rows = ledger_rows(tmp_path / "ledger.db") if (tmp_path / "ledger.db").exists() else []
+    return any(row["state"] != "waiting" for row in rows)
+
+
 def _event_time(events: list[dict[str, object]], event_name: str, **match: object) -> float:
     from datetime import datetime
 
@@ -60,7 +66,8 @@ def test_daemon_uploads_old_and_new_files_only_once_finished(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:
     before = random_file(export / "before start.mp4", MiB, seed=1)
-    config = write_config(tmp_path, server.url, watch={"settle": "1s"})
+    # record.created (debug) tells when the upload of the slow file began.
+    config = write_config(tmp_path, server.url, watch={"settle": "1s"}, log={"level": "debug"})
     log = tmp_path / "daemon.log"
     daemon = start_daemon(config, log)
     try:
@@ -157,7 +164,7 @@ def test_drain_is_bounded_and_a_second_signal_exits_at_once(
     server.set_faults(hang_rate=1.0)
     log = tmp_path / "daemon.log"
     daemon = start_daemon(config, log)
-    wait_for(lambda: "file.ready" in log.read_text(), timeout=20)
+    wait_for(lambda: _queued(tmp_path), timeout=20)
     wait_for(lambda: _hangs(server) >= 1)  # the login request now hangs
     sent_at = time.monotonic()
     assert stop_process(daemon, timeout=10) == 0

@@ -123,7 +123,11 @@ def test_a_new_device_number_alone_creates_no_job(
 ) -> None:
     random_file(export / "clip.mp4", 300 * KiB, seed=1)
     config = write_config(
-        tmp_path, server.url, watch={"settle": "0.1s"}, after_upload={"keep_for": "1h"}
+        tmp_path,
+        server.url,
+        watch={"settle": "0.1s"},
+        after_upload={"keep_for": "1h"},
+        log={"level": "debug"},  # file.discovered is at debug
     )
     _once(config)
     sent = server.snapshot()["upload_bytes_received"]

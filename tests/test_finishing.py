@@ -159,8 +159,9 @@ def writing(path: Path, mode: str = "wb") -> Iterator[Writer]:
 
 @contextmanager
 def daemon_running(tmp_path: Path, url: str, **watch: Any) -> Iterator[tuple[Path, Path]]:
-    """``ingestd run`` as a real process with the finished checks on; yields (config, log)."""
-    config = write_config(tmp_path, url, watch={**CHECKS_ON, **watch})
+    """``ingestd run`` as a real process with the finished checks on; yields (config, log).
+    At debug: the tests read when each upload began from its record.created."""
+    config = write_config(tmp_path, url, watch={**CHECKS_ON, **watch}, log={"level": "debug"})
     log = tmp_path / "daemon.log"
     daemon = start_daemon(config, log)
     try:

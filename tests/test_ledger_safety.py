@@ -386,6 +386,7 @@ def test_sigkill_at_random_moments_never_damages_the_ledger(
         upload={"workers": 2, "chunk_size": "64KiB"},
         watch={"settle": "0.1s"},
         ledger={"backups": 0},
+        log={"level": "debug"},  # WORK_EVENTS: record.created and upload.completed are debug
     )
     ledger = tmp_path / "ledger.db"
     digests = {

@@ -113,7 +113,8 @@ def test_run_once_on_a_terminal_keeps_progress_and_log_lines_apart(
     for n in range(3):
         random_file(export / f"clip{n}.mp4", 600_000, seed=n)
     (export / "late.mp4.part").write_bytes(b"x")  # ignored: no job for it
-    config = write_config(tmp_path, server.url, log={"format": "console"})
+    # At debug: file.ready and the other per-file lines come while the progress line shows.
+    config = write_config(tmp_path, server.url, log={"format": "console", "level": "debug"})
     process, master = _on_a_terminal("run", "-c", str(config), "--once", "--max-wait", "20s")
     raw = _read(master, time.monotonic() + 60)
     os.close(master)

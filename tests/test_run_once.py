@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import (
     KiB,
     MiB,
@@ -74,7 +75,7 @@ def _assert_arrived(
 
 def test_files_arrive_identical(tmp_path: Path, server: FakeValtThread, export: Path) -> None:
     expected = _files(export, [1 * MiB + 17, 2 * MiB + 4321, 3 * MiB - 5])
-    config = write_config(tmp_path, server.url)
+    config = write_config(tmp_path, server.url, log={"level": "debug"})  # record.created
 
     result = run_once(config)
 
@@ -210,7 +211,8 @@ def test_server_without_chunking_gets_the_whole_file(
 ) -> None:
     expected = {"whole": random_file(export / "whole.mkv", 1 * MiB + 999, seed=5)}
     server.set_faults(no_chunking=True)
-    config = write_config(tmp_path, server.url, upload={"workers": 1})
+    # At debug: record.created tells the two records apart.
+    config = write_config(tmp_path, server.url, upload={"workers": 1}, log={"level": "debug"})
 
     result = run_once(config)
 
@@ -251,7 +253,12 @@ def test_slowly_written_file_waits_for_settle(
     tmp_path: Path, server: FakeValtThread, export: Path
 ) -> None:
     path = export / "slow.mkv"
-    config = write_config(tmp_path, server.url, watch={"settle": "1s", "check_open_writers": False})
+    config = write_config(
+        tmp_path,
+        server.url,
+        watch={"settle": "1s", "check_open_writers": False},
+        log={"level": "debug"},  # file.ready and record.created tell when
+    )
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(path), "12"], stdout=subprocess.PIPE, text=True
     )
@@ -278,3 +285,35 @@ def test_slowly_written_file_waits_for_settle(
     assert _when(ready[0]) >= writer_end + 0.8, (_when(ready[0]), writer_end)
     assert _when(created[0]) > writer_end
     assert server.snapshot()["deleted"] == []
+
+
+STEPS = ("file.discovered", "file.ready", "record.created", "upload.completed")
+
+
+def _about(output: str, name: str) -> list[tuple[str, str]]:
+    """(event, level) of each log line that names the file ``name`` anywhere."""
+    return [(e["event"], e["level"]) for e in _events(output) if name in json.dumps(e)]
+
+
+def test_an_uploaded_file_takes_one_info_line_and_its_steps_show_at_debug(
+    tmp_path: Path, server: FakeValtThread, export: Path
+) -> None:
+    digest = random_file(export / "clip.mp4", 300 * KiB, seed=7)
+    result = run_once(write_config(tmp_path, server.url))
+    assert result.returncode == 0, result.stderr
+    record_ids = _assert_arrived(server, tmp_path, {"clip": digest})
+    assert _about(result.stdout, "clip.mp4") == [("job.done", "info")]
+    # job.done tells what the steps' lines told.
+    [done] = _named(_events(result.stdout), "job.done")
+    assert done["path"] == str(export / "clip.mp4") and done["name"] == "clip"
+    assert (done["record_id"], done["sha256"]) == (record_ids["clip"], digest)
+    assert done["size"] == 300 * KiB and done["seconds"] > 0
+    # From the unrounded seconds: near, not equal, to what the rounded ones give.
+    assert done["mb_per_s"] == pytest.approx(300 * KiB / 1e6 / done["seconds"], rel=0.2)
+
+    debug = tmp_path / "debug"
+    random_file(debug / "export" / "take.mp4", 300 * KiB, seed=8)
+    result = run_once(write_config(debug, server.url, log={"level": "debug"}))
+    assert result.returncode == 0, result.stderr
+    lines = _about(result.stdout, "take.mp4")
+    assert sorted(lines) == sorted([*((step, "debug") for step in STEPS), ("job.done", "info")])

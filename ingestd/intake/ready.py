@@ -147,7 +147,7 @@ class Ready:
         await self.ledger.queue(changes)
         for job_id, path, tracked, now, _print in pending.jobs:
             self.waiting.tracking.pop(job_id, None)
-            log.info(
+            log.debug(
                 "file.ready",
                 job_id=job_id,
                 path=str(path),

@@ -298,7 +298,7 @@ class Scanner:
             job_id = added[path]
             self._maybe_settled.add(job_id)
             self.waiting.tracking[job_id] = Tracked(snap, now, now)
-            log.info("file.discovered", job_id=job_id, path=path, size=snap[0])
+            log.debug("file.discovered", job_id=job_id, path=path, size=snap[0])
         if new:
             self.waiting.settle_now.set()
         return len(new)
@@ -323,7 +323,7 @@ class Scanner:
             self._maybe_settled.add(job.id)
             self.waiting.tracking[job.id] = Tracked(snap, now, now)
             self.waiting.settle_now.set()
-            log.info("file.discovered", job_id=job.id, path=str(path), size=snap[0])
+            log.debug("file.discovered", job_id=job.id, path=str(path), size=snap[0])
             return 1
         job_id, known_snap, state = known
         if state in SETTLED or self.is_active(job_id):

@@ -148,13 +148,32 @@ class Confirmer:
         if not await self.ledger.confirmed(job, time.time(), kept=kept):
             bound.info("confirm.stale", answer="ready")
             return
+        # The one info line of a file: what file.ready, record.created and upload.completed
+        # (debug) told, from the job row as read (no ledger trip for it).
+        seconds = _upload_seconds(job)
         log.info(
-            "job.done", job_id=job.id, path=job.path, record_id=job.record_id, sha256=job.sha256
+            "job.done",
+            job_id=job.id,
+            path=job.path,
+            name=job.record_name,
+            record_id=job.record_id,
+            size=job.size,
+            sha256=job.sha256,
+            seconds=None if seconds is None else round(seconds, 3),
+            mb_per_s=round(job.size / 1e6 / seconds, 2) if seconds else None,
         )
         self.telemetry.job_done(job.id, job.path, job.record_id)
         failpoint("before_after_action")
         if not kept:
             await self.after_done(job)
+
+
+def _upload_seconds(job: Job) -> float | None:
+    """The upload's time, as upload.completed measured it; None if no upload of this job
+    sent the bytes (a record adopted after a restore: its ``bytes_acked`` is 0)."""
+    if job.uploaded_at is None or job.upload_started_at is None or job.bytes_acked != job.size:
+        return None
+    return max(0.0, job.uploaded_at - job.upload_started_at)
 
 
 class PartialSweeper:

@@ -258,7 +258,7 @@ class Uploader:
             job.id, created.record_id, created.video_id, changes["chunk_size"]
         ):
             raise _Restart  # the job moved on meanwhile: its new record is queued for deletion
-        bound.info("record.created", record_id=created.record_id, name=meta.name)
+        bound.debug("record.created", record_id=created.record_id, name=meta.name)
         failpoint("after_record_committed")
         # The job as the two commits above left it (one trip to the ledger less a file).
         return dataclasses.replace(
@@ -483,7 +483,7 @@ class Uploader:
             failpoint("after_chunk_committed")
         seconds = now - (job.upload_started_at or now)
         self.telemetry.upload_completed(job.size, seconds)
-        bound.info(
+        bound.debug(
             "upload.completed",
             size=job.size,
             sha256=sha256,
