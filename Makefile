@@ -69,7 +69,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 # Memory against the number of files that pass through intake and the ledger (200,000 by
-# default, a few minutes): RSS after the last batch within 10 % of RSS after the first.
+# default, a few minutes): RSS after the last batch within 10 % of RSS after the first;
+# then a daemon restarted on ledgers of 100,000 and 1,000,000 done files (bench/million.py).
 .PHONY: bench-scale
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale $(if $(FILES),--files $(FILES)) --json build/scale.json
