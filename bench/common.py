@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.data import DataDir
 from bench.procs import Ingestd, Server
+from ingestd.observe.heartbeat import process_alive
 
 MB = 1_000_000
 MiB = 1024 * 1024
@@ -62,16 +63,6 @@ def spread(values: Sequence[float], digits: int = 1) -> str:
     return f"rounds {min(values):.{digits}f}-{max(values):.{digits}f}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Bench:
     """One bench run: the cached data, one fake server process, and scratch folders."""
 
@@ -81,7 +72,7 @@ class Bench:
         # runs/PID: two benches at once (say make bench and make bench-scale) keep to
         # their own scratch; what a killed run left is removed by the next one.
         for left in (data.root / "runs").glob("*"):
-            if not left.name.isdigit() or not _alive(int(left.name)):
+            if not left.name.isdigit() or not process_alive(int(left.name)):
                 shutil.rmtree(left, ignore_errors=True)
         self.runs = data.root / "runs" / str(os.getpid())
         self.runs.mkdir(parents=True)

@@ -72,14 +72,15 @@ def daemon_state(holder: int | None, beat: Heartbeat | None, now: float) -> Daem
     """
     age = None if beat is None else max(0.0, now - beat.beat_at)
     own = beat is not None and holder is not None and beat.pid == holder
-    if holder is None or not own or not _alive(holder) or beat is None or beat.stopped_at:
+    if holder is None or not own or not process_alive(holder) or beat is None or beat.stopped_at:
         return DaemonState("not running", holder, beat, age)
     if age is not None and age > STALE_AFTER:
         return DaemonState("not responding", holder, beat, age)
     return DaemonState("running", holder, beat, age)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
