@@ -138,9 +138,12 @@ class Uploader:
 
     # --- source ---------------------------------------------------------------------
 
-    async def _check_source(self, job: Job) -> None:
+    def _check_claim(self, job: Job) -> None:
         if self.ledger.lease_left(job.id) <= 0:  # a shared ledger: another node may take it
             raise claim_ended(job, "this node no longer holds the job")
+
+    async def _check_source(self, job: Job) -> None:
+        self._check_claim(job)
         try:
             current = await blocking(
                 snapshot, Path(job.path), follow_symlinks=self.rule.follow_symlinks
@@ -360,8 +363,10 @@ class Uploader:
             while position < total or total == 0:
                 if self.stopping.is_set():
                     return  # drain: the job resumes from bytes_acked next time
-                if source is None or not source.unchanged(job.snapshot):
-                    await self._check_source(job)  # else fstat told it (pieces.py)
+                if source is not None and source.unchanged(job.snapshot):
+                    self._check_claim(job)  # the file as fstat told it (pieces.py)
+                else:
+                    await self._check_source(job)
                 source = source or await Source.open(path, job.snapshot, self.rule)
                 end = min(total, position + chunk_size) if chunk_size else total
                 next_end = min(total, end + chunk_size) if chunk_size else None

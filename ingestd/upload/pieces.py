@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestd.aio import blocking
-from ingestd.disk.judged import Judged, OpenRule, as_snapshot, open_judged
+from ingestd.disk.judged import Judged, OpenRule, as_snapshot, open_judged, same_identity
 from ingestd.errors import SourceChanged, SourceMissing, SourceUnreadable
 from ingestd.upload.pacing import Pacer
 
@@ -172,7 +172,8 @@ class Source:
         expected = as_snapshot(judged)
         is_now = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
         was = (expected.size, expected.mtime_ns, expected.inode, expected.device)
-        if is_now == was and info.st_nlink == self._links > 0:
+        # same_identity, as the look at the path: a shared ledger's job knows no device.
+        if same_identity(is_now, was) and info.st_nlink == self._links > 0:
             return True
         self._path_seen = now
         return False
