@@ -8,7 +8,7 @@ import contextvars
 import functools
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 T = TypeVar("T")
@@ -30,11 +30,17 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     return True
 
 
-async def wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    """Sleep until ``stop`` or ``wake`` is set, or ``timeout`` passes."""
+async def wait_any(
+    stop: asyncio.Event,
+    wake: asyncio.Event,
+    timeout: float | None,
+    tasks: Iterable[asyncio.Task[Any]] = (),
+) -> None:
+    """Sleep until ``stop`` or ``wake`` is set, ``timeout`` passes (None: never), or one
+    of ``tasks`` ends (they are left running)."""
     waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*waiters, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()

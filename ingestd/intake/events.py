@@ -15,7 +15,7 @@ from pathlib import Path
 
 import watchfiles
 
-from ingestd.aio import wait_event
+from ingestd.aio import wait_any, wait_event
 from ingestd.config.patterns import PathFilter
 from ingestd.config.schema import WatchConfig
 from ingestd.disk.judged import snapshot
@@ -87,7 +87,7 @@ class Events:
             # daemon starts the events after the start-up scan) there is nothing to watch.
             if not self.scanner.folders:
                 self.scanner.folders_read.clear()
-                await _wait_for(stop, self.scanner.folders_read, [])
+                await wait_any(stop, self.scanner.folders_read, None)
                 continue
             try:
                 self.watcher_alive = True
@@ -111,7 +111,7 @@ class Events:
                 scanned = self.scanner.folders or frozenset()
                 if scanned == armed and not self._stale:
                     self.scanner.folders_read.clear()
-                    await _wait_for(stop, self.scanner.folders_read, [t for t, _ in watchers])
+                    await wait_any(stop, self.scanner.folders_read, None, [t for t, _ in watchers])
                     for task, _quit in watchers:
                         if task.done():
                             task.result()  # it failed: raise, and restart
@@ -167,18 +167,6 @@ class Events:
                 # rescan finds this file once writes work again.
                 with contextlib.suppress(LedgerUnwritable):
                     await self.observe_path(Path(raw))
-
-
-async def _wait_for(
-    stop: asyncio.Event, wake: asyncio.Event, tasks: list[asyncio.Task[None]]
-) -> None:
-    """Until ``stop`` or ``wake`` is set, or one of ``tasks`` ends."""
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait([*waiters, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 async def _stop(watchers: list[tuple[asyncio.Task[None], asyncio.Event]]) -> None:
