@@ -34,7 +34,6 @@ log = get_logger("ingestd.intake.scan")
 
 # Jobs read per ledger query while the settled files are loaded (once, at the first scan).
 LOAD_PAGE = 10_000
-OnError = Callable[[Path, OSError], None]
 
 
 class Scanner:

@@ -34,7 +34,7 @@ from array import array
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
-from ingestd.ledger.model import State
+from ingestd.intake.waiting import SETTLED, Snap
 
 DIGEST_MIN = 32  # below, per-file hashes (8 bytes a file) cost less than a digest (~300)
 BUCKET_FILES = 1024
@@ -43,13 +43,12 @@ _SHARD_BITS = 10
 _SHIFT = 64 - _SHARD_BITS  # a per-file hash's shard: its top bits
 _SHARD_MASK = (1 << _SHARD_BITS) - 1
 _BUCKET_SHIFT = 40  # a file's bucket in its folder: bits of its hash below the shard's
-_SETTLED = frozenset({State.DONE.value, State.SKIPPED.value})
+_SETTLED = frozenset(state.value for state in SETTLED)  # as the ledger's rows hold them
 
 # What the scan makes of one file (its entry, its path) before the cache is asked: its
 # stat, or None for a file to leave out (not a regular file, gone, unreadable, a name
 # that is not UTF-8).
 Look = Callable[[os.DirEntry[str], str], os.stat_result | None]
-Snap = tuple[int, int, int, int]
 
 
 def raw_hash(path: str, size: int, mtime_ns: int, inode: int) -> int:
