@@ -57,6 +57,11 @@ def _plain_edges(patterns: Sequence[str]) -> _Edges | None:
     return tuple(suffixes), tuple(prefixes), frozenset(names)
 
 
+def _single_extensions(*suffix_lists: tuple[str, ...]) -> bool:
+    """Every suffix is one extension: ``.mp4``, not ``.tar.gz``, ``~`` or empty."""
+    return all(s[:1] == "." and s.count(".") == 1 for suffixes in suffix_lists for s in suffixes)
+
+
 def _plain_test(include: _Edges, exclude: _Edges) -> Callable[[str], bool]:
     """:meth:`PathFilter.wants_file` for an ASCII name, by string tests. When every
     suffix is one extension (``*.mp4``, not ``*.tar.gz``, ``*~`` or ``*``) and include has
@@ -64,11 +69,7 @@ def _plain_test(include: _Edges, exclude: _Edges) -> Callable[[str], bool]:
     suffixes, prefixes, names = include
     no_suffixes, no_prefixes, no_names = exclude
     head = max((len(prefix) for prefix in no_prefixes), default=0)
-    extensions = not prefixes and not names
-    extensions = extensions and all(
-        suffix[:1] == "." and suffix.count(".") == 1 for suffix in (*suffixes, *no_suffixes)
-    )
-    if extensions:
+    if not prefixes and not names and _single_extensions(suffixes, no_suffixes):
         wanted = frozenset(suffixes) - frozenset(no_suffixes)
 
         def by_extension(name: str) -> bool:
@@ -104,7 +105,7 @@ def _by_extension(
     no_suffixes, no_prefixes, no_names = exclude
     if prefixes or names or no_names or any(p.lower() != p.upper() for p in no_prefixes):
         return None
-    if not all(s[:1] == "." and s.count(".") == 1 for s in (*suffixes, *no_suffixes)):
+    if not _single_extensions(suffixes, no_suffixes):
         return None
     return frozenset(suffixes) - frozenset(no_suffixes), no_prefixes
 
